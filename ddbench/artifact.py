@@ -1,0 +1,152 @@
+"""The narrow waist between methods and evaluators: what a distill job produces.
+
+- `ImageSet`: synthetic (or selected) images, normalised like the real data, with hard labels
+  [N] or soft labels [N, K]. Pixel methods and coreset baselines produce one.
+- `RealSubset`: indices into the real train split (the whole-dataset reference); nothing but the
+  indices is stored, but `artifact_bytes` counts the images it stands for.
+
+Evaluators call `artifact.materialise(ipc, real, generator)` and get (images, labels) to train on.
+Artifacts are saved as `tensors.safetensors` + `meta.json` in a directory; `load_artifact` reads any
+kind back by the `kind` field of meta.json. A new kind (e.g. a generator) subclasses `Artifact` and
+registers itself in `ARTIFACT_KINDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddbench.data import RealData
+
+META_FILE = "meta.json"
+TENSOR_FILE = "tensors.safetensors"
+ARTIFACT_KINDS: dict[str, type[Artifact]] = {}
+
+
+class Artifact:
+    """Base class: save / load and the size in bytes of what must be stored."""
+
+    kind: ClassVar[str]
+    meta: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ARTIFACT_KINDS[cls.kind] = cls
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Artifact:
+        raise NotImplementedError
+
+    def extra_meta(self) -> dict[str, Any]:
+        """Fields a kind needs to rebuild itself beside its tensors."""
+        return {}
+
+    def artifact_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def materialise(
+        self, ipc: int, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> None:
+        """Write atomically: a temporary sibling directory renamed into place."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
+        save_file(tensors, str(tmp / TENSOR_FILE))
+        meta = {
+            "kind": self.kind,
+            "artifact_bytes": self.artifact_bytes(),
+            **self.meta,
+            **self.extra_meta(),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+
+
+def load_artifact(directory: str | Path) -> Artifact:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    kind = meta.pop("kind")
+    meta.pop("artifact_bytes", None)
+    return ARTIFACT_KINDS[kind].from_tensors(load_file(str(directory / TENSOR_FILE)), meta)
+
+
+def artifact_exists(directory: str | Path) -> bool:
+    return (Path(directory) / META_FILE).is_file()
+
+
+@dataclass
+class ImageSet(Artifact):
+    """A small set of images (normalised like the real data) and their labels.
+
+    `labels` is int64 [N] (hard) or float [N, K] (soft, e.g. a teacher's probabilities).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "image_set"
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images, "labels": self.labels}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ImageSet:
+        return cls(tensors["images"], tensors["labels"], meta)
+
+    def hard_labels(self) -> torch.Tensor:
+        return self.labels if self.labels.dim() == 1 else self.labels.argmax(dim=1)
+
+    def materialise(
+        self, ipc: int, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+
+@dataclass
+class RealSubset(Artifact):
+    """Indices into the real train split; `artifact_bytes` counts the float32 images they name."""
+
+    indices: torch.Tensor
+    image_numel: int  # C * H * W of one image
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "real_subset"
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"indices": self.indices}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> RealSubset:
+        meta = dict(meta)
+        return cls(tensors["indices"], int(meta.pop("image_numel")), meta)
+
+    def extra_meta(self) -> dict[str, Any]:
+        return {"image_numel": self.image_numel}
+
+    def artifact_bytes(self) -> int:
+        return int(self.indices.numel()) * self.image_numel * 4
+
+    def materialise(
+        self, ipc: int, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return real.train_x[self.indices], real.train_y[self.indices]

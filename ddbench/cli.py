@@ -1,0 +1,260 @@
+"""The `ddbench` command line (DESIGN.md §1); the only module that prints.
+
+Verbs: run, validate, ls, report. Exit codes: 0 all cells ok; 1 finished with failed cells;
+2 bad input (suite, data, address), reported without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ddbench.errors import UserError
+from ddbench.spec import SuiteError
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
+LS_KINDS = ("methods", "evals", "archs", "datasets")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _log_fn():
+    console = _console()
+    start = time.monotonic()
+
+    def log(message: str) -> None:
+        console.print(f"[{time.monotonic() - start:7.1f}s] {message}", markup=False)
+
+    return log
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ddbench.spec import load_suite
+
+    worst = EXIT_OK
+    for path in args.suites:
+        try:
+            loaded = load_suite(path, args.set)
+            print(
+                f"{path}: ok ({len(loaded.suite.methods)} methods, {len(loaded.suite.evals)} evals)"
+            )
+        except SuiteError as exc:
+            print(str(exc), file=sys.stderr)
+            worst = EXIT_BAD_INPUT
+    return worst
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    registry, describe = _registry(args.kind)
+    for name in registry.names():
+        if args.pattern and not fnmatch.fnmatch(name, args.pattern):
+            continue
+        print(name if not args.verbose else describe(name))
+    return EXIT_OK
+
+
+def _registry(kind: str):
+    def params_text(model) -> str:
+        if model is None:
+            return ""
+        lines = [f"    {k} = {f.default!r}" for k, f in model.model_fields.items()]
+        return "\n".join(lines)
+
+    if kind == "methods":
+        from ddbench.methods import METHODS
+
+        def describe(name: str) -> str:
+            m = METHODS.get(name)
+            return f"{name} (v{m.version}): {m.paper}\n{params_text(m.Params)}"
+
+        return METHODS, describe
+    if kind == "evals":
+        from ddbench.evals import EVALS
+
+        def describe(name: str) -> str:
+            e = EVALS.get(name)
+            return f"{name} (v{e.version}): {(e.__doc__ or '').strip()}\n{params_text(e.Params)}"
+
+        return EVALS, describe
+    if kind == "archs":
+        from ddbench.archs import ARCHS
+
+        def describe(name: str) -> str:
+            doc = (ARCHS.get(name).__doc__ or "").strip().splitlines()
+            return f"{name}: {doc[0] if doc else ''}"
+
+        return ARCHS, describe
+    from ddbench.data import DATASETS, dataset_params_model
+
+    def describe(name: str) -> str:
+        doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
+        return f"{name}: {doc[0] if doc else ''}\n{params_text(dataset_params_model(name))}"
+
+    return DATASETS, describe
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ddbench.data import load_dataset
+    from ddbench.plan import make_plan
+    from ddbench.runner import artifact_dir, cell_done
+    from ddbench.spec import load_suite
+
+    log = _log_fn()
+    loaded = load_suite(args.suite, args.set)
+    plan = make_plan(loaded, args.only)
+    if not plan.jobs:
+        raise UserError(f"--only {args.only!r} matches no method of {args.suite}")
+    suite_dir = Path(args.out) / loaded.suite.name
+    if args.dry_run:
+        for job in plan.jobs:
+            cells = plan.cells_of(job)
+            done = sum(cell_done(suite_dir, c) for c in cells)
+            cached = (artifact_dir(suite_dir, job) / "meta.json").is_file()
+            print(
+                f"{job.job_id} {job.label:16s} ipc={job.ipc} seed={job.distill_seed} "
+                f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done"
+            )
+        return EXIT_OK
+    suite = loaded.suite
+    real = load_dataset(suite.dataset.name, loaded.dataset_params)
+    log(
+        f"suite {suite.name}: {len(plan.jobs)} distill jobs, {len(plan.cells)} eval cells; "
+        f"{real.describe()}"
+    )
+    if args.local:
+        from ddbench.runner import run_local
+
+        summary = run_local(plan, real, suite_dir, args.force, log)
+    else:
+        from ddbench.runner import init_ray, run_ray
+
+        init_ray(args.address)
+        import ray
+
+        try:
+            summary = run_ray(plan, real, suite_dir, args.force, log)
+        finally:
+            ray.shutdown()
+    if summary.distilled == 0 and summary.cells_run == 0:
+        log(
+            f"nothing to do: all {summary.distill_cached} jobs and {summary.cells_cached} cells "
+            f"are already done in {suite_dir} (use --force to recompute)"
+        )
+    else:
+        log(
+            f"distilled {summary.distilled} jobs ({summary.distill_cached} cached); ran "
+            f"{summary.cells_run} cells ({summary.cells_cached} cached, {summary.cells_failed} "
+            f"failed); wrote {summary.rows_written} rows under {suite_dir / 'results'}"
+        )
+    _track(plan, suite_dir, summary, args, log)
+    return summary.exit_code
+
+
+def _track(plan, suite_dir: Path, summary, args: argparse.Namespace, log) -> None:
+    from ddbench.tracking import default_tracking_uri, log_plan
+
+    uri = args.tracking_uri or default_tracking_uri(Path(args.out))
+    try:
+        n = log_plan(plan, suite_dir, summary, uri)
+    except Exception as exc:  # noqa: BLE001 - results are safe on disk; tracking can catch up
+        log(
+            f"MLflow at {uri} could not be reached ({type(exc).__name__}: {exc}); results are "
+            f"written locally in {suite_dir}; rerun the same command to log them"
+        )
+        return
+    log(f"MLflow: logged {n} job runs to {uri}" if n else f"MLflow: up to date at {uri}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ddbench.report import write_report
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = sorted(set(formats) - {"md", "csv"})
+    if unknown:
+        raise UserError(f"--format: unknown or unsupported format(s) {unknown}; use md, csv")
+    target = Path(args.target)
+    if not target.is_dir():
+        target = Path(args.runs) / args.target
+    if target.name == "results":
+        target = target.parent
+    if not (target / "results").is_dir():
+        raise UserError(f"no results for {args.target!r}: looked in {target / 'results'}")
+    out_dir = Path(args.out) / target.name
+    path = write_report(target, out_dir, formats)
+    print(f"report written to {path}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddbench", description="Benchmark dataset distillation.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    run = sub.add_parser("run", help="distil and evaluate a suite")
+    run.add_argument("suite")
+    run.add_argument("--address", help="join a Ray cluster (auto, host:6379, ray://host:10001)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite value by dotted path; profile=NAME applies a profile",
+    )
+    run.add_argument("--out", default="runs", help="output root (default runs/)")
+    run.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<out>/mlflow.db)")
+    run.add_argument("--only", help="glob over method names / labels")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
+    run.add_argument("--local", action="store_true", help="run in-process without Ray")
+    run.add_argument("--force", action="store_true", help="recompute even what is done")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check suites; every located error at once")
+    val.add_argument("suites", nargs="+")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.set_defaults(func=cmd_validate)
+
+    ls = sub.add_parser("ls", help="list registered plugins")
+    ls.add_argument("kind", choices=LS_KINDS)
+    ls.add_argument("pattern", nargs="?")
+    ls.add_argument("-v", "--verbose", action="store_true")
+    ls.set_defaults(func=cmd_ls)
+
+    rep = sub.add_parser("report", help="write a report from a suite's results")
+    rep.add_argument("target", help="suite name (under --runs) or a results directory")
+    rep.add_argument("--runs", default="runs", help="output root the suite ran into")
+    rep.add_argument("--out", default="reports", help="report root (default reports/)")
+    rep.add_argument("--format", default="md", help="comma list of md, csv")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SuiteError as exc:  # already "file:line: path: message" lines
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UserError as exc:
+        print(f"ddbench: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Context: what a method or evaluator may know about where it runs.
+
+Methods and evaluators are plain PyTorch. They receive a `Context` that gives them
+- `device`, `rank`, `world_size` (data-parallel distillation across Ray Train workers);
+- `rng(name)`: a `torch.Generator` seeded from the job seed and the stream name (never the clock);
+- `all_reduce_mean_(tensor)`: average a gradient across workers (no-op with one worker);
+- `report(**metrics)`: progress (iteration, loss, images/s), throttled;
+- `save_checkpoint(step, state)` / `load_checkpoint()`: resume after a lost worker.
+
+`LocalContext` runs in-process (unit tests, `--local`). The runner builds its Ray Train flavour by
+passing `report_fn` / checkpoint callbacks; this module never imports ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ddbench.seeding import derive_seed
+
+if TYPE_CHECKING:
+    import torch
+
+ReportFn = Callable[[dict[str, float], dict[str, Any] | None], None]
+LoadFn = Callable[[], dict[str, Any] | None]
+
+
+class Context:
+    """Execution context of one distill job or eval cell."""
+
+    def __init__(
+        self,
+        seed: int,
+        device: str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        report_fn: ReportFn | None = None,
+        load_fn: LoadFn | None = None,
+        report_every_s: float = 5.0,  # seconds between progress lines; keeps logs readable
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        self._report_fn = report_fn
+        self._load_fn = load_fn
+        self._report_every_s = report_every_s
+        self._last_report = float("-inf")
+        self._log = log
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def stream_seed(self, name: str, per_rank: bool = False) -> int:
+        """The seed of a named stream; `per_rank` streams differ across workers."""
+        return derive_seed(self.seed, name, self.rank if per_rank else None)
+
+    def rng(self, name: str, per_rank: bool = False, device: str = "cpu") -> torch.Generator:
+        """A fresh generator for stream `name` (same name, same numbers)."""
+        import torch
+
+        return torch.Generator(device=device).manual_seed(self.stream_seed(name, per_rank))
+
+    def all_reduce_mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average `tensor` in place across data-parallel workers."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor.div_(self.world_size)
+        return tensor
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Copy rank 0's tensor to every worker (keeps ranks identical after init)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(tensor, src=0)
+        return tensor
+
+    def barrier(self) -> None:
+        """Wait until every worker gets here."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def report(
+        self, force: bool = False, checkpoint: dict[str, Any] | None = None, **metrics: float
+    ) -> None:
+        """Progress (and optionally a checkpoint state) from the training loop.
+
+        Plain progress is throttled to one line every `report_every_s`; a checkpoint is always
+        passed on, since resuming depends on it.
+        """
+        now = time.monotonic()
+        if checkpoint is None and not force and now - self._last_report < self._report_every_s:
+            return
+        self._last_report = now
+        if self._report_fn is not None:
+            self._report_fn(metrics, checkpoint)
+        elif self._log is not None and self.is_main:
+            self._log(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+    def save_checkpoint(self, state: dict[str, Any], **metrics: float) -> None:
+        """Persist `state` (tensors and plain values) so a restarted job resumes from it."""
+        self.report(checkpoint=state, **metrics)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last saved state of this job, or None on a fresh start."""
+        return self._load_fn() if self._load_fn is not None else None
+
+
+class LocalContext(Context):
+    """In-process context: one rank, checkpoints kept in memory (tests can inspect them)."""
+
+    def __init__(self, seed: int, device: str = "cpu", log: Callable[[str], None] | None = None):
+        self.checkpoints: list[dict[str, Any]] = []
+        super().__init__(seed, device=device, report_fn=self._keep, load_fn=self._last, log=log)
+
+    def _keep(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+        if checkpoint is not None:
+            self.checkpoints.append(checkpoint)
+        if self._log is not None:
+            self._log(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+    def _last(self) -> dict[str, Any] | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

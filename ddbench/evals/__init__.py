@@ -1,0 +1,75 @@
+"""Evaluators: one file per evaluator in this folder, found automatically.
+
+An evaluator measures what a distillate is worth. It declares `Params` (pydantic, every field
+commented), splits its work into independent cells (each a Ray task) and turns each cell into
+result rows::
+
+    def cells(self, params) -> list[dict]            # e.g. [{"arch": "convnet", "eval_seed": 0}]
+    def run(self, cell, job, params, ctx) -> list[dict]   # partial rows: metric, value, split ...
+    def reduce(self, rows, params) -> list[dict]     # job-level rows from all cell rows (optional)
+
+`job` is an `EvalJob` carrying the artifact, the real data and the IPC. Partial rows hold only the
+evaluator's columns (arch, eval_seed, step, split, metric, value, higher_is_better); the runner
+adds provenance. Register with `@register_eval` on a class with a unique `name`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ddbench.plugins import import_all
+from ddbench.registry import Registry
+
+if TYPE_CHECKING:
+    from ddbench.artifact import Artifact
+    from ddbench.context import Context
+    from ddbench.data import RealData
+
+
+class EvalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class EvalJob:
+    """What one eval cell works on."""
+
+    artifact: Artifact
+    real: RealData
+    ipc: int  # 0 = the whole train split (reference job)
+    dataset: str
+
+
+class Evaluator:
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    Params: ClassVar[type[EvalParams]] = EvalParams
+    smoke: ClassVar[dict[str, Any]] = {}
+
+    def cells(self, params: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(
+        self, cell: dict[str, Any], job: EvalJob, params: Any, ctx: Context
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def reduce(self, rows: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
+        return []
+
+
+EVALS: Registry[type[Evaluator]] = Registry("evaluator")
+
+
+def register_eval(cls: type[Evaluator]) -> type[Evaluator]:
+    return EVALS.register(cls.name)(cls)
+
+
+def get_eval(name: str) -> Evaluator:
+    return EVALS.get(name)()
+
+
+import_all(__name__)

@@ -1,0 +1,71 @@
+"""Distillation methods: one file per method in this folder, found automatically.
+
+A method is a class with a name, the paper it implements, a version (bump it when results would
+change: it is part of the job id), a pydantic `Params` model whose every field carries a comment
+with its unit and reason, `smoke` overrides that finish in seconds on `digits`, and::
+
+    def distill(self, real: RealData, ipc: int, params: Params, ctx: Context) -> Artifact
+
+`distill` is plain PyTorch: it draws randomness only from `ctx.rng(name)`, reports progress with
+`ctx.report(...)`, averages gradients with `ctx.all_reduce_mean_` when several Ray Train workers
+share the job, and may checkpoint with `ctx.save_checkpoint` / `ctx.load_checkpoint`. To add one::
+
+    @register_method
+    class MyMethod(Method):
+        name = "my_method"
+        paper = "Author et al., Venue Year"
+        class Params(MethodParams):
+            iterations: int = 1000  # outer steps; the paper's value
+        def distill(self, real, ipc, params, ctx): ...
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ddbench.plugins import import_all
+from ddbench.registry import Registry
+
+if TYPE_CHECKING:
+    from ddbench.artifact import Artifact
+    from ddbench.context import Context
+    from ddbench.data import RealData
+
+
+class MethodParams(BaseModel):
+    """Base of every method's Params: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    version: ClassVar[int] = 1
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    smoke: ClassVar[dict[str, Any]] = {}
+    # True when one artifact serves every IPC (a generator, the whole dataset): distilled once.
+    ipc_independent: ClassVar[bool] = False
+
+    def eval_ipcs(self, suite_ipcs: list[int]) -> list[int]:
+        """The IPCs at which an ipc-independent artifact is evaluated."""
+        return list(suite_ipcs)
+
+    def distill(self, real: RealData, ipc: int, params: Any, ctx: Context) -> Artifact:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    return METHODS.register(cls.name)(cls)
+
+
+def get_method(name: str) -> Method:
+    return METHODS.get(name)()
+
+
+import_all(__name__)

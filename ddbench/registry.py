@@ -1,0 +1,77 @@
+"""Named registries of plugins (datasets, architectures, methods, evaluators).
+
+A plugin registers itself with a decorator at import time::
+
+    METHODS = Registry("method")
+
+    @METHODS.register("random_real")
+    class RandomReal(Method): ...
+
+Registering a name twice is an error at import; asking for an unknown name raises
+`UnknownNameError` with the closest known names ("did you mean ...?").
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")  # snake_case identifiers only (DESIGN.md §2)
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message carries did-you-mean suggestions."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """Return ' (did you mean X?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+class Registry(Generic[T]):
+    """A name -> plugin mapping with import-time duplicate checks."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        if not _NAME_PATTERN.match(name):
+            raise ValueError(f"{self.kind} name {name!r} is not a snake_case identifier")
+
+        def decorate(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"duplicate {self.kind} name {name!r}: registered twice")
+            self._items[name] = item
+            return item
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            hint = did_you_mean(name, self.names())
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,233 @@
+"""Reports from the result table, with Polars: tables, plots and image grids.
+
+`write_report(results_root, out_dir, formats)` reads `<results_root>/results/**/*.parquet` and
+writes `<out_dir>/README.md` (markdown tables: top1 mean ± std (n) per method × arch for each
+IPC, gain over `random_real`, the whole-dataset reference), `accuracy_vs_ipc.png`, one image grid
+per distillate, and `summary.csv` when asked. Numbers are test-split, final-epoch accuracies in
+percent (the rows hold fractions in [0, 1]). Add a section by adding a function that takes the
+rows DataFrame and returns markdown lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from ddbench.errors import UserError
+from ddbench.viz import GRID_FILE
+
+REFERENCE = "whole_dataset"
+BASELINE = "random_real"
+
+
+def load_rows(results_root: Path) -> pl.DataFrame:
+    files = list((results_root / "results").glob("**/*.parquet"))
+    if not files:
+        raise UserError(f"no result files under {results_root / 'results'}: run the suite first")
+    return pl.scan_parquet([str(f) for f in files]).collect()
+
+
+def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> pl.DataFrame:
+    """mean, std, n of a metric per (method_label, ipc, arch), over eval seeds and distill seeds."""
+    ok = rows.filter(
+        (pl.col("status") == "ok")
+        & (pl.col("metric") == metric)
+        & (pl.col("split") == split)
+        & pl.col("arch").is_not_null()
+    )
+    return (
+        ok.group_by("dataset", "method_label", "method", "ipc", "arch")
+        .agg(
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std().fill_null(0.0).alias("std"),
+            pl.len().alias("n"),
+            pl.col("artifact_bytes").first(),
+            pl.col("distill_seconds").mean(),
+        )
+        .sort("ipc", "method_label", "arch")
+    )
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return lines
+
+
+def pivot_tables(summary: pl.DataFrame) -> list[str]:
+    """One method × arch table per IPC, the reference row under each."""
+    lines: list[str] = []
+    archs = sorted(summary["arch"].unique().to_list())
+    reference = summary.filter(pl.col("method") == REFERENCE)
+    for ipc in sorted(i for i in summary["ipc"].unique().to_list() if i != 0):
+        part = summary.filter(pl.col("ipc") == ipc)
+        lines += [f"### IPC {ipc}", ""]
+        body = []
+        for label in sorted(part["method_label"].unique().to_list()):
+            sub = part.filter(pl.col("method_label") == label)
+            cells = {
+                r["arch"]: _cell(r["mean"], r["std"], r["n"]) for r in sub.iter_rows(named=True)
+            }
+            body.append([label] + [cells.get(a, "–") for a in archs])
+        if len(reference):
+            cells = {
+                r["arch"]: _cell(r["mean"], r["std"], r["n"])
+                for r in reference.iter_rows(named=True)
+            }
+            body.append([f"*{REFERENCE}* (reference)"] + [cells.get(a, "–") for a in archs])
+        lines += _markdown_table(["method"] + archs, body) + [""]
+    return lines
+
+
+def gain_table(summary: pl.DataFrame) -> list[str]:
+    """Mean top1 minus random_real's at the same (ipc, arch), in percentage points."""
+    base = summary.filter(pl.col("method") == BASELINE).select(
+        "ipc", "arch", pl.col("mean").alias("baseline")
+    )
+    if base.is_empty():
+        return []
+    gains = (
+        summary.filter(~pl.col("method").is_in([BASELINE, REFERENCE]))
+        .join(base, on=["ipc", "arch"])
+        .with_columns(((pl.col("mean") - pl.col("baseline")) * 100).alias("gain"))
+        .group_by("method_label", "ipc")
+        .agg(pl.col("gain").mean())
+        .sort("ipc", "method_label")
+    )
+    if gains.is_empty():
+        return []
+    ipcs = sorted(gains["ipc"].unique().to_list())
+    body = []
+    for label in sorted(gains["method_label"].unique().to_list()):
+        sub = {
+            r["ipc"]: r["gain"]
+            for r in gains.filter(pl.col("method_label") == label).iter_rows(named=True)
+        }
+        body.append([label] + [f"{sub[i]:+.1f}" if i in sub else "–" for i in ipcs])
+    return (
+        ["## Gain over random_real (percentage points, mean over architectures)", ""]
+        + _markdown_table(["method"] + [f"IPC {i}" for i in ipcs], body)
+        + [""]
+    )
+
+
+def cost_table(summary: pl.DataFrame) -> list[str]:
+    costs = (
+        summary.group_by("method_label", "ipc")
+        .agg(pl.col("artifact_bytes").first(), pl.col("distill_seconds").first())
+        .sort("ipc", "method_label")
+    )
+    body = [
+        [
+            r["method_label"],
+            str(r["ipc"]),
+            f"{r['artifact_bytes']:,}",
+            f"{r['distill_seconds']:.1f}",
+        ]
+        for r in costs.iter_rows(named=True)
+    ]
+    return (
+        ["## Cost of each distillate", ""]
+        + _markdown_table(["method", "ipc", "artifact bytes", "distill seconds"], body)
+        + [""]
+    )
+
+
+def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_method = (
+        summary.filter(pl.col("ipc") > 0)
+        .group_by("method_label", "ipc")
+        .agg(pl.col("mean").mean())
+        .sort("method_label", "ipc")
+    )
+    if per_method.is_empty():
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label in sorted(per_method["method_label"].unique().to_list()):
+        sub = per_method.filter(pl.col("method_label") == label)
+        ax.plot(
+            sub["ipc"].to_list(), [100 * v for v in sub["mean"].to_list()], marker="o", label=label
+        )
+    ref = summary.filter(pl.col("method") == REFERENCE)
+    if len(ref):
+        ax.axhline(100 * ref["mean"].mean(), color="grey", linestyle="--", label=REFERENCE)
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class (IPC)")
+    ax.set_ylabel("test top-1 (%), mean over architectures")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_grids(results_root: Path, rows: pl.DataFrame, out_dir: Path) -> list[str]:
+    """Copy each distillate's grid (drawn at distill time) into the report; markdown lines."""
+    import shutil
+
+    jobs = (
+        rows.filter(pl.col("method") != REFERENCE)
+        .select("job_id", "method_label", "ipc")
+        .unique(subset="job_id")
+        .sort("method_label", "ipc")
+    )
+    lines: list[str] = []
+    for job in jobs.iter_rows(named=True):
+        grid = results_root / "artifacts" / job["job_id"] / GRID_FILE
+        if not grid.is_file():
+            continue
+        name = f"grids/{job['method_label']}_{job['job_id']}.png"
+        (out_dir / "grids").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(grid, out_dir / name)
+        lines.append(f"**{job['method_label']}** (job {job['job_id']})\n\n![{name}]({name})\n")
+    return lines
+
+
+def write_report(results_root: Path, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
+    rows = load_rows(results_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    suite = rows["suite"].drop_nulls().first() or results_root.name
+    status = rows.group_by("status").len().sort("status")
+    counts = ", ".join(f"{r['len']} {r['status']}" for r in status.iter_rows(named=True))
+    lines = [
+        f"# ddbench report: {suite}",
+        "",
+        f"Dataset: {', '.join(sorted(rows['dataset'].unique().to_list()))}. Rows: {counts}. "
+        "Test-split top-1 of the final epoch, in %, as mean ± std (n models).",
+        "",
+        "## Top-1 by method and architecture",
+        "",
+    ]
+    lines += pivot_tables(summary)
+    lines += gain_table(summary)
+    lines += cost_table(summary)
+    plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
+    if plot is not None:
+        lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
+    grids = write_grids(results_root, rows, out_dir)
+    if grids:
+        lines += ["## Distilled images", ""] + grids
+    failed = rows.filter(pl.col("status") == "failed")
+    if len(failed):
+        lines += ["## Failed cells", ""]
+        for r in failed.iter_rows(named=True):
+            last = (r["error"] or "").strip().splitlines()[-1:] or [""]
+            lines.append(f"- {r['method_label']} ipc={r['ipc']} {r['arch']}: {last[0]}")
+        lines.append("")
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines))
+    if "csv" in formats:
+        summary.write_csv(out_dir / "summary.csv")
+    return path

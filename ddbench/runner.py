@@ -1,0 +1,531 @@
+"""Executes a plan: the only module that imports ray.
+
+- A distill job runs as a Ray Train `TorchTrainer` (one or more data-parallel workers, gloo on the
+  CPU, NCCL on GPUs). The method checkpoints through its `Context`; `FailureConfig` restarts a lost
+  worker, which resumes from the last checkpoint. Rank 0 saves the artifact under
+  `<out>/artifacts/<job_id>/`; artifacts travel to eval cells by path.
+- Each eval cell is a `ray.remote` task with the suite's eval resources; it writes its own Parquet
+  file atomically, so a killed driver loses nothing finished. The driver drains them with
+  `ray.wait` while later distill jobs run.
+- `mode="local"` runs the same plan in-process without Ray (debugging, unit tests).
+
+A rerun skips every job whose artifact exists and every cell whose file holds `ok` rows; failed
+cells are retried. `force=True` recomputes everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddbench import __version__
+from ddbench.artifact import ImageSet, artifact_exists, load_artifact
+from ddbench.context import Context, LocalContext, pick_device
+from ddbench.errors import UserError
+from ddbench.plan import DistillJob, EvalCell, Plan
+from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
+from ddbench.seeding import content_hash, derive_seed
+from ddbench.viz import GRID_FILE, grid_png
+
+Log = Callable[[str], None]
+# Ray Train V2 blocks ~2 s per report at its default health-check interval (ENVIRONMENT.md).
+RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+@dataclass
+class RunSummary:
+    distilled: int = 0
+    distill_cached: int = 0
+    cells_run: int = 0
+    cells_cached: int = 0
+    cells_failed: int = 0
+    rows_written: int = 0
+    changed_jobs: set[str] = field(default_factory=set)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.cells_failed else 0
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def artifact_dir(out: Path, job: DistillJob) -> Path:
+    return out / "artifacts" / job.job_id
+
+
+def cell_done(out: Path, cell: EvalCell) -> bool:
+    path = out / cell.relpath
+    if not path.is_file():
+        return False
+    return all(r["status"] == "ok" for r in read_rows(path))
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def full_rows(
+    cell: EvalCell,
+    partial: list[dict[str, Any]],
+    artifact_meta: dict[str, Any],
+    wall_time_s: float,
+    sha: str,
+) -> list[dict[str, Any]]:
+    """Add provenance columns to an evaluator's partial rows."""
+    job = cell.job
+    base = {
+        "suite": artifact_meta.get("suite_name", ""),
+        "job_id": job.job_id,
+        "method": job.method,
+        "method_label": job.label,
+        "method_version": job.method_version,
+        "method_params": artifact_meta.get("chosen_params_json", job.params_json),
+        "dataset": job.dataset,
+        "ipc": cell.ipc,
+        "distill_seed": job.distill_seed,
+        "artifact_bytes": int(artifact_meta.get("artifact_bytes", 0)),
+        "distill_seconds": float(artifact_meta.get("distill_seconds", float("nan"))),
+        "evaluator": cell.evaluator,
+        "eval_version": cell.eval_version,
+        "eval_params": to_json(cell.eval_params),
+        "wall_time_s": wall_time_s,
+        "ddbench_version": __version__,
+        "git_sha": sha,
+        "created_at": now_utc(),
+    }
+    return [make_row(**{**base, "status": "ok", "error": None, **p}) for p in partial]
+
+
+def failed_rows(cell: EvalCell, error: str, meta: dict[str, Any], sha: str) -> list[dict[str, Any]]:
+    from ddbench.evals import EVALS
+
+    metric = getattr(EVALS.get(cell.evaluator), "primary_metric", "top1")
+    partial = {
+        "arch": cell.cell.get("arch"),
+        "eval_seed": cell.cell.get("eval_seed"),
+        "step": cell.cell.get("step"),
+        "split": "test",
+        "metric": metric,
+        "value": float("nan"),
+        "higher_is_better": True,
+    }
+    rows = full_rows(cell, [], meta, 0.0, sha)
+    base = full_rows(cell, [{**partial, "value": 0.0}], meta, 0.0, sha)[0]
+    rows.append({**base, "value": float("nan"), "status": "failed", "error": error[-4000:]})
+    return rows
+
+
+# --------------------------------------------------------------------------- work units
+
+
+def distill_job(
+    job: DistillJob, ctx: Context, real: Any, out: Path, suite_name: str
+) -> dict[str, Any]:
+    """Run one method on one job (any rank); rank 0 saves the artifact. Returns its meta."""
+    from ddbench.methods import METHODS
+
+    method = METHODS.get(job.method)()
+    params = method.Params.model_validate(job.params)
+    if job.dataset_params.get("classes"):
+        real = real.subset(job.dataset_params["classes"])
+    start = time.perf_counter()
+    artifact = method.distill(real, job.ipc or 0, params, ctx)
+    seconds = time.perf_counter() - start
+    artifact.meta.update(
+        {
+            "job_id": job.job_id,
+            "method": job.method,
+            "label": job.label,
+            "ipc": job.ipc,
+            "distill_seed": job.distill_seed,
+            "distill_seconds": seconds,
+            "suite_name": suite_name,
+            "world_size": ctx.world_size,
+        }
+    )
+    if ctx.is_main:
+        adir = artifact_dir(out, job)
+        artifact.save(adir)
+        if isinstance(artifact, ImageSet):
+            grid_png(artifact.images, artifact.labels, real, adir / GRID_FILE)
+    return {**artifact.meta, "artifact_bytes": artifact.artifact_bytes()}
+
+
+def run_cell(
+    cell: EvalCell, real: Any, out: Path, device: str, cpus: float, sha: str
+) -> tuple[str, int]:
+    """Evaluate one cell and write its Parquet file; never raises (a failure is a failed row)."""
+    import json
+
+    from ddbench.evals import EVALS, EvalJob
+    from ddbench.fit import set_threads
+
+    set_threads(cpus)
+    meta: dict[str, Any] = {}
+    start = time.perf_counter()
+    try:
+        adir = artifact_dir(out, cell.job)
+        meta = json.loads((adir / "meta.json").read_text())
+        artifact = load_artifact(adir)
+        evaluator = EVALS.get(cell.evaluator)()
+        params = evaluator.Params.model_validate(cell.eval_params)
+        seed = derive_seed(cell.job.suite_seed, "eval", cell.job.job_id, cell.cell_id)
+        ctx = Context(seed, device=device)
+        partial = evaluator.run(
+            cell.cell, EvalJob(artifact, real, cell.ipc, cell.job.dataset), params, ctx
+        )
+        rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha)
+        status = "ok"
+    except Exception:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
+        rows = failed_rows(cell, traceback.format_exc(), meta, sha)
+        status = "failed"
+    write_rows(out / cell.relpath, rows)
+    return status, len(rows)
+
+
+def write_reduce(plan: Plan, out: Path, sha: str) -> None:
+    """Job-level rows from each evaluator's `reduce`, once all of a job's cells are written."""
+    from ddbench.evals import EVALS
+
+    groups: dict[tuple[str, str, int], list[EvalCell]] = {}
+    for cell in plan.cells:
+        groups.setdefault((cell.job.job_id, cell.evaluator, cell.ipc), []).append(cell)
+    for (job_id, evaluator_name, ipc), cells in groups.items():
+        paths = [out / c.relpath for c in cells]
+        if not all(p.is_file() for p in paths):
+            continue
+        rows = [r for p in paths for r in read_rows(p)]
+        evaluator = EVALS.get(evaluator_name)()
+        params = evaluator.Params.model_validate(cells[0].eval_params)
+        partial = evaluator.reduce([r for r in rows if r["status"] == "ok"], params)
+        if partial:
+            template = {k: v for k, v in rows[0].items()}
+            reduced = [
+                make_row(
+                    **{
+                        **template,
+                        "arch": None,
+                        "eval_seed": None,
+                        "step": None,
+                        "status": "ok",
+                        "error": None,
+                        "created_at": now_utc(),
+                        **p,
+                    }
+                )
+                for p in partial
+            ]
+            write_rows(out / f"results/{evaluator_name}/{job_id}/reduce-ipc{ipc}.parquet", reduced)
+
+
+# --------------------------------------------------------------------------- local mode
+
+
+def run_local(plan: Plan, real: Any, out: Path, force: bool, log: Log) -> RunSummary:
+    summary = RunSummary()
+    sha = git_sha()
+    device = pick_device()
+    for job in plan.jobs:
+        cells = plan.cells_of(job)
+        if force or not artifact_exists(artifact_dir(out, job)):
+            log(f"distill {job.label} ipc={job.ipc} seed={job.distill_seed} [{job.job_id}]")
+            try:
+                ctx = LocalContext(derive_seed(job.suite_seed, "distill", job.job_id), device, log)
+                distill_job(job, ctx, real, out, plan.suite)
+                summary.distilled += 1
+                summary.changed_jobs.add(job.job_id)
+            except Exception:  # noqa: BLE001 - the job's cells become failed rows
+                _fail_cells(cells, traceback.format_exc(), out, sha, summary, log)
+                continue
+        else:
+            summary.distill_cached += 1
+        for cell in cells:
+            if not force and cell_done(out, cell):
+                summary.cells_cached += 1
+                continue
+            status, n = run_cell(cell, real, out, device, os.cpu_count() or 1, sha)
+            _count(summary, cell, status, n, log)
+    write_reduce(plan, out, sha)
+    return summary
+
+
+def _count(summary: RunSummary, cell: EvalCell, status: str, n: int, log: Log) -> None:
+    summary.cells_run += 1
+    summary.rows_written += n
+    summary.changed_jobs.add(cell.job.job_id)
+    if status != "ok":
+        summary.cells_failed += 1
+    log(f"{status:6s} {cell.describe()}")
+
+
+def _fail_cells(
+    cells: list[EvalCell], error: str, out: Path, sha: str, summary: RunSummary, log: Log
+) -> None:
+    log(f"distillation failed: {error.strip().splitlines()[-1]}")
+    for cell in cells:
+        rows = failed_rows(cell, "distillation failed:\n" + error, {}, sha)
+        write_rows(out / cell.relpath, rows)
+        _count(summary, cell, "failed", len(rows), log)
+
+
+# --------------------------------------------------------------------------- Ray mode
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join a cluster at `address`, or start a private embedded one on 127.0.0.1."""
+    import ray
+
+    os.environ.update(RAY_ENV)
+    runtime_env = {"env_vars": dict(RAY_ENV)}
+    try:
+        if address:
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                logging_level="WARNING",
+                log_to_driver=True,
+            )
+        else:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count(),
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                logging_level="WARNING",
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot start or join Ray at {address or 'local'}: {exc}") from None
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker: distil each job of the group in turn, skipping finished ones.
+
+    Grouping the pending jobs into one Train run pays Train's start-up (~10 s) once. After a
+    restart (`FailureConfig`), rank 0 sees which artifacts exist, every rank skips those, and
+    the interrupted job resumes from its checkpoint (checkpoints carry their job id).
+    """
+    import ray
+    import ray.train
+    import torch
+
+    from ddbench.fit import set_threads
+
+    set_threads(config["cpus_per_worker"])
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    device = "cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu"
+    out = Path(config["out"])
+    real = ray.get(config["real_ref"])
+
+    for job in config["jobs"]:
+        ctx = Context(
+            derive_seed(job.suite_seed, "distill", job.job_id),
+            device=device,
+            rank=rank,
+            world_size=world,
+        )
+        done = torch.tensor([float(artifact_exists(artifact_dir(out, job)))])
+        if float(ctx.broadcast_(done)) == 1.0:
+            continue
+
+        def report(
+            metrics: dict[str, float], checkpoint: dict[str, Any] | None, job_id: str = job.job_id
+        ) -> None:
+            if checkpoint is None:  # plain progress: a log line, no collective call
+                if rank == 0:
+                    print(
+                        f"[{job_id}] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                        flush=True,
+                    )
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    torch.save({"job_id": job_id, "state": checkpoint}, Path(tmp) / "state.pt")
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                    ray.train.report({**metrics, "job": job_id}, checkpoint=ckpt)
+                else:
+                    ray.train.report({**metrics, "job": job_id}, checkpoint=None)
+
+        def load(job_id: str = job.job_id) -> dict[str, Any] | None:
+            ckpt = ray.train.get_checkpoint()
+            if ckpt is None:
+                return None
+            with ckpt.as_directory() as d:
+                saved = torch.load(Path(d) / "state.pt", weights_only=True)
+            return saved["state"] if saved["job_id"] == job_id else None
+
+        ctx._report_fn, ctx._load_fn = report, load
+        try:
+            distill_job(job, ctx, real, out, config["suite"])
+        except Exception:  # noqa: BLE001 - recorded for the driver; the group goes on
+            if rank == 0:
+                write_failure(out, job, traceback.format_exc())
+        ctx.barrier()
+
+
+def write_failure(out: Path, job: DistillJob, error: str) -> None:
+    path = artifact_dir(out, job).with_suffix(".failed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(error)
+
+
+def read_failure(out: Path, job: DistillJob) -> str | None:
+    path = artifact_dir(out, job).with_suffix(".failed")
+    return path.read_text() if path.is_file() else None
+
+
+def _distill_group_task(
+    jobs: list[DistillJob],
+    real_refs: list[Any],
+    out: str,
+    suite: str,
+    resources: Any,
+    max_failures: int,
+) -> None:
+    """A Ray task that drives one TorchTrainer run over a group of distill jobs."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={
+            "jobs": jobs,
+            "real_ref": real_refs[0],  # a list, so Ray passes the ref rather than the data
+            "out": out,
+            "suite": suite,
+            "use_gpu": use_gpu,
+            "cpus_per_worker": resources.cpus_per_worker,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name="distill-" + content_hash("".join(j.job_id for j in jobs)),
+            storage_path=str(Path(out) / "ray_train"),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def run_ray(
+    plan: Plan, real: Any, out: Path, force: bool, log: Log, max_failures: int = 2
+) -> RunSummary:
+    """Distil pending jobs in one Train run (a driver task) while eval cells run as tasks."""
+    import ray
+
+    summary = RunSummary()
+    sha = git_sha()
+    res = plan.loaded.suite.resources
+    out = out.resolve()
+    real_ref = ray.put(real)
+    cell_task = ray.remote(_cell_task).options(
+        num_cpus=res.eval.cpus, num_gpus=res.eval.gpus, max_retries=1
+    )
+    device = "cuda" if res.eval.gpus > 0 else "cpu"
+    if force:
+        for job in plan.jobs:
+            shutil.rmtree(artifact_dir(out, job), ignore_errors=True)
+    todo = [j for j in plan.jobs if not artifact_exists(artifact_dir(out, j))]
+    for job in todo:
+        artifact_dir(out, job).with_suffix(".failed").unlink(missing_ok=True)
+    summary.distill_cached = len(plan.jobs) - len(todo)
+    driver = None
+    if todo:
+        log(
+            f"distilling {len(todo)} jobs in one Ray Train run: "
+            + ", ".join(f"{j.label}/ipc{j.ipc}" for j in todo)
+        )
+        driver = (
+            ray.remote(_distill_group_task)
+            .options(num_cpus=0)
+            .remote(todo, [real_ref], str(out), plan.suite, res.distill, max_failures)
+        )
+    waiting = list(plan.jobs)  # jobs whose cells are not submitted yet
+    pending: dict[Any, EvalCell] = {}
+
+    def submit_ready(driver_done: bool) -> None:
+        for job in list(waiting):
+            cells = plan.cells_of(job)
+            error = read_failure(out, job)
+            if artifact_exists(artifact_dir(out, job)):
+                waiting.remove(job)
+                if job in todo:
+                    summary.distilled += 1
+                    summary.changed_jobs.add(job.job_id)
+                    log(f"distilled {job.label} ipc={job.ipc} [{job.job_id}]")
+                for cell in cells:
+                    if not force and cell_done(out, cell):
+                        summary.cells_cached += 1
+                        continue
+                    ref = cell_task.remote(cell, real_ref, str(out), device, res.eval.cpus, sha)
+                    pending[ref] = cell
+            elif error is not None or driver_done:
+                waiting.remove(job)
+                _fail_cells(
+                    cells,
+                    error or "the Ray Train run ended without this artifact",
+                    out,
+                    sha,
+                    summary,
+                    log,
+                )
+
+    while waiting or pending:
+        refs = list(pending) + ([driver] if driver is not None else [])
+        ready, _ = ray.wait(refs, num_returns=1, timeout=1.0) if refs else ([], [])
+        for ref in ready:
+            if ref is driver:
+                driver = None
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    log(f"Ray Train run failed: {str(exc).strip().splitlines()[-1]}")
+                continue
+            cell = pending.pop(ref)
+            try:
+                status, n = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the task's worker died twice
+                rows = failed_rows(cell, f"eval task lost: {exc}", {}, sha)
+                write_rows(out / cell.relpath, rows)
+                status, n = "failed", len(rows)
+            _count(summary, cell, status, n, log)
+        submit_ready(driver_done=driver is None)
+    write_reduce(plan, out, sha)
+    return summary
+
+
+def _cell_task(
+    cell: EvalCell, real: Any, out: str, device: str, cpus: float, sha: str
+) -> tuple[str, int]:
+    return run_cell(cell, real, Path(out), device, cpus, sha)

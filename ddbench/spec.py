@@ -1,0 +1,446 @@
+"""The suite file: pydantic models, YAML line numbers, profiles and `--set` overrides.
+
+`load_suite(path, overrides)` reads a suite YAML, applies the method / evaluator `smoke` defaults
+and the suite's profile when `profile=NAME` is set, applies `--set KEY=VALUE` overrides, and
+validates everything — the suite's own keys and every plugin's `Params` — collecting all errors
+before raising one `SuiteError` whose lines read `file:line: dotted.path: message`.
+
+Precedence, lowest first: defaults in code < suite YAML < plugin `smoke` params (profile `smoke`
+only) < the suite's profile < `--set`. Methods and evaluators are addressed by name in dotted
+paths (`methods.datadam.params.iterations`), or by label when two entries share a method.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ddbench.errors import UserError
+from ddbench.registry import did_you_mean
+
+Loc = tuple[str | int, ...]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(Strict):
+    name: str = "digits"  # the embedded default: scikit-learn's digits, no download
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TuneSpec(Strict):
+    metric: str = "val_top1"  # selection is on the val split only (DESIGN.md §6)
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(1, ge=1)  # samples per point of the grid
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials early
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None = as many as resources allow
+
+    @field_validator("space")
+    @classmethod
+    def _space_kinds(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        kinds = {"grid", "choice", "uniform", "loguniform", "randint"}
+        for key, dist in space.items():
+            if len(dist) != 1 or next(iter(dist)) not in kinds:
+                raise ValueError(f"space.{key} must be one of {sorted(kinds)} with its values")
+        return space
+
+
+class MethodSpec(Strict):
+    name: str
+    label: str | None = None  # tells apart two configs of one method; default = name
+    params: dict[str, Any] = Field(default_factory=dict)
+    tune: TuneSpec | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class EvalSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillResources(Strict):
+    workers: int = Field(1, ge=1)  # Ray Train workers (data-parallel ranks) per distill job
+    cpus_per_worker: float = Field(1.0, gt=0)  # one core per rank keeps a 2-core laptop usable
+    gpus_per_worker: float = Field(0.0, ge=0)  # 0 = CPU; set 1 on a GPU cluster
+
+
+class EvalResources(Strict):
+    cpus: float = Field(1.0, gt=0)  # per eval cell (one network trained from scratch)
+    gpus: float = Field(0.0, ge=0)  # fractional GPUs pack several small nets on one device
+
+
+class Resources(Strict):
+    distill: DistillResources = Field(default_factory=DistillResources)
+    eval: EvalResources = Field(default_factory=EvalResources)
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # results/<name>, MLflow experiment
+    seed: int = 0  # every random stream derives from this by hashing
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    ipc: list[int] = Field(min_length=1)  # images per class to distil
+    distill_seeds: list[int] = Field(default_factory=lambda: [0])
+    methods: list[MethodSpec] = Field(min_length=1)
+    evals: list[EvalSpec] = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("ipc")
+    @classmethod
+    def _positive_ipc(cls, ipc: list[int]) -> list[int]:
+        if any(i < 1 for i in ipc):
+            raise ValueError("every ipc must be >= 1")
+        return ipc
+
+
+@dataclass
+class LoadedSuite:
+    """A validated suite plus each plugin's validated params (same order as the lists)."""
+
+    suite: Suite
+    path: str
+    method_params: list[BaseModel]
+    eval_params: list[BaseModel]
+    dataset_params: BaseModel
+    profile: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+class SuiteError(UserError):
+    """All problems of a suite, one `file:line: path: message` per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+def _line_map(
+    node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[tuple[Loc, int]]
+) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                dupes.append((path + (key,), key_node.start_mark.line + 1))
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), lines, dupes)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), lines, dupes)
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SuiteError([f"{path}: cannot read suite: {exc.strerror}"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise SuiteError([f"{path}:{line}: {exc.problem or exc}"]) from None
+    lines: dict[Loc, int] = {}
+    dupes: list[tuple[Loc, int]] = []
+    if node is not None:
+        _line_map(node, (), lines, dupes)
+    if dupes:
+        raise SuiteError([f"{path}:{ln}: {_dotted(loc)}: duplicate key" for loc, ln in dupes])
+    if not isinstance(data, dict):
+        raise SuiteError([f"{path}:1: a suite must be a mapping of keys (name, ipc, methods, ...)"])
+    return data, lines
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc) or "<suite>"
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _named_index(items: list[Any], key: str) -> int | None:
+    """Index of the list entry called `key` (by label first, then by name, then as a number)."""
+    for field_name in ("label", "name"):
+        hits = [
+            i for i, it in enumerate(items) if isinstance(it, dict) and it.get(field_name) == key
+        ]
+        if len(hits) == 1:
+            return hits[0]
+    return int(key) if key.isdigit() and int(key) < len(items) else None
+
+
+def _entry_names(items: list[Any]) -> list[str]:
+    return [str(it.get("label") or it.get("name")) for it in items if isinstance(it, dict)]
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> Loc:
+    """Set `value` at a dotted path, addressing list entries by name; returns the list-index loc."""
+    parts = dotted.split(".")
+    node: Any = data
+    loc: list[str | int] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _named_index(node, part)
+            if idx is None:
+                hint = did_you_mean(part, _entry_names(node))
+                raise ValueError(f"{_dotted(tuple(loc))} has no entry named {part!r}{hint}")
+            loc.append(idx)
+            if last:
+                node[idx] = value
+            node = node[idx]
+        elif isinstance(node, dict):
+            loc.append(part)
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ValueError(f"{_dotted(tuple(loc))} is a value, not a mapping")
+    return tuple(loc)
+
+
+def merge(base: Any, override: Any, where: str = "") -> Any:
+    """Deep-merge `override` into `base`; a mapping merges into a list of named entries by name."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = merge(base.get(k), v, f"{where}.{k}" if where else k)
+        return out
+    if isinstance(base, list) and isinstance(override, dict):
+        out_list = list(base)
+        for k, v in override.items():
+            idx = _named_index(out_list, str(k))
+            if idx is None:
+                hint = did_you_mean(str(k), _entry_names(out_list))
+                raise ValueError(f"{where} has no entry named {k!r}{hint}")
+            out_list[idx] = merge(out_list[idx], v, f"{where}.{k}")
+        return out_list
+    return copy.deepcopy(override)
+
+
+def parse_overrides(pairs: list[str]) -> tuple[str | None, list[tuple[str, Any]]]:
+    """Split `--set` pairs into the profile name and (dotted key, YAML-parsed value) pairs."""
+    profile = None
+    parsed: list[tuple[str, Any]] = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+            raise SuiteError([f"--set {pair}: expected KEY=VALUE with a dotted KEY"])
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise SuiteError([f"--set {pair}: value is not valid YAML: {exc}"]) from None
+        if key == "profile":
+            profile = str(value)
+        else:
+            parsed.append((key, value))
+    return profile, parsed
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _plugin_defaults(data: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """Under profile `smoke`, put each plugin's smoke params under the suite's own params."""
+    if profile != "smoke":
+        return data
+    from ddbench.evals import EVALS
+    from ddbench.methods import METHODS
+
+    data = copy.deepcopy(data)
+    for section, registry in (("methods", METHODS), ("evals", EVALS)):
+        for entry in data.get(section) or []:
+            if isinstance(entry, dict) and entry.get("name") in registry:
+                smoke = getattr(registry.get(entry["name"]), "smoke", {})
+                entry["params"] = {**smoke, **(entry.get("params") or {})}
+    return data
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSuite:
+    """Read, override and validate a suite; raise `SuiteError` listing every problem."""
+    path = Path(path)
+    raw, lines = _read_yaml(path)
+    profile, pairs = parse_overrides(overrides or [])
+    problems: list[str] = []
+    data = _plugin_defaults(raw, profile)
+    set_locs: dict[Loc, str] = {}
+    if profile is not None:
+        profiles = raw.get("profiles") or {}
+        if profile not in profiles:
+            hint = did_you_mean(profile, list(profiles))
+            raise SuiteError([f"{path}: --set profile={profile}: no such profile{hint}"])
+        try:
+            data = merge(data, profiles[profile])
+        except ValueError as exc:
+            line = lines.get(("profiles", profile), 0)
+            raise SuiteError([f"{path}:{line}: profiles.{profile}: {exc}"]) from None
+    for key, value in pairs:
+        try:
+            set_locs[set_path(data, key, value)] = f"--set {key}"
+        except ValueError as exc:
+            problems.append(f"--set {key}: {exc}")
+    if problems:
+        raise SuiteError(problems)
+
+    def where(loc: Loc) -> str:
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in set_locs:
+                return set_locs[loc[:n]]
+            if loc[:n] in lines:
+                return f"{path}:{lines[loc[:n]]}"
+        return str(path)
+
+    def pretty(loc: Loc, items: dict[str, Any]) -> str:
+        """Dotted path with list entries shown by name (methods.datadam.params.x)."""
+        out: list[str] = []
+        node: Any = items
+        for part in loc:
+            if isinstance(node, list) and isinstance(part, int) and part < len(node):
+                entry = node[part]
+                name = entry.get("label") or entry.get("name") if isinstance(entry, dict) else None
+                out.append(str(name) if name else str(part))
+                node = entry
+            else:
+                out.append(str(part))
+                node = node.get(part) if isinstance(node, dict) else None
+        return ".".join(out) or "<suite>"
+
+    def add(loc: Loc, message: str) -> None:
+        problems.append(f"{where(loc)}: {pretty(loc, data)}: {message}")
+
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            add(tuple(err["loc"]), _message(err, data))
+        raise SuiteError(problems) from None
+
+    method_params, eval_params, dataset_params = _validate_plugins(suite, add)
+    if problems:
+        raise SuiteError(problems)
+    return LoadedSuite(
+        suite, str(path), method_params, eval_params, dataset_params, profile, overrides or []
+    )
+
+
+def _message(err: dict[str, Any], data: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown key{_hint_for(err['loc'], data)}"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"])
+
+
+def _hint_for(loc: tuple[Any, ...], data: Any, model: type[BaseModel] | None = None) -> str:
+    """did-you-mean for an unknown key, against the fields of the model owning it."""
+    key = str(loc[-1])
+    if model is None:
+        model = _model_at(loc[:-1])
+    return did_you_mean(key, list(model.model_fields)) if model is not None else ""
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Suite
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return None
+    return model if isinstance(model, type) else None
+
+
+def _validate_plugins(suite: Suite, add: Any) -> tuple[list[BaseModel], list[BaseModel], BaseModel]:
+    """Check plugin names against the registries and their params against each Params model."""
+    from ddbench.data import DATASETS, DatasetParams, dataset_params_model
+    from ddbench.evals import EVALS
+    from ddbench.methods import METHODS
+
+    def check(loc: Loc, model: type[BaseModel], params: dict[str, Any]) -> BaseModel | None:
+        try:
+            return model.model_validate(params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                sub = (*loc, *err["loc"])
+                if err["type"] == "extra_forbidden":
+                    add(sub, "unknown parameter" + _hint_for(err["loc"], params, model))
+                else:
+                    add(sub, str(err["msg"]))
+            return None
+
+    dataset_params: BaseModel = DatasetParams()
+    if suite.dataset.name not in DATASETS:
+        add(
+            ("dataset", "name"),
+            f"unknown dataset {suite.dataset.name!r}"
+            + did_you_mean(suite.dataset.name, DATASETS.names()),
+        )
+    else:
+        model = dataset_params_model(suite.dataset.name)
+        dataset_params = check(("dataset", "params"), model, suite.dataset.params) or model()
+
+    method_params: list[BaseModel] = []
+    keys: dict[str, int] = {}
+    for i, m in enumerate(suite.methods):
+        if m.key in keys:
+            add(("methods", i, "label"), f"two entries are called {m.key!r}: give one a label")
+        keys[m.key] = i
+        if m.name not in METHODS:
+            add(
+                ("methods", i, "name"),
+                f"unknown method {m.name!r}" + did_you_mean(m.name, METHODS.names()),
+            )
+            continue
+        method = METHODS.get(m.name)
+        params = check(("methods", i, "params"), method.Params, m.params)
+        method_params.append(params if params is not None else method.Params.model_construct())
+        if m.tune is not None:
+            for key in m.tune.space:
+                if key not in method.Params.model_fields:
+                    hint = did_you_mean(key, list(method.Params.model_fields))
+                    add(
+                        ("methods", i, "tune", "space", key),
+                        f"{m.name} has no parameter {key!r}{hint}",
+                    )
+
+    eval_params: list[BaseModel] = []
+    for i, e in enumerate(suite.evals):
+        if e.name not in EVALS:
+            add(
+                ("evals", i, "name"),
+                f"unknown evaluator {e.name!r}" + did_you_mean(e.name, EVALS.names()),
+            )
+            continue
+        evaluator = EVALS.get(e.name)
+        params = check(("evals", i, "params"), evaluator.Params, e.params)
+        eval_params.append(params if params is not None else evaluator.Params.model_construct())
+    return method_params, eval_params, dataset_params

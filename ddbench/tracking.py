@@ -1,0 +1,121 @@
+"""MLflow tracking: an experiment per suite, a parent run per invocation, a child run per job.
+
+The child run of a job holds its params (method params prefixed `p.`), its metrics (test top1
+mean per evaluator / ipc / arch, artifact bytes, distill seconds), tags (job_id, method, label,
+dataset, ipc, suite) and artifacts (the job's Parquet rows and the image grid). A job is logged
+when this invocation changed it or when this tracking URI has not seen it yet (a marker file per
+URI under `<out>/tracking/`), so a rerun after an outage logs what was missing.
+Called from the driver only (rank 0); mlflow is imported here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from ddbench.seeding import content_hash
+from ddbench.viz import GRID_FILE
+
+if TYPE_CHECKING:
+    from ddbench.plan import Plan
+    from ddbench.runner import RunSummary
+
+
+def default_tracking_uri(out: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
+    """Log every job that needs it; returns the number of child runs written."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    from ddbench import __version__
+    from ddbench.runner import git_sha
+
+    mlflow.set_tracking_uri(uri)
+    markers = suite_dir / "tracking" / content_hash(uri)
+    todo = [
+        job
+        for job in plan.jobs
+        if job.job_id in summary.changed_jobs or not (markers / job.job_id).exists()
+    ]
+    if not todo:
+        return 0
+    mlflow.set_experiment(plan.suite)
+    logged = 0
+    loaded = plan.loaded
+    with mlflow.start_run(run_name=f"{plan.suite} invocation") as parent:
+        mlflow.set_tags(
+            {
+                "ddbench.kind": "invocation",
+                "ddbench_version": __version__,
+                "git_sha": git_sha(),
+                "suite_file": loaded.path,
+                "profile": loaded.profile or "",
+                "overrides": " ".join(loaded.overrides),
+            }
+        )
+        for job in todo:
+            files = sorted((suite_dir / "results").glob(f"*/{job.job_id}/*.parquet"))
+            if not files:
+                continue
+            rows = pl.read_parquet([str(f) for f in files])
+            with mlflow.start_run(
+                run_name=f"{job.label} [{job.job_id}]",
+                nested=True,
+                parent_run_id=parent.info.run_id,
+            ):
+                mlflow.set_tags(
+                    {
+                        "ddbench.kind": "job",
+                        "job_id": job.job_id,
+                        "method": job.method,
+                        "method_label": job.label,
+                        "dataset": job.dataset,
+                        "suite": plan.suite,
+                        "ipc": str(job.ipc if job.ipc is not None else "all"),
+                        "distill_seed": str(job.distill_seed),
+                    }
+                )
+                params = {
+                    "method": job.method,
+                    "ipc": job.ipc,
+                    "distill_seed": job.distill_seed,
+                    "dataset": job.dataset,
+                }
+                params.update({f"p.{k}": v for k, v in job.params.items()})
+                mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+                mlflow.log_metrics(_job_metrics(rows))
+                for f in files:
+                    mlflow.log_artifact(str(f), artifact_path=f"results/{f.parent.parent.name}")
+                grid = suite_dir / "artifacts" / job.job_id / GRID_FILE
+                if grid.is_file():
+                    mlflow.log_artifact(str(grid), artifact_path="images")
+            markers.mkdir(parents=True, exist_ok=True)
+            (markers / job.job_id).touch()
+            logged += 1
+    return logged
+
+
+def _job_metrics(rows: pl.DataFrame) -> dict[str, float]:
+    ok = rows.filter(pl.col("status") == "ok")
+    metrics: dict[str, float] = {
+        "cells_failed": float(rows.filter(pl.col("status") == "failed").height),
+    }
+    if ok.is_empty():
+        return metrics
+    metrics["artifact_bytes"] = float(ok["artifact_bytes"][0])
+    metrics["distill_seconds"] = float(ok["distill_seconds"][0])
+    grouped = ok.group_by("evaluator", "ipc", "arch", "split", "metric").agg(
+        pl.col("value").mean().alias("mean"), pl.col("value").std().alias("std")
+    )
+    for r in grouped.iter_rows(named=True):
+        key = f"{r['evaluator']}.ipc{r['ipc']}.{r['arch'] or 'all'}.{r['split']}_{r['metric']}"
+        metrics[key] = float(r["mean"])
+        if r["std"] is not None:
+            metrics[key + "_std"] = float(r["std"])
+    return metrics
