@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for job in plan.jobs:
             cells = plan.cells_of(job)
             done = sum(cell_done(suite_dir, c) for c in cells)
-            cached = (artifact_dir(suite_dir, job) / "meta.json").is_file()
+            cached = (artifact_dir(suite_dir, job.job_id) / "meta.json").is_file()
             print(
                 f"{job.job_id} {job.label:16s} ipc={job.ipc} seed={job.distill_seed} "
                 f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done"

@@ -39,8 +39,10 @@ class Context:
         load_fn: LoadFn | None = None,
         report_every_s: float = 5.0,  # seconds between progress lines; keeps logs readable
         log: Callable[[str], None] | None = None,
+        dependencies: dict[str, str] | None = None,
     ) -> None:
         self.seed = seed
+        self.dependencies = dependencies or {}  # key -> artifact directory of a prerequisite job
         self.device = device
         self.rank = rank
         self.world_size = world_size
@@ -117,9 +119,22 @@ class Context:
 class LocalContext(Context):
     """In-process context: one rank, checkpoints kept in memory (tests can inspect them)."""
 
-    def __init__(self, seed: int, device: str = "cpu", log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        seed: int,
+        device: str = "cpu",
+        log: Callable[[str], None] | None = None,
+        dependencies: dict[str, str] | None = None,
+    ):
         self.checkpoints: list[dict[str, Any]] = []
-        super().__init__(seed, device=device, report_fn=self._keep, load_fn=self._last, log=log)
+        super().__init__(
+            seed,
+            device=device,
+            report_fn=self._keep,
+            load_fn=self._last,
+            log=log,
+            dependencies=dependencies,
+        )
 
     def _keep(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
         if checkpoint is not None:

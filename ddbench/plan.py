@@ -4,7 +4,9 @@ A `DistillJob` is one (method config, dataset, ipc, distill_seed); methods whose
 every IPC (`ipc_independent`) get one job for all IPCs. Its `job_id` hashes everything that
 determines the artifact (method, version, params with defaults filled in, dataset and its params,
 ipc, distill seed, suite seed), so equal work has equal ids across suites and reruns.
-An `EvalCell` is one unit of an evaluator's work on one job at one IPC; its file under
+A method's `dependencies` (e.g. d2m's pre-trained cgan generator) become jobs of their own, placed
+before the jobs that need them and shared when identical; they are evaluated only when the suite
+lists them. An `EvalCell` is one unit of an evaluator's work on one job at one IPC; its file under
 `results/<evaluator>/<job_id>/` is named by the hash of what determines its rows.
 """
 
@@ -33,6 +35,7 @@ class DistillJob:
     distill_seed: int
     suite_seed: int
     tune: dict[str, Any] | None = None
+    depends: tuple[tuple[str, str], ...] = ()  # (key, job_id) of prerequisite jobs
 
     @property
     def params_json(self) -> str:
@@ -69,6 +72,77 @@ class Plan:
         return [c for c in self.cells if c.job.job_id == job.job_id]
 
 
+def _make_job(
+    loaded: LoadedSuite,
+    method_name: str,
+    label: str,
+    params: dict[str, Any],
+    ipc: int | None,
+    distill_seed: int,
+    tune: dict[str, Any] | None,
+    plan: Plan,
+    evaluate: bool,
+) -> DistillJob:
+    """Create a job (and, first, the jobs it depends on); identical jobs are shared."""
+    from ddbench.methods import METHODS
+
+    suite = loaded.suite
+    method = METHODS.get(method_name)()
+    validated = method.Params.model_validate(params)
+    full_params = validated.model_dump(mode="json")
+    depends: dict[str, str] = {}
+    for key, (dep_method, dep_params) in sorted(method.dependencies(validated).items()):
+        dep_ipc = None if METHODS.get(dep_method).ipc_independent else ipc
+        dep = _make_job(
+            loaded,
+            dep_method,
+            dep_method,
+            dep_params,
+            dep_ipc,
+            distill_seed,
+            None,
+            plan,
+            evaluate=False,
+        )
+        depends[key] = dep.job_id
+    dataset_params = loaded.dataset_params.model_dump(mode="json")
+    identity = {
+        "method": method_name,
+        "version": method.version,
+        "params": full_params,
+        "dataset": suite.dataset.name,
+        "dataset_params": dataset_params,
+        "ipc": ipc,
+        "distill_seed": distill_seed,
+        "suite_seed": suite.seed,
+        "tune": tune,
+        "depends": depends,
+    }
+    job = DistillJob(
+        job_id=content_hash(to_json(identity)),
+        method=method_name,
+        label=label,
+        method_version=method.version,
+        params=full_params,
+        dataset=suite.dataset.name,
+        dataset_params=dataset_params,
+        ipc=ipc,
+        eval_ipcs=tuple(method.eval_ipcs(suite.ipc) if ipc is None else [ipc]) if evaluate else (),
+        distill_seed=distill_seed,
+        suite_seed=suite.seed,
+        tune=tune,
+        depends=tuple(sorted(depends.items())),
+    )
+    known = {j.job_id: i for i, j in enumerate(plan.jobs)}
+    if job.job_id in known:  # an identical job exists: keep one, evaluated if either asks
+        existing = plan.jobs[known[job.job_id]]
+        if evaluate and not existing.eval_ipcs:
+            plan.jobs[known[job.job_id]] = job
+        return plan.jobs[known[job.job_id]]
+    plan.jobs.append(job)
+    return job
+
+
 def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
     """Expand a validated suite. `only` keeps methods whose name or label matches a glob."""
     from ddbench.evals import EVALS
@@ -76,58 +150,41 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
 
     suite = loaded.suite
     plan = Plan(suite.name, loaded)
-    dataset_params = loaded.dataset_params.model_dump(mode="json")
     for spec, params in zip(suite.methods, loaded.method_params, strict=True):
         if only and not (fnmatch.fnmatch(spec.name, only) or fnmatch.fnmatch(spec.key, only)):
             continue
         method = METHODS.get(spec.name)()
-        full_params = params.model_dump(mode="json")
+        tune = spec.tune.model_dump(mode="json") if spec.tune else None
         job_ipcs: list[int | None] = [None] if method.ipc_independent else list(suite.ipc)
         for distill_seed in suite.distill_seeds:
             for ipc in job_ipcs:
-                identity = {
-                    "method": spec.name,
-                    "version": method.version,
-                    "params": full_params,
-                    "dataset": suite.dataset.name,
-                    "dataset_params": dataset_params,
-                    "ipc": ipc,
-                    "distill_seed": distill_seed,
-                    "suite_seed": suite.seed,
-                    "tune": spec.tune.model_dump(mode="json") if spec.tune else None,
-                }
-                job = DistillJob(
-                    job_id=content_hash(to_json(identity)),
-                    method=spec.name,
-                    label=spec.key,
-                    method_version=method.version,
-                    params=full_params,
-                    dataset=suite.dataset.name,
-                    dataset_params=dataset_params,
-                    ipc=ipc,
-                    eval_ipcs=tuple(method.eval_ipcs(suite.ipc) if ipc is None else [ipc]),
-                    distill_seed=distill_seed,
-                    suite_seed=suite.seed,
-                    tune=identity["tune"],
+                _make_job(
+                    loaded,
+                    spec.name,
+                    spec.key,
+                    params.model_dump(mode="json"),
+                    ipc,
+                    distill_seed,
+                    tune,
+                    plan,
+                    evaluate=True,
                 )
-                plan.jobs.append(job)
-                for espec, eparams in zip(suite.evals, loaded.eval_params, strict=True):
-                    evaluator = EVALS.get(espec.name)()
-                    eval_params = eparams.model_dump(mode="json")
-                    for eval_ipc in job.eval_ipcs:
-                        for cell in evaluator.cells(eparams):
-                            key = to_json(
-                                [espec.name, evaluator.version, eval_params, eval_ipc, cell]
-                            )
-                            plan.cells.append(
-                                EvalCell(
-                                    job,
-                                    espec.name,
-                                    evaluator.version,
-                                    eval_params,
-                                    eval_ipc,
-                                    cell,
-                                    content_hash(key),
-                                )
-                            )
+    for job in plan.jobs:
+        for espec, eparams in zip(suite.evals, loaded.eval_params, strict=True):
+            evaluator = EVALS.get(espec.name)()
+            eval_params = eparams.model_dump(mode="json")
+            for eval_ipc in job.eval_ipcs:
+                for cell in evaluator.cells(eparams):
+                    key = to_json([espec.name, evaluator.version, eval_params, eval_ipc, cell])
+                    plan.cells.append(
+                        EvalCell(
+                            job,
+                            espec.name,
+                            evaluator.version,
+                            eval_params,
+                            eval_ipc,
+                            cell,
+                            content_hash(key),
+                        )
+                    )
     return plan

@@ -74,8 +74,8 @@ def git_sha() -> str:
         return "unknown"
 
 
-def artifact_dir(out: Path, job: DistillJob) -> Path:
-    return out / "artifacts" / job.job_id
+def artifact_dir(out: Path, job_id: str) -> Path:
+    return out / "artifacts" / job_id
 
 
 def cell_done(out: Path, cell: EvalCell) -> bool:
@@ -150,6 +150,7 @@ def distill_job(
 
     method = METHODS.get(job.method)()
     params = method.Params.model_validate(job.params)
+    ctx.dependencies = {key: str(artifact_dir(out, dep_id)) for key, dep_id in job.depends}
     if job.dataset_params.get("classes"):
         real = real.subset(job.dataset_params["classes"])
     start = time.perf_counter()
@@ -168,7 +169,7 @@ def distill_job(
         }
     )
     if ctx.is_main:
-        adir = artifact_dir(out, job)
+        adir = artifact_dir(out, job.job_id)
         artifact.save(adir)
         if isinstance(artifact, ImageSet):
             grid_png(artifact.images, artifact.labels, real, adir / GRID_FILE)
@@ -188,7 +189,7 @@ def run_cell(
     meta: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        adir = artifact_dir(out, cell.job)
+        adir = artifact_dir(out, cell.job.job_id)
         meta = json.loads((adir / "meta.json").read_text())
         artifact = load_artifact(adir)
         evaluator = EVALS.get(cell.evaluator)()
@@ -251,7 +252,7 @@ def run_local(plan: Plan, real: Any, out: Path, force: bool, log: Log) -> RunSum
     device = pick_device()
     for job in plan.jobs:
         cells = plan.cells_of(job)
-        if force or not artifact_exists(artifact_dir(out, job)):
+        if force or not artifact_exists(artifact_dir(out, job.job_id)):
             log(f"distill {job.label} ipc={job.ipc} seed={job.distill_seed} [{job.job_id}]")
             try:
                 ctx = LocalContext(derive_seed(job.suite_seed, "distill", job.job_id), device, log)
@@ -349,7 +350,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             rank=rank,
             world_size=world,
         )
-        done = torch.tensor([float(artifact_exists(artifact_dir(out, job)))])
+        done = torch.tensor([float(artifact_exists(artifact_dir(out, job.job_id)))])
         if float(ctx.broadcast_(done)) == 1.0:
             continue
 
@@ -389,13 +390,13 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def write_failure(out: Path, job: DistillJob, error: str) -> None:
-    path = artifact_dir(out, job).with_suffix(".failed")
+    path = artifact_dir(out, job.job_id).with_suffix(".failed")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(error)
 
 
 def read_failure(out: Path, job: DistillJob) -> str | None:
-    path = artifact_dir(out, job).with_suffix(".failed")
+    path = artifact_dir(out, job.job_id).with_suffix(".failed")
     return path.read_text() if path.is_file() else None
 
 
@@ -455,10 +456,10 @@ def run_ray(
     device = "cuda" if res.eval.gpus > 0 else "cpu"
     if force:
         for job in plan.jobs:
-            shutil.rmtree(artifact_dir(out, job), ignore_errors=True)
-    todo = [j for j in plan.jobs if not artifact_exists(artifact_dir(out, j))]
+            shutil.rmtree(artifact_dir(out, job.job_id), ignore_errors=True)
+    todo = [j for j in plan.jobs if not artifact_exists(artifact_dir(out, j.job_id))]
     for job in todo:
-        artifact_dir(out, job).with_suffix(".failed").unlink(missing_ok=True)
+        artifact_dir(out, job.job_id).with_suffix(".failed").unlink(missing_ok=True)
     summary.distill_cached = len(plan.jobs) - len(todo)
     driver = None
     if todo:
@@ -478,7 +479,7 @@ def run_ray(
         for job in list(waiting):
             cells = plan.cells_of(job)
             error = read_failure(out, job)
-            if artifact_exists(artifact_dir(out, job)):
+            if artifact_exists(artifact_dir(out, job.job_id)):
                 waiting.remove(job)
                 if job in todo:
                     summary.distilled += 1

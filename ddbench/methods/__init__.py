@@ -49,6 +49,15 @@ class Method:
     # True when one artifact serves every IPC (a generator, the whole dataset): distilled once.
     ipc_independent: ClassVar[bool] = False
 
+    def dependencies(self, params: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Artifacts this method starts from: {key: (method name, params)}.
+
+        The plan turns each into a cached job of its own (shared with an identical job of the
+        suite) that runs first; `distill` finds its artifact directory in
+        `ctx.dependencies[key]`. Example: d2m starts from the `cgan` generator.
+        """
+        return {}
+
     def eval_ipcs(self, suite_ipcs: list[int]) -> list[int]:
         """The IPCs at which an ipc-independent artifact is evaluated."""
         return list(suite_ipcs)
