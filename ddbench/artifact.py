@@ -60,6 +60,12 @@ class Artifact:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def preview(
+        self, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Images to draw in the grid of the report and MLflow (None: nothing to show)."""
+        return None
+
     def save(self, directory: str | Path) -> None:
         """Write atomically: a temporary sibling directory renamed into place."""
         from safetensors.torch import save_file
@@ -120,6 +126,11 @@ class ImageSet(Artifact):
     def materialise(
         self, ipc: int, real: RealData, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+    def preview(
+        self, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.images, self.labels
 
 

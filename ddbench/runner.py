@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ddbench import __version__
-from ddbench.artifact import ImageSet, artifact_exists, load_artifact
+from ddbench.artifact import artifact_exists, load_artifact
 from ddbench.context import Context, LocalContext, pick_device
 from ddbench.errors import UserError
 from ddbench.plan import DistillJob, EvalCell, Plan
@@ -171,8 +171,9 @@ def distill_job(
     if ctx.is_main:
         adir = artifact_dir(out, job.job_id)
         artifact.save(adir)
-        if isinstance(artifact, ImageSet):
-            grid_png(artifact.images, artifact.labels, real, adir / GRID_FILE)
+        shown = artifact.preview(real, ctx.rng("preview"))
+        if shown is not None:
+            grid_png(*shown, real, adir / GRID_FILE)
     return {**artifact.meta, "artifact_bytes": artifact.artifact_bytes()}
 
 
