@@ -4,6 +4,10 @@
   [N] or soft labels [N, K]. Pixel methods and coreset baselines produce one.
 - `RealSubset`: indices into the real train split (the whole-dataset reference); nothing but the
   indices is stored, but `artifact_bytes` counts the images it stands for.
+- `GeneratorSet`: a class-conditional generator (cgan, dim, d2m): its weights and the JSON config
+  `ddbench.generators.build_generator` rebuilds it from. One artifact serves every IPC: it
+  materialises IPC images per class on demand and `sample`s fresh draws for the `fresh` /
+  `time_matched` evaluation modes (`ddbench.fit`).
 
 Evaluators call `artifact.materialise(ipc, real, generator)` and get (images, labels) to train on.
 Artifacts are saved as `tensors.safetensors` + `meta.json` in a directory; `load_artifact` reads any
@@ -161,3 +165,93 @@ class RealSubset(Artifact):
         self, ipc: int, real: RealData, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return real.train_x[self.indices], real.train_y[self.indices]
+
+
+@dataclass
+class GeneratorSet(Artifact):
+    """A class-conditional generator: `state_dict` + the config that rebuilds its module.
+
+    `config` is `ddbench.generators.generator_config(...)` (architecture, noise_dim, num_classes,
+    image size, the dataset's mean / std). Images come out normalised like the real data.
+    `artifact_bytes` counts every stored tensor (parameters and BatchNorm statistics: what must be
+    kept to sample), not the images it can produce.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "generator_set"
+    sample_batch: ClassVar[int] = 1024  # images per forward pass when drawing many (bounds memory)
+
+    def __post_init__(self) -> None:
+        self._module: torch.nn.Module | None = None
+        self._module_device: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+    @property
+    def noise_dim(self) -> int:
+        return int(self.config["noise_dim"])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.state_dict
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> GeneratorSet:
+        meta = dict(meta)
+        return cls(dict(tensors), dict(meta.pop("generator_config")), meta)
+
+    def extra_meta(self) -> dict[str, Any]:
+        return {"generator_config": self.config}
+
+    def num_parameters(self) -> int:
+        """Learnable parameters of the generator (BatchNorm statistics excluded)."""
+        return sum(p.numel() for p in self.module().parameters())
+
+    def module(self, device: str = "cpu") -> torch.nn.Module:
+        """The generator in eval mode on `device`, built once and cached."""
+        if self._module is None or self._module_device != device:
+            from ddbench.generators import build_generator
+
+            net = build_generator(self.config)
+            net.load_state_dict(self.state_dict)
+            self._module, self._module_device = net.to(device).eval(), device
+        return self._module
+
+    def class_labels(self, per_class: int, real: RealData) -> torch.Tensor:
+        """`per_class` labels of each class present in `real` (grouped by class)."""
+        import torch
+
+        return torch.tensor([c for c in real.classes for _ in range(per_class)], dtype=torch.long)
+
+    def sample(
+        self, labels: torch.Tensor, generator: torch.Generator, device: str = "cpu"
+    ) -> torch.Tensor:
+        """One image per label from fresh noise drawn with `generator` (eval mode, no grad).
+
+        The noise is drawn on the CPU, so the images depend only on the generator's seed."""
+        import torch
+
+        net = self.module(device)
+        noise = torch.randn(len(labels), self.noise_dim, generator=generator)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(labels), self.sample_batch):
+                z = noise[start : start + self.sample_batch].to(device)
+                y = labels[start : start + self.sample_batch].to(device)
+                out.append(net(z, y).float())
+        return torch.cat(out) if out else noise.new_zeros((0,))
+
+    def materialise(
+        self, ipc: int, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of `ipc` images per class (CPU tensors)."""
+        labels = self.class_labels(ipc, real)
+        return self.sample(labels, generator).cpu(), labels
+
+    def preview(
+        self, real: RealData, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.materialise(10, real, generator)

@@ -23,8 +23,8 @@ T = TypeVar("T")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")  # snake_case identifiers only (DESIGN.md §2)
 
 
-class UnknownNameError(KeyError):
-    """An unknown registry name; the message carries did-you-mean suggestions."""
+class UnknownNameError(KeyError, ValueError):
+    """An unknown registry name (a KeyError, and a ValueError so validators report it)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])

@@ -4,23 +4,35 @@ Cells are (arch, eval_seed). Each trains one network with the shared recipe of `
 writes top1 on the val and test splits. The whole-dataset reference (`whole_dataset` method,
 ipc 0) is trained for `whole_set_epochs` instead of `epochs`, since a full split needs far
 fewer passes than a ten-image set.
+
+`sampling` says how a generator artifact (cgan, dim, d2m) is turned into training data
+(`fixed` | `fresh` | `time_matched`, see `ddbench.fit`); it is part of `eval_params`, so every
+row records it. Image sets ignore it. For generator artifacts each cell also writes cost rows
+(split `test`, lower is better): `generator_params`, `gen_ms_per_image` and
+`gen_train_time_ratio` (generating a batch of 128 over one training step of the cell's
+architecture on it, DiM's Tab. 9), and under `time_matched` the images per class, epochs and
+seconds it actually used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, fit_and_test
+from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
 
 
 class CrossArchParams(EvalParams, Recipe):
     archs: list[str] = Field(default_factory=lambda: ["convnet"], min_length=1)  # registry names
     seeds: int = Field(5, ge=1)  # models per (method, ipc, arch): DC protocol uses >= 5
     whole_set_epochs: int = Field(100, ge=1)  # full-split training (NAS protocol: 100 epochs)
+    # generator artifacts: one draw per eval seed (fixed, the fair default), a new draw every
+    # epoch (fresh, DiM's INPC protocol) or generation + training within the wall-clock budget of
+    # training on IPC images (time_matched, D2M's protocol); image sets always train as fixed
+    sampling: Literal["fixed", "fresh", "time_matched"] = "fixed"
 
     @field_validator("archs")
     @classmethod
@@ -48,12 +60,14 @@ class CrossArch(Evaluator):
         recipe = Recipe(**{k: getattr(params, k) for k in Recipe.model_fields})
         if job.ipc == 0:
             recipe = recipe.model_copy(update={"epochs": params.whole_set_epochs})
-        x, y = job.artifact.materialise(job.ipc, job.real, ctx.rng("materialise"))
-        top1 = fit_and_test(cell["arch"], job.real, x, y, recipe, cell["eval_seed"], ctx.device)
-        return [
+        arch, seed = cell["arch"], cell["eval_seed"]
+        top1, extra = fit_artifact(
+            arch, job.artifact, job.ipc, job.real, recipe, seed, params.sampling, ctx.device
+        )
+        rows = [
             {
-                "arch": cell["arch"],
-                "eval_seed": cell["eval_seed"],
+                "arch": arch,
+                "eval_seed": seed,
                 "split": split,
                 "metric": "top1",
                 "value": value,
@@ -61,3 +75,17 @@ class CrossArch(Evaluator):
             }
             for split, value in top1.items()
         ]
+        if is_generator(job.artifact):
+            extra = {**generator_costs(arch, job.artifact, job.real, recipe, ctx.device), **extra}
+        rows += [
+            {
+                "arch": arch,
+                "eval_seed": seed,
+                "split": "test",
+                "metric": metric,
+                "value": value,
+                "higher_is_better": False,
+            }
+            for metric, value in extra.items()
+        ]
+        return rows

@@ -1,0 +1,59 @@
+"""`cgan`: a class-conditional GAN trained on the real data — no matching at all.
+
+The "no matching" baseline of the generator methods (DiM's Tab. 2 "Conditional GAN" row and
+Tab. 8), and the pre-trained generator `d2m` starts from (its `pretrain` parameters name this
+job, so the plan shares one cgan job between the suite's own `cgan` entry and `d2m`). DiM's
+generator architecture (`ddbench.generators.ConditionalGenerator`, noise dimension 100), a
+conditional projection discriminator, the non-saturating GAN loss, Adam (lr 1e-4, DiM's value),
+batch 64 (DiM's B). One artifact serves every IPC.
+"""
+
+from __future__ import annotations
+
+from ddbench.artifact import GeneratorSet
+from ddbench.context import Context
+from ddbench.data import RealData
+from ddbench.methods import Method, register_method
+from ddbench.methods._gan import (
+    CGANParams,
+    adam,
+    data_config,
+    gan_epoch,
+    generator_set,
+    new_discriminator,
+    new_generator,
+    run_epochs,
+)
+
+# seconds on digits: a narrow generator for two passes over the 1,295 training images
+CGAN_SMOKE = {"epochs": 2, "width": 16}
+
+
+@register_method
+class CGAN(Method):
+    name = "cgan"
+    paper = "Mirza & Osindero, arXiv 2014 (conditional GAN; as used by DiM, ICCV 2023)"
+    version = 1
+    Params = CGANParams
+    smoke = CGAN_SMOKE
+    ipc_independent = True
+
+    def distill(self, real: RealData, ipc: int, params: CGANParams, ctx: Context) -> GeneratorSet:
+        config = data_config(real, params.noise_dim, params.width)
+        generator, discriminator = new_generator(config, ctx), new_discriminator(config, ctx)
+        opt_g, opt_d = adam(generator, params.lr), adam(discriminator, params.lr)
+
+        def epoch_fn(epoch: int) -> dict[str, float]:
+            return gan_epoch(generator, discriminator, opt_g, opt_d, real, params, ctx, epoch)
+
+        losses = run_epochs(
+            ctx,
+            {"generator": generator, "discriminator": discriminator},
+            {"generator": opt_g, "discriminator": opt_d},
+            params.epochs,
+            epoch_fn,
+            params.checkpoint_every,
+            self.name,
+            images_per_epoch=len(real.train_y),
+        )
+        return generator_set(generator, config, {**losses, "epochs": params.epochs})

@@ -1,0 +1,226 @@
+"""`dm`: Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023), and the
+class-batched mean-matching loss that `datadam` reuses.
+
+The loss of one iteration: a freshly initialised ConvNet psi (`random_net`, so its weights are a
+function of job, rank and iteration), for every class c a real batch R_c of `batch_real` images and
+the class's synthetic images S_c, both passed through ONE siamese DSA draw of that class, and::
+
+    L = sum_c || mean_{x in R_c} psi(x) - mean_{s in S_c} psi(s) ||^2
+
+with psi = `net.embed` (the flattened features the classifier sees); the network's weights are
+frozen and the real side carries no gradient.
+
+Batched evaluation (the default). Every class's real batch goes through the network in one forward
+and all synthetic images in another; per-class means come from an `index_add` over the rows. The DSA
+draw of each class is applied to its own rows only (the draws are grouped by family and applied as
+per-sample values, so a family costs one call). With a per-sample network (the default ConvNet's
+"instancenorm" is GroupNorm(C, C): no statistic crosses samples) this is the same function as the
+per-class loop of the reference code, computed with a few large batches instead of 2 x classes
+small ones; `per_class_loop: true` runs that loop (for measuring and testing the equality). With a
+BatchNorm network (`arch: convnet_bn`) the two differ, as they do in DM's code, whose BatchNorm
+branch also concatenates all classes.
+
+Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what ddbench uses:
+
+- iterations 20,000, lr_img 1.0, batch_real 256 per class, init from real images: paper and code
+  agree; these are the defaults.
+- momentum 0.5 on the image SGD: code (the paper says only "SGD"); default 0.5.
+- one random network per iteration shared by all classes (code); the same here.
+- DSA: the code seeds `DiffAugment` from the wall clock per class; here each class draws its
+  family and values from the iteration's generator (`iteration_rng`), so runs are reproducible
+  and a resumed run continues exactly.
+- the code's real forward keeps no gradient (`.detach()`); here it runs under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+
+from ddbench.archs import FeatureModel, build_arch
+from ddbench.artifact import ImageSet
+from ddbench.augment import DSAParams, apply_dsa, default_strategy, sample_dsa
+from ddbench.context import Context
+from ddbench.data import RealData
+from ddbench.methods import Method, register_method
+from ddbench.methods._pixel import (
+    PixelParams,
+    SyntheticSet,
+    distill_pixels,
+    iteration_rng,
+    random_net,
+    sample_real,
+)
+
+# Per-sample statistics of a batch: one [N, D_k] tensor per matched quantity (DM: the embedding;
+# DataDAM: one attention vector per intermediate layer, then the embedding).
+StatsFn = Callable[[FeatureModel, torch.Tensor], list[torch.Tensor]]
+
+
+class MeanMatchParams(PixelParams):
+    """Parameters shared by the mean-matching methods (`dm`, `datadam`)."""
+
+    arch: str = "convnet"  # registry name of the random embedding network (DM / DataDAM: ConvNet)
+    per_class_loop: bool = False  # True = reference per-class forwards (slow; for tests/benchmarks)
+    forward_chunk: int = Field(0, ge=0)  # images per batched forward; 0 = one forward (bounds RAM)
+
+
+@dataclass
+class ClassDraws:
+    """One iteration's random draws: per class (in `classes` order) a real batch and the siamese
+    DSA parameters (None without DSA)."""
+
+    classes: list[int]
+    real: list[torch.Tensor]
+    augs: list[DSAParams | None]
+
+
+def draw_classes(
+    real: RealData, params: PixelParams, ctx: Context, name: str, iteration: int
+) -> ClassDraws:
+    """Draw every class's real batch and DSA parameters for `iteration` from one generator.
+
+    The order (class by class: real indices, then the DSA draw) is fixed, so the batched and the
+    per-class-loop paths, and a resumed run, see exactly the same numbers.
+    """
+    gen = iteration_rng(ctx, name, iteration)
+    strategy = params.dsa_strategy or default_strategy(real.name)
+    classes = list(real.classes)
+    batches, augs = [], []
+    for label in classes:
+        batches.append(sample_real(real, label, params.batch_real, gen, ctx.device))
+        augs.append(sample_dsa(strategy, 1, gen) if params.dsa else None)
+    return ClassDraws(classes, batches, augs)
+
+
+def owners(sizes: Sequence[int]) -> torch.Tensor:
+    """Row -> block id for consecutive blocks of `sizes[k]` rows: [0, 0, .., 1, 1, .., k-1]."""
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(list(sizes)))
+
+
+def augment_classes(
+    x: torch.Tensor, sizes: Sequence[int], augs: Sequence[DSAParams | None]
+) -> torch.Tensor:
+    """Apply class k's DSA draw `augs[k]` to its rows of `x` (classes are consecutive blocks of
+    `sizes[k]` rows). Draws of one family are applied together with per-sample values."""
+    if all(a is None for a in augs):
+        return x
+    augs = [DSAParams("none", {}) if a is None else a for a in augs]
+    owner = owners(sizes)
+    pieces, order = [], []
+    for family in dict.fromkeys(a.family for a in augs):
+        members = [k for k, a in enumerate(augs) if a.family == family]
+        rows = torch.cat([(owner == k).nonzero().flatten() for k in members])
+        values = {
+            key: torch.cat([augs[k].values[key].reshape(-1).expand(sizes[k]) for k in members])
+            for key in augs[members[0]].values
+        }
+        pieces.append(apply_dsa(x[rows.to(x.device)], DSAParams(family, values)))
+        order.append(rows)
+    inverse = torch.empty(len(owner), dtype=torch.long)
+    inverse[torch.cat(order)] = torch.arange(len(owner))
+    return torch.cat(pieces)[inverse.to(x.device)]
+
+
+def class_means(stat: torch.Tensor, owner: torch.Tensor, num: int) -> torch.Tensor:
+    """Mean of the rows of `stat` [N, D] per owner id in 0..num-1 -> [num, D]."""
+    sums = stat.new_zeros(num, stat.shape[1]).index_add(0, owner, stat)
+    counts = torch.bincount(owner, minlength=num).clamp_min(1).to(stat.dtype)
+    return sums / counts.unsqueeze(1)
+
+
+def _stats_chunked(
+    stats_fn: StatsFn, net: FeatureModel, x: torch.Tensor, chunk: int, amp: bool
+) -> list[torch.Tensor]:
+    """`stats_fn` over `x` in one forward (chunk 0) or in chunks of `chunk` images, in float32."""
+    device_type = x.device.type
+    parts = [x] if chunk <= 0 or chunk >= len(x) else list(torch.split(x, chunk))
+    outs = []
+    for part in parts:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            outs.append([s.float() for s in stats_fn(net, part)])
+    return [torch.cat(col) if len(col) > 1 else col[0] for col in zip(*outs, strict=True)]
+
+
+def mean_matching_loss(
+    net: FeatureModel,
+    stats_fn: StatsFn,
+    weights: Sequence[float],
+    draws: ClassDraws,
+    syn: SyntheticSet,
+    params: MeanMatchParams,
+) -> torch.Tensor:
+    """sum_c sum_k weights[k] * || mean_real_c(stat_k) - mean_syn_c(stat_k) ||^2.
+
+    `params.per_class_loop` selects two forwards per class (the reference codes' loop); otherwise
+    one forward over every class's real batch and one over all synthetic images.
+    """
+    syn_batches = [syn.of_class(c) for c in draws.classes]
+    if params.per_class_loop:
+        loss = syn.images.new_zeros(())
+        for real_c, syn_c, aug in zip(draws.real, syn_batches, draws.augs, strict=True):
+            if aug is not None:
+                real_c, syn_c = apply_dsa(real_c, aug), apply_dsa(syn_c, aug)
+            with torch.no_grad():
+                stats_r = _stats_chunked(stats_fn, net, real_c, 0, params.amp)
+            stats_s = _stats_chunked(stats_fn, net, syn_c, 0, params.amp)
+            for w, r, s in zip(weights, stats_r, stats_s, strict=True):
+                loss = loss + w * (r.mean(0) - s.mean(0)).pow(2).sum()
+        return loss
+    k = len(draws.classes)
+    real_sizes = [len(b) for b in draws.real]
+    syn_sizes = [len(b) for b in syn_batches]
+    real_x = augment_classes(torch.cat(draws.real), real_sizes, draws.augs)
+    syn_x = augment_classes(torch.cat(syn_batches), syn_sizes, draws.augs)
+    real_owner, syn_owner = owners(real_sizes).to(real_x.device), owners(syn_sizes).to(syn_x.device)
+    with torch.no_grad():
+        stats_r = _stats_chunked(stats_fn, net, real_x, params.forward_chunk, params.amp)
+    stats_s = _stats_chunked(stats_fn, net, syn_x, params.forward_chunk, params.amp)
+    loss = syn.images.new_zeros(())
+    for w, r, s in zip(weights, stats_r, stats_s, strict=True):
+        diff = class_means(r, real_owner, k) - class_means(s, syn_owner, k)
+        loss = loss + w * diff.pow(2).sum()
+    return loss
+
+
+def matching_net(real: RealData, params: MeanMatchParams, ctx: Context, it: int) -> FeatureModel:
+    """The iteration's random network (weights frozen: only the images learn)."""
+
+    def build() -> FeatureModel:
+        return build_arch(params.arch, real.channels, real.num_classes, real.image_size)
+
+    net = random_net(build, ctx, it)
+    net.requires_grad_(False)
+    return net.train()
+
+
+def embedding_stats(net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+    """DM's statistic: the embedding before the classifier, [N, feature_dim]."""
+    return [net.embed(x)]
+
+
+class DMParams(MeanMatchParams):
+    iterations: int = Field(20000, ge=1)  # outer steps; DM paper and code: 20,000
+    lr_img: float = Field(1.0, gt=0)  # SGD step on pixels; DM paper and code: 1.0
+    momentum: float = Field(0.5, ge=0, lt=1)  # SGD momentum on pixels; DM code: 0.5
+    batch_real: int = Field(256, ge=1)  # real images per class per iteration; DM code: 256
+
+
+@register_method
+class DM(Method):
+    name = "dm"
+    paper = "Zhao & Bilen, Dataset Condensation with Distribution Matching, WACV 2023"
+    version = 1
+    Params = DMParams
+    smoke = {"iterations": 5, "batch_real": 32}  # a second on digits: the loop, not the result
+
+    def distill(self, real: RealData, ipc: int, params: DMParams, ctx: Context) -> ImageSet:
+        def loss_fn(syn: SyntheticSet, it: int) -> torch.Tensor:
+            net = matching_net(real, params, ctx, it)
+            draws = draw_classes(real, params, ctx, self.name, it)
+            return mean_matching_loss(net, embedding_stats, [1.0], draws, syn, params)
+
+        return distill_pixels(real, ipc, params, ctx, loss_fn, self.name)

@@ -1,0 +1,33 @@
+"""`dsa`: Dataset Condensation with Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021).
+
+DSA is DC's gradient matching (`ddbench.methods.dc`, which documents the algorithm and every
+paper-vs-code choice) with one change: before the gradients of class c are computed, ONE random
+differentiable transform is drawn and applied to both the real batch and the synthetic images of c
+(siamese: same family, same parameters), so the synthetic images learn to match the real gradients
+under augmentation and the gradient flows back through the transform into the pixels. As in DSA's
+official code, the network's inner-loop training on the synthetic set also uses DSA, drawn per
+sample. The strategy defaults to the dataset's (`color_crop_cutout_flip_scale_rotate`, without
+`flip` for digit datasets); `dsa_strategy` overrides it.
+
+The class is DC with different defaults: nothing else differs, so the two rows of a table
+compare exactly the effect of the augmentation.
+"""
+
+from __future__ import annotations
+
+from ddbench.methods import register_method
+from ddbench.methods.dc import DC, DCParams
+
+
+class DSAMethodParams(DCParams):
+    """DC's parameters with siamese augmentation switched on."""
+
+    dsa: bool = True  # siamese DSA on each class's real and synthetic batch (DSA's contribution)
+
+
+@register_method
+class DSA(DC):
+    name = "dsa"
+    paper = "Zhao & Bilen, Dataset Condensation with Differentiable Siamese Augmentation, ICML 2021"
+    version = 1
+    Params = DSAMethodParams

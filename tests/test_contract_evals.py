@@ -1,0 +1,40 @@
+"""Contract tests over every registered evaluator, on a random_real distillate of digits."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddbench.context import Context
+from ddbench.evals import EVALS, EvalJob, get_eval
+from ddbench.methods import get_method
+from ddbench.schema import COLUMNS
+
+
+@pytest.mark.parametrize("name", EVALS.names())
+def test_eval_contract(name, digits):
+    evaluator = get_eval(name)
+    params = evaluator.Params.model_validate(evaluator.smoke)
+    cells = evaluator.cells(params)
+    assert cells and all(isinstance(c, dict) for c in cells)
+    artifact = get_method("random_real").distill(digits, 2, None, Context(0))
+    rows = evaluator.run(cells[0], EvalJob(artifact, digits, 2, "digits"), params, Context(1))
+    assert rows
+    for row in rows:
+        assert set(row) <= set(COLUMNS)
+        assert {"split", "metric", "value", "higher_is_better"} <= set(row)
+        assert row["split"] in ("val", "test")
+        if row["metric"] == "top1":
+            assert 0.0 <= row["value"] <= 1.0
+    assert isinstance(evaluator.reduce([], params), list)
+
+
+def test_cross_arch_is_deterministic_and_above_chance(digits):
+    evaluator = get_eval("cross_arch")
+    params = evaluator.Params(archs=["convnet"], seeds=1, epochs=100)
+    artifact = get_method("random_real").distill(digits, 5, None, Context(0))
+    job = EvalJob(artifact, digits, 5, "digits")
+    a = evaluator.run({"arch": "convnet", "eval_seed": 0}, job, params, Context(1))
+    b = evaluator.run({"arch": "convnet", "eval_seed": 0}, job, params, Context(1))
+    assert a == b
+    test_top1 = next(r["value"] for r in a if r["split"] == "test")
+    assert test_top1 > 0.5  # chance is 0.1

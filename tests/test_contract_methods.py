@@ -1,0 +1,80 @@
+"""Contract tests over every registered method: smoke-distil on the real digits data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddbench.artifact import artifact_exists, load_artifact
+from ddbench.context import LocalContext
+from ddbench.methods import METHODS, get_method
+
+
+def distil(name: str, real, ipc: int, tmp_path, seed: int = 0, params: dict | None = None):
+    """Smoke-distil `name`, first distilling its dependencies into tmp_path."""
+    method = get_method(name)
+    p = method.Params.model_validate({**method.smoke, **(params or {})})
+    deps = {}
+    for key, (dep_name, dep_params) in method.dependencies(p).items():
+        dep_dir = tmp_path / f"dep-{dep_name}-{seed}"
+        if not artifact_exists(dep_dir):
+            dep_method = get_method(dep_name)
+            dep_p = dep_method.Params.model_validate({**dep_method.smoke, **dep_params})
+            dep_method.distill(real, ipc, dep_p, LocalContext(seed)).save(dep_dir)
+        deps[key] = str(dep_dir)
+    return method.distill(real, ipc, p, LocalContext(seed, dependencies=deps))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name, digits, tmp_path):
+    method = get_method(name)
+    assert method.paper and method.version >= 1
+    for field in method.Params.model_fields:  # shared names only: snake_case identifiers
+        assert field.isidentifier() and field == field.lower()
+    with pytest.raises(Exception, match="(?i)extra|unknown|not permitted"):
+        method.Params.model_validate({"no_such_param": 1})
+    ipc = 2
+    artifact = distil(name, digits, ipc, tmp_path)
+    x, y = artifact.materialise(ipc, digits, torch.Generator().manual_seed(0))
+    assert x.shape[1:] == digits.train_x.shape[1:]
+    assert torch.isfinite(x).all()
+    hard = y if y.dim() == 1 else y.argmax(1)
+    assert set(hard.tolist()) == set(digits.classes)
+    if not method.ipc_independent:
+        assert len(x) == ipc * digits.num_classes
+    assert artifact.artifact_bytes() > 0
+    artifact.save(tmp_path / "artifact")
+    again = load_artifact(tmp_path / "artifact")
+    x2, y2 = again.materialise(ipc, digits, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_is_deterministic(name, digits, tmp_path):
+    a = distil(name, digits, 1, tmp_path / "a", seed=3)
+    b = distil(name, digits, 1, tmp_path / "b", seed=3)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    xa, ya = a.materialise(1, digits, gen())
+    xb, yb = b.materialise(1, digits, gen())
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_coresets_pick_real_images(digits, tmp_path):
+    for name in ("random_real", "herding", "kcenter"):
+        artifact = distil(name, digits, 3, tmp_path)
+        idx = torch.tensor(artifact.meta["indices"])
+        assert torch.equal(artifact.images, digits.train_x[idx])
+        assert len(set(idx.tolist())) == len(idx)
+
+
+def test_herding_tracks_the_class_mean():
+    from ddbench.methods._coreset import herding_greedy, kcenter_greedy
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(200, 5, generator=gen)
+    chosen = herding_greedy(feats, 10)
+    rand = torch.randperm(200, generator=gen)[:10]
+    err = (feats[chosen].mean(0) - feats.mean(0)).norm()
+    assert err < (feats[rand].mean(0) - feats.mean(0)).norm()
+    centers = kcenter_greedy(feats, 10)
+    assert len(set(centers)) == 10

@@ -1,0 +1,219 @@
+"""End to end: real suites through the CLI on embedded local Ray, a separately started Ray
+cluster, and in-process; rows, MLflow runs, the report, resuming and failed cells."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+QUICK = str(REPO / "suites" / "quickstart.yaml")
+
+
+def results(out: Path, suite: str = "quickstart") -> pl.DataFrame:
+    return pl.read_parquet(str(out / suite / "results" / "**" / "*.parquet"))
+
+
+def result_files(out: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in out.glob("*/results/**/*.parquet")}
+
+
+def test_quickstart_smoke_on_embedded_ray(tmp_path):
+    out, reports = tmp_path / "runs", tmp_path / "reports"
+    proc = run_cli("run", QUICK, "--set", "profile=smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    from ddbench.plan import make_plan
+    from ddbench.spec import load_suite
+
+    plan = make_plan(load_suite(QUICK, ["profile=smoke"]))
+    rows = results(out)
+    test_top1 = rows.filter((pl.col("metric") == "top1") & (pl.col("split") == "test"))
+    assert (test_top1["status"] == "ok").all()
+    expected = {(c.job.label, c.ipc, c.cell["arch"], c.cell["eval_seed"]) for c in plan.cells}
+    got = {
+        (r["method_label"], r["ipc"], r["arch"], r["eval_seed"])
+        for r in test_top1.iter_rows(named=True)
+    }
+    assert got == expected
+    assert rows["job_id"].n_unique() == len(plan.jobs)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    runs = pl.from_pandas(mlflow.search_runs(experiment_names=["quickstart"]))
+    kinds = runs["tags.ddbench.kind"].to_list()
+    assert kinds.count("invocation") == 1 and kinds.count("job") == len(plan.jobs)
+    job_runs = runs.filter(pl.col("tags.ddbench.kind") == "job")
+    assert set(job_runs["tags.job_id"].to_list()) == {j.job_id for j in plan.jobs}
+    assert job_runs["metrics.cross_arch.ipc1.convnet.test_top1"].drop_nulls().len() >= 3
+
+    rep = run_cli(
+        "report", "quickstart", "--runs", str(out), "--out", str(reports), "--format", "md,csv"
+    )
+    assert rep.returncode == 0, rep.stderr
+    text = (reports / "quickstart" / "README.md").read_text()
+    assert "### IPC 1" in text and "| random_real |" in text and "whole_dataset" in text
+    assert "Gain over random_real" in text
+    assert (reports / "quickstart" / "accuracy_vs_ipc.png").stat().st_size > 1000
+    assert list((reports / "quickstart" / "grids").glob("*.png"))
+    assert (reports / "quickstart" / "summary.csv").is_file()
+
+    before = result_files(out)
+    again = run_cli("run", QUICK, "--set", "profile=smoke", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to do" in again.stdout
+    assert result_files(out) == before
+    assert results(out).height == rows.height
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_using(marker: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                pids.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def test_separately_started_ray_cluster(tmp_path):
+    """`ray start --head` on 127.0.0.1, a smoke suite with --address, then stop what we started."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp_dir = Path("/tmp") / f"ddbt{os.getpid()}"  # short: Ray's socket paths have a size limit
+    port = _free_port()
+    # Token authentication, as a real cluster has it: the driver joining by address needs
+    # RAY_AUTH_MODE=token and the token (~/.ray/auth_token, made here if missing).
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+    }
+    subprocess.run(
+        [str(ray_bin), "get-auth-token", "--generate"],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    start = subprocess.run(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    try:
+        assert start.returncode == 0, start.stderr
+        out = tmp_path / "runs"
+        proc = run_cli(
+            "run",
+            QUICK,
+            "--set",
+            "profile=smoke",
+            "--only",
+            "random_real",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--out",
+            str(out),
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rows = results(out)
+        assert (rows["status"] == "ok").all() and rows.height > 0
+    finally:
+        for pid in _processes_using(str(temp_dir)):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 20
+        while _processes_using(str(temp_dir)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in _processes_using(str(temp_dir)):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert _processes_using(str(temp_dir)) == []
+
+
+@pytest.fixture
+def failing_eval():
+    """An evaluator whose cells with eval_seed 1 raise, registered only for this test."""
+    from ddbench.evals import EVALS
+    from ddbench.evals.cross_arch import CrossArch
+
+    class Failing(CrossArch):
+        name = "failing_for_test"
+
+        def run(self, cell, job, params, ctx):
+            if cell["eval_seed"] == 1:
+                raise RuntimeError("this cell fails on purpose")
+            return super().run(cell, job, params, ctx)
+
+    EVALS.register(Failing.name)(Failing)
+    yield Failing.name
+    EVALS._items.pop(Failing.name)
+
+
+def test_failed_cell_is_a_row_and_exit_code_1(tmp_path, failing_eval, capsys):
+    from ddbench.cli import main
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: failing\nipc: [1]\nmethods: [{name: random_real}]\n"
+        f"evals: [{{name: {failing_eval}, params: {{archs: [mlp], seeds: 2, epochs: 5}}}}]\n"
+    )
+    out = tmp_path / "runs"
+    assert main(["run", str(suite), "--local", "--out", str(out)]) == 1
+    rows = results(out, "failing")
+    failed = rows.filter(pl.col("status") == "failed")
+    assert failed.height == 1 and "fails on purpose" in failed["error"][0]
+    assert failed["value"].is_nan().all()
+    ok = rows.filter(pl.col("status") == "ok")
+    assert set(ok["eval_seed"].to_list()) == {0}
+    # a rerun retries only the failed cell, and it fails again: still exit 1, no duplicates
+    assert main(["run", str(suite), "--local", "--out", str(out)]) == 1
+    assert results(out, "failing").height == rows.height
+    assert "1 failed" in capsys.readouterr().out
+
+
+def test_missing_data_is_exit_2_without_traceback(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"name: nodata\ndataset: {{name: cifar10, params: {{root: {tmp_path / 'none'}}}}}\n"
+        "ipc: [1]\nmethods: [{name: random_real}]\nevals: [{name: cross_arch}]\n"
+    )
+    proc = run_cli("run", str(suite), "--local", "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and str(tmp_path / "none") in proc.stderr

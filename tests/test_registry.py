@@ -1,0 +1,63 @@
+import pytest
+
+from ddbench.registry import Registry, UnknownNameError
+
+
+def test_duplicate_name_is_an_error():
+    reg: Registry[int] = Registry("thing")
+    reg.register("alpha")(1)
+    with pytest.raises(ValueError, match="duplicate thing name 'alpha'"):
+        reg.register("alpha")(2)
+
+
+def test_unknown_name_suggests_the_closest():
+    reg: Registry[int] = Registry("thing")
+    reg.register("datadam")(1)
+    reg.register("random_real")(2)
+    with pytest.raises(UnknownNameError, match="did you mean 'datadam'"):
+        reg.get("datadm")
+    with pytest.raises(UnknownNameError) as info:
+        reg.get("zzz")
+    assert "did you mean" not in str(info.value)
+
+
+def test_names_must_be_snake_case():
+    with pytest.raises(ValueError, match="snake_case"):
+        Registry("thing").register("Bad-Name")
+
+
+def test_required_plugins_are_registered():
+    from ddbench.archs import ARCHS
+    from ddbench.data import DATASETS
+    from ddbench.evals import EVALS
+    from ddbench.methods import METHODS
+
+    assert {"random_real", "herding", "kcenter"} <= set(METHODS.names())
+    assert "cross_arch" in EVALS
+    assert {
+        "digits",
+        "mnist",
+        "fashion_mnist",
+        "svhn",
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+        "tiny_imagenet",
+        "imagenette",
+        "imagewoof",
+        "imagesquawk",
+    } <= set(DATASETS.names())
+    assert {
+        "convnet",
+        "convnet_bn",
+        "mlp",
+        "lenet",
+        "alexnet",
+        "vgg11",
+        "resnet18",
+        "resnet18_bn",
+        "resnet18_ap",
+        "resnet50",
+        "densenet121",
+        "vit_tiny",
+    } <= set(ARCHS.names())

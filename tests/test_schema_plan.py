@@ -1,0 +1,89 @@
+"""The result schema, atomic writes and content-hash job ids."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from ddbench.plan import make_plan
+from ddbench.schema import COLUMNS, make_row, now_utc, write_rows
+from ddbench.spec import load_suite
+from tests.conftest import REPO
+
+QUICK = REPO / "suites" / "quickstart.yaml"
+
+
+def row(**over):
+    base = dict(
+        suite="s",
+        job_id="j",
+        method="m",
+        method_label="m",
+        method_version=1,
+        method_params="{}",
+        dataset="digits",
+        ipc=1,
+        distill_seed=0,
+        artifact_bytes=1,
+        distill_seconds=0.1,
+        evaluator="cross_arch",
+        eval_version=1,
+        eval_params="{}",
+        arch="convnet",
+        eval_seed=0,
+        step=None,
+        split="test",
+        metric="top1",
+        value=0.5,
+        higher_is_better=True,
+        status="ok",
+        error=None,
+        wall_time_s=1.0,
+        ddbench_version="0",
+        git_sha="x",
+        created_at=now_utc(),
+    )
+    return make_row(**{**base, **over})
+
+
+def test_rows_are_validated():
+    with pytest.raises(ValueError, match="unknown"):
+        row(colour="red")
+    with pytest.raises(ValueError, match="finite"):
+        row(value=math.nan)
+    assert row(status="failed", value=math.nan, error="boom")["status"] == "failed"
+
+
+def test_atomic_parquet_round_trip(tmp_path):
+    path = tmp_path / "results" / "a.parquet"
+    write_rows(path, [row(), row(arch=None, metric="spearman_rho", value=-0.3)])
+    assert [p.name for p in path.parent.iterdir()] == ["a.parquet"]  # no temp file left
+    df = pl.scan_parquet(str(tmp_path / "results" / "**" / "*.parquet")).collect()
+    assert tuple(df.columns) == COLUMNS and df.height == 2
+    assert str(df.schema["created_at"]) == "Datetime(time_unit='us', time_zone='UTC')"
+
+
+def test_job_ids_follow_content():
+    a = make_plan(load_suite(QUICK))
+    b = make_plan(load_suite(QUICK))
+    assert [j.job_id for j in a.jobs] == [j.job_id for j in b.jobs]
+    assert len({j.job_id for j in a.jobs}) == len(a.jobs)
+    c = make_plan(load_suite(QUICK, ["methods.herding.params.embed_epochs=6"]))
+    changed = {j.job_id for j in c.jobs} - {j.job_id for j in a.jobs}
+    assert len(changed) == 2  # herding at ipc 1 and 10
+    d = make_plan(load_suite(QUICK, ["evals.cross_arch.params.epochs=9"]))
+    assert [j.job_id for j in d.jobs] == [j.job_id for j in a.jobs]  # eval params: cells only
+    assert {c.cell_id for c in d.cells}.isdisjoint({c.cell_id for c in a.cells})
+
+
+def test_plan_counts_cells():
+    plan = make_plan(load_suite(QUICK))
+    suite = plan.loaded.suite
+    per_job = len(plan.loaded.eval_params[0].archs) * plan.loaded.eval_params[0].seeds
+    ipc_jobs = [j for j in plan.jobs if j.ipc is not None]
+    assert len(ipc_jobs) == (len(suite.methods) - 1) * len(suite.ipc)
+    assert len(plan.cells) == per_job * (len(ipc_jobs) + 1)
+    only = make_plan(load_suite(QUICK), only="herd*")
+    assert {j.method for j in only.jobs} == {"herding"}
