@@ -83,6 +83,16 @@ class Context:
             dist.broadcast(tensor, src=0)
         return tensor
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` (a picklable object), in rank order."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def barrier(self) -> None:
         """Wait until every worker gets here."""
         if self.world_size > 1:

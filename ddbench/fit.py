@@ -353,9 +353,9 @@ def fit_artifact(
             draw = draw_generator(eval_seed, ipc, "fresh", epoch)
             return artifact.sample(labels, draw, device), labels
 
-        x, y = source(0)
+        unused = torch.empty(0)  # train_model takes each epoch's images from `source`
         top1 = fit_and_test(
-            arch, real, x, y, recipe, eval_seed, device, arch_kwargs, data_source=source
+            arch, real, unused, unused, recipe, eval_seed, device, arch_kwargs, data_source=source
         )
         return top1, {}
     if sampling != "time_matched":

@@ -156,6 +156,10 @@ def distill_job(
     start = time.perf_counter()
     artifact = method.distill(real, job.ipc or 0, params, ctx)
     seconds = time.perf_counter() - start
+    digest = tensor_digest(artifact.tensors())
+    digests = ctx.gather(digest)
+    if len(set(digests)) != 1:  # data-parallel ranks must end with the same distillate
+        raise RuntimeError(f"{job.method}: ranks disagree on the distillate: {digests}")
     artifact.meta.update(
         {
             "job_id": job.job_id,
@@ -166,6 +170,7 @@ def distill_job(
             "distill_seconds": seconds,
             "suite_name": suite_name,
             "world_size": ctx.world_size,
+            "rank_digests": digests,
         }
     )
     if ctx.is_main:
@@ -175,6 +180,21 @@ def distill_job(
         if shown is not None:
             grid_png(*shown, real, adir / GRID_FILE)
     return {**artifact.meta, "artifact_bytes": artifact.artifact_bytes()}
+
+
+def tensor_digest(tensors: dict[str, Any]) -> str:
+    """A content hash of named tensors (compares distillates across ranks)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(
+            tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return h.hexdigest()[:16]
 
 
 def run_cell(

@@ -169,5 +169,10 @@ def distill_pixels(
     return ImageSet(
         syn.images.detach().cpu(),
         syn.labels.cpu(),
-        {"first_loss": first_loss, "last_loss": last_loss, "iterations": params.iterations},
+        {
+            "first_loss": first_loss,
+            "last_loss": last_loss,
+            "iterations": params.iterations,
+            "resumed_from_iteration": start,
+        },
     )

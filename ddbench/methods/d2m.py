@@ -187,7 +187,11 @@ class D2M(Method):
             loss.backward()
             sync_grads(generator, ctx)
             opt.step()
-            return {"loss": float(loss), "loss_emb": float(l_emb), "loss_pred": float(l_pred)}
+            return {
+                "loss": float(loss.detach()),
+                "loss_emb": float(l_emb.detach()),
+                "loss_pred": float(l_pred.detach()),
+            }
 
         def epoch_fn(epoch: int) -> dict[str, float]:
             generator.train()

@@ -1,0 +1,103 @@
+"""Ray Train distillation: 2 data-parallel workers stay identical; a killed worker resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ddbench.plan import make_plan
+from ddbench.spec import load_suite
+
+SUITE = """\
+name: {name}
+dataset: {{name: digits}}
+ipc: [2]
+methods:
+  - name: dm
+    params: {params}
+evals: [{{name: cross_arch, params: {{archs: [mlp], seeds: 1, epochs: 5}}}}]
+resources: {{distill: {{workers: {workers}, cpus_per_worker: 1}}, eval: {{cpus: 1}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from ddbench.runner import init_ray
+
+    init_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def run_suite(tmp_path: Path, name: str, workers: int, params: str) -> tuple[Path, dict]:
+    from ddbench.data import load_dataset
+    from ddbench.runner import run_ray
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SUITE.format(name=name, workers=workers, params=params))
+    plan = make_plan(load_suite(path))
+    out = tmp_path / "runs" / name
+    summary = run_ray(plan, load_dataset("digits"), out, force=False, log=print)
+    assert summary.exit_code == 0
+    (job,) = plan.jobs
+    meta = json.loads((out / "artifacts" / job.job_id / "meta.json").read_text())
+    return out, meta
+
+
+def test_two_workers_stay_identical_and_loss_goes_down(tmp_path, local_ray):
+    _, meta = run_suite(
+        tmp_path, "ddp", 2, "{iterations: 20, batch_real: 16, checkpoint_every: 10}"
+    )
+    assert meta["world_size"] == 2
+    assert len(meta["rank_digests"]) == 2 and len(set(meta["rank_digests"])) == 1
+    assert meta["last_loss"] < meta["first_loss"]
+
+
+def _train_worker_pids() -> list[int]:
+    """Ray Train worker processes, newest first (an older one may be a finished run's)."""
+    import psutil
+
+    procs = [
+        p
+        for p in psutil.process_iter(["pid", "cmdline", "create_time"])
+        if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    ]
+    return [p.info["pid"] for p in sorted(procs, key=lambda p: -p.info["create_time"])]
+
+
+def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
+    """SIGKILL the Train worker once after its first checkpoint; the job must still finish."""
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and time.monotonic() < deadline:
+            ckpts = list((tmp_path / "runs").glob("**/ray_train/**/checkpoint_*"))
+            pids = _train_worker_pids()
+            if ckpts and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        _, meta = run_suite(
+            tmp_path, "kill", 1, "{iterations: 400, batch_real: 8, checkpoint_every: 20}"
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert killed, "the worker was never killed: the test did not exercise recovery"
+    assert meta["resumed_from_iteration"] > 0
+    assert meta["iterations"] == 400
