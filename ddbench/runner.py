@@ -488,9 +488,12 @@ def run_ray(
             f"distilling {len(todo)} jobs in one Ray Train run: "
             + ", ".join(f"{j.label}/ipc{j.ipc}" for j in todo)
         )
+        # On a cluster whose head carries the custom resource `driver` (cluster/), the driver task
+        # runs there and never holds a GPU node's CPU.
+        has_driver = "driver" in ray.cluster_resources()
         driver = (
             ray.remote(_distill_group_task)
-            .options(num_cpus=0)
+            .options(num_cpus=0, resources={"driver": 0.01} if has_driver else None)
             .remote(todo, [real_ref], str(out), plan.suite, res.distill, max_failures)
         )
     waiting = list(plan.jobs)  # jobs whose cells are not submitted yet
