@@ -1,7 +1,7 @@
 """The `ddbench` command line (DESIGN.md §1); the only module that prints.
 
-Verbs: run, validate, ls, report. Exit codes: 0 all cells ok; 1 finished with failed cells;
-2 bad input (suite, data, address), reported without a traceback.
+Verbs: run, validate, ls, report, leaderboard. Exit codes: 0 all cells ok; 1 finished with failed
+cells; 2 bad input (suite, data, address), reported without a traceback.
 """
 
 from __future__ import annotations
@@ -196,6 +196,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ddbench.tracking import default_tracking_uri, leaderboard
+
+    fmt = args.format
+    if fmt not in ("md", "csv", "json"):
+        raise UserError(f"--format {fmt!r}: use md, csv or json")
+    uri = args.tracking_uri or default_tracking_uri(Path(args.runs))
+    table = leaderboard(uri, suite=args.suite, dataset=args.dataset, metric=args.metric)
+    if table.is_empty():
+        raise UserError(f"no job runs with metric {args.metric!r} in MLflow at {uri}")
+    if fmt == "csv":
+        print(table.write_csv(), end="")
+    elif fmt == "json":
+        print(table.write_json())
+    else:
+        header = [
+            "dataset",
+            "ipc",
+            "method",
+            "arch",
+            f"{args.metric} % (n)",
+            "artifact bytes",
+            "distill s",
+            "suite",
+            "run",
+        ]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for r in table.iter_rows(named=True):
+            print(
+                f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['arch']} | "
+                f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({r['n']}) | "
+                f"{r['artifact_bytes']:,} | {r['distill_seconds']:.1f} | {r['suite']} | "
+                f"{r['run']} |"
+            )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -238,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reports", help="report root (default reports/)")
     rep.add_argument("--format", default="md", help="comma list of md, csv")
     rep.set_defaults(func=cmd_report)
+
+    lb = sub.add_parser("leaderboard", help="best-known results from MLflow")
+    lb.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<runs>/mlflow.db)")
+    lb.add_argument("--runs", default="runs", help="output root holding the default store")
+    lb.add_argument("--suite", help="only this suite (MLflow experiment)")
+    lb.add_argument("--dataset", help="only this dataset")
+    lb.add_argument("--metric", default="top1")
+    lb.add_argument("--format", default="md", help="md, csv or json")
+    lb.set_defaults(func=cmd_leaderboard)
     return p
 
 

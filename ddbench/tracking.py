@@ -5,12 +5,15 @@ mean per evaluator / ipc / arch, artifact bytes, distill seconds), tags (job_id,
 dataset, ipc, suite) and artifacts (the job's Parquet rows and the image grid). A job is logged
 when this invocation changed it or when this tracking URI has not seen it yet (a marker file per
 URI under `<out>/tracking/`), so a rerun after an outage logs what was missing.
-Called from the driver only (rank 0); mlflow is imported here and nowhere else.
+`leaderboard` reads the job runs back (any tracking URI, local sqlite or a server) into the
+best-known result per (dataset, ipc, method, arch). Called from the driver only (rank 0);
+mlflow is imported here and nowhere else.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,11 +114,87 @@ def _job_metrics(rows: pl.DataFrame) -> dict[str, float]:
     metrics["artifact_bytes"] = float(ok["artifact_bytes"][0])
     metrics["distill_seconds"] = float(ok["distill_seconds"][0])
     grouped = ok.group_by("evaluator", "ipc", "arch", "split", "metric").agg(
-        pl.col("value").mean().alias("mean"), pl.col("value").std().alias("std")
+        pl.col("value").mean().alias("mean"),
+        pl.col("value").std().fill_null(0.0).alias("std"),
+        pl.len().alias("n"),
     )
     for r in grouped.iter_rows(named=True):
         key = f"{r['evaluator']}.ipc{r['ipc']}.{r['arch'] or 'all'}.{r['split']}_{r['metric']}"
         metrics[key] = float(r["mean"])
-        if r["std"] is not None:
-            metrics[key + "_std"] = float(r["std"])
+        metrics[key + "_std"] = float(r["std"])
+        metrics[key + "_n"] = float(r["n"])
     return metrics
+
+
+_METRIC_KEY = re.compile(
+    r"^metrics\.(?P<evaluator>\w+)\.ipc(?P<ipc>\d+)\.(?P<arch>\w+)\."
+    r"(?P<split>val|test)_(?P<metric>\w+?)$"
+)
+
+
+def leaderboard(
+    uri: str,
+    suite: str | None = None,
+    dataset: str | None = None,
+    metric: str = "top1",
+    split: str = "test",
+) -> pl.DataFrame:
+    """Best-known result per (dataset, ipc, method, arch) over every job run in MLflow.
+
+    "Best" is the highest mean over runs (lowest for a lower-is-better metric would need its
+    direction; the leaderboard's metrics are accuracies). Each row links the run it came from.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    experiments = mlflow.search_experiments()
+    if suite:
+        experiments = [e for e in experiments if e.name == suite]
+    if not experiments:
+        return pl.DataFrame()
+    runs = mlflow.search_runs(
+        experiment_ids=[e.experiment_id for e in experiments],
+        filter_string="tags.`ddbench.kind` = 'job'",
+    )
+    if runs.empty:
+        return pl.DataFrame()
+    records = []
+    for run in runs.to_dict("records"):
+        if dataset and run.get("tags.dataset") != dataset:
+            continue
+        for column, value in run.items():
+            m = _METRIC_KEY.match(column)
+            if not m or m["metric"] != metric or m["split"] != split or value != value:
+                continue
+            records.append(
+                {
+                    "dataset": run.get("tags.dataset"),
+                    "ipc": int(m["ipc"]),
+                    "method": run.get("tags.method_label"),
+                    "arch": m["arch"],
+                    "evaluator": m["evaluator"],
+                    "mean": float(value),
+                    "std": float(run.get(column + "_std") or 0.0),
+                    "n": int(run.get(column + "_n") or 0),
+                    "artifact_bytes": int(run.get("metrics.artifact_bytes") or 0),
+                    "distill_seconds": float(run.get("metrics.distill_seconds") or 0.0),
+                    "suite": run.get("tags.suite"),
+                    "run": _run_link(uri, run["experiment_id"], run["run_id"]),
+                }
+            )
+    if not records:
+        return pl.DataFrame()
+    table = pl.DataFrame(records)
+    return (
+        table.sort("mean", descending=True)
+        .group_by("dataset", "ipc", "method", "arch", maintain_order=True)
+        .first()
+        .sort("dataset", "ipc", "arch", "mean", descending=[False, False, False, True])
+    )
+
+
+def _run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"runs:/{run_id}"
