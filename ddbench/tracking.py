@@ -31,10 +31,20 @@ def default_tracking_uri(out: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
 
 
+def _mlflow():
+    """Import mlflow with ddbench's defaults: no telemetry, and an unreachable server fails in
+    seconds rather than after MLflow's default minutes of retries (results are safe on disk)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    import mlflow
+
+    return mlflow
+
+
 def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
     """Log every job that needs it; returns the number of child runs written."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    mlflow = _mlflow()
 
     from ddbench import __version__
     from ddbench.runner import git_sha
@@ -48,6 +58,8 @@ def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
     ]
     if not todo:
         return 0
+    if mlflow.get_experiment_by_name(plan.suite) is None:
+        mlflow.create_experiment(plan.suite, artifact_location=_artifact_location(uri, plan.suite))
     mlflow.set_experiment(plan.suite)
     logged = 0
     loaded = plan.loaded
@@ -104,6 +116,15 @@ def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
     return logged
 
 
+def _artifact_location(uri: str, suite: str) -> str | None:
+    """Beside a sqlite store, artifacts go to <db dir>/mlartifacts/<suite> (MLflow's default
+    would be ./mlruns in whatever directory ddbench was started from); a server decides itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / suite).resolve().as_uri()
+
+
 def _job_metrics(rows: pl.DataFrame) -> dict[str, float]:
     ok = rows.filter(pl.col("status") == "ok")
     metrics: dict[str, float] = {
@@ -144,9 +165,7 @@ def leaderboard(
     "Best" is the highest mean over runs (lowest for a lower-is-better metric would need its
     direction; the leaderboard's metrics are accuracies). Each row links the run it came from.
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
+    mlflow = _mlflow()
     mlflow.set_tracking_uri(uri)
     experiments = mlflow.search_experiments()
     if suite:

@@ -58,6 +58,12 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
     assert set(job_runs["tags.job_id"].to_list()) == {j.job_id for j in plan.jobs}
     assert job_runs["metrics.cross_arch.ipc1.convnet.test_top1"].drop_nulls().len() >= 3
 
+    board = run_cli("leaderboard", "--runs", str(out), "--suite", "quickstart", "--format", "json")
+    assert board.returncode == 0, board.stderr
+    board_rows = pl.read_json(board.stdout.encode())
+    assert {"random_real", "herding", "kcenter"} <= set(board_rows["method"].to_list())
+    assert (board_rows["n"] >= 1).all()
+
     rep = run_cli(
         "report", "quickstart", "--runs", str(out), "--out", str(reports), "--format", "md,csv"
     )
