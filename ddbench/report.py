@@ -28,6 +28,24 @@ def load_rows(results_root: Path) -> pl.DataFrame:
     return pl.scan_parquet([str(f) for f in files]).collect()
 
 
+def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Keep, per evaluator, the rows of its most recently used eval params.
+
+    Changing an evaluator's params (more epochs, another sampling mode) makes new cells beside
+    the old ones; averaging across configs would mix protocols. Returns the kept rows and the
+    number of rows left out.
+    """
+    latest = (
+        rows.sort("created_at")
+        .group_by("evaluator")
+        .agg(pl.col("eval_params").last().alias("latest_params"))
+    )
+    kept = rows.join(latest, on="evaluator").filter(
+        pl.col("eval_params") == pl.col("latest_params")
+    )
+    return kept.drop("latest_params"), rows.height - kept.height
+
+
 def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> pl.DataFrame:
     """mean, std, n of a metric per (method_label, ipc, arch), over eval seeds and distill seeds."""
     ok = rows.filter(
@@ -195,7 +213,7 @@ def write_grids(results_root: Path, rows: pl.DataFrame, out_dir: Path) -> list[s
 
 
 def write_report(results_root: Path, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
-    rows = load_rows(results_root)
+    rows, left_out = latest_config(load_rows(results_root))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     suite = rows["suite"].drop_nulls().first() or results_root.name
@@ -207,6 +225,14 @@ def write_report(results_root: Path, out_dir: Path, formats: tuple[str, ...] = (
         f"Dataset: {', '.join(sorted(rows['dataset'].unique().to_list()))}. Rows: {counts}. "
         "Test-split top-1 of the final epoch, in %, as mean ± std (n models).",
         "",
+    ]
+    if left_out:
+        lines += [
+            f"{left_out} rows measured with earlier evaluation params are left out (each "
+            "evaluator is shown with the params of its latest run).",
+            "",
+        ]
+    lines += [
         "## Top-1 by method and architecture",
         "",
     ]
