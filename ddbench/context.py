@@ -43,6 +43,7 @@ class Context:
     ) -> None:
         self.seed = seed
         self.dependencies = dependencies or {}  # key -> artifact directory of a prerequisite job
+        self.cache_dir: str | None = None  # shared reference models (D4M teacher); set by runner
         self.device = device
         self.rank = rank
         self.world_size = world_size

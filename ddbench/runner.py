@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -94,6 +95,7 @@ def full_rows(
     artifact_meta: dict[str, Any],
     wall_time_s: float,
     sha: str,
+    node: str | None = None,
 ) -> list[dict[str, Any]]:
     """Add provenance columns to an evaluator's partial rows."""
     job = cell.job
@@ -116,11 +118,14 @@ def full_rows(
         "ddbench_version": __version__,
         "git_sha": sha,
         "created_at": now_utc(),
+        "node": node,
     }
     return [make_row(**{**base, "status": "ok", "error": None, **p}) for p in partial]
 
 
-def failed_rows(cell: EvalCell, error: str, meta: dict[str, Any], sha: str) -> list[dict[str, Any]]:
+def failed_rows(
+    cell: EvalCell, error: str, meta: dict[str, Any], sha: str, node: str | None = None
+) -> list[dict[str, Any]]:
     from ddbench.evals import EVALS
 
     metric = getattr(EVALS.get(cell.evaluator), "primary_metric", "top1")
@@ -133,10 +138,8 @@ def failed_rows(cell: EvalCell, error: str, meta: dict[str, Any], sha: str) -> l
         "value": float("nan"),
         "higher_is_better": True,
     }
-    rows = full_rows(cell, [], meta, 0.0, sha)
-    base = full_rows(cell, [{**partial, "value": 0.0}], meta, 0.0, sha)[0]
-    rows.append({**base, "value": float("nan"), "status": "failed", "error": error[-4000:]})
-    return rows
+    base = full_rows(cell, [{**partial, "value": 0.0}], meta, 0.0, sha, node)[0]
+    return [{**base, "value": float("nan"), "status": "failed", "error": error[-4000:]}]
 
 
 # --------------------------------------------------------------------------- work units
@@ -198,9 +201,18 @@ def tensor_digest(tensors: dict[str, Any]) -> str:
 
 
 def run_cell(
-    cell: EvalCell, real: Any, out: Path, device: str, cpus: float, sha: str
+    cell: EvalCell,
+    real: Any,
+    out: Path,
+    device: str,
+    cpus: float,
+    sha: str,
+    node: str | None = None,
 ) -> tuple[str, int]:
-    """Evaluate one cell and write its Parquet file; never raises (a failure is a failed row)."""
+    """Evaluate one cell and write its Parquet file; never raises (a failure is a failed row).
+
+    `node` names the machine (Ray node id on a cluster, host name in-process) in every row.
+    """
     import json
 
     from ddbench.evals import EVALS, EvalJob
@@ -217,13 +229,14 @@ def run_cell(
         params = evaluator.Params.model_validate(cell.eval_params)
         seed = derive_seed(cell.job.suite_seed, "eval", cell.job.job_id, cell.cell_id)
         ctx = Context(seed, device=device)
+        ctx.cache_dir = str(out / "cache")  # cells share cached reference models (teachers)
         partial = evaluator.run(
             cell.cell, EvalJob(artifact, real, cell.ipc, cell.job.dataset), params, ctx
         )
-        rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha)
+        rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha, node)
         status = "ok"
     except Exception:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
-        rows = failed_rows(cell, traceback.format_exc(), meta, sha)
+        rows = failed_rows(cell, traceback.format_exc(), meta, sha, node)
         status = "failed"
     write_rows(out / cell.relpath, rows)
     return status, len(rows)
@@ -289,7 +302,9 @@ def run_local(plan: Plan, real: Any, out: Path, force: bool, log: Log) -> RunSum
             if not force and cell_done(out, cell):
                 summary.cells_cached += 1
                 continue
-            status, n = run_cell(cell, real, out, device, os.cpu_count() or 1, sha)
+            status, n = run_cell(
+                cell, real, out, device, os.cpu_count() or 1, sha, socket.gethostname()
+            )
             _count(summary, cell, status, n, log)
     write_reduce(plan, out, sha)
     return summary
@@ -321,7 +336,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join a cluster at `address`, or start a private embedded one on 127.0.0.1."""
     import ray
 
-    os.environ.update(RAY_ENV)
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     runtime_env = {"env_vars": dict(RAY_ENV)}
     try:
         if address:
@@ -553,4 +569,7 @@ def run_ray(
 def _cell_task(
     cell: EvalCell, real: Any, out: str, device: str, cpus: float, sha: str
 ) -> tuple[str, int]:
-    return run_cell(cell, real, Path(out), device, cpus, sha)
+    import ray
+
+    node = "ray:" + ray.get_runtime_context().get_node_id()[:12]
+    return run_cell(cell, real, Path(out), device, cpus, sha, node)

@@ -47,10 +47,11 @@ RESULT_SCHEMA = pa.schema(
         ("ddbench_version", pa.string()),
         ("git_sha", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("node", pa.string()),  # where the cell ran (Ray node id / host); added to DESIGN §3
     ]
 )
 COLUMNS = tuple(RESULT_SCHEMA.names)
-NULLABLE = {"arch", "eval_seed", "step", "error"}
+NULLABLE = {"arch", "eval_seed", "step", "error", "node"}
 
 
 def to_json(params: dict[str, Any]) -> str:

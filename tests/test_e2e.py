@@ -3,19 +3,12 @@ cluster, and in-process; rows, MLflow runs, the report, resuming and failed cell
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, RayNodes, run_cli
 
 QUICK = str(REPO / "suites" / "quickstart.yaml")
 
@@ -83,64 +76,11 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
     assert results(out).height == rows.height
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_using(marker: str) -> list[int]:
-    import psutil
-
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                pids.append(proc.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
-
-
 def test_separately_started_ray_cluster(tmp_path):
     """`ray start --head` on 127.0.0.1, a smoke suite with --address, then stop what we started."""
-    ray_bin = Path(sys.executable).with_name("ray")
-    temp_dir = Path("/tmp") / f"ddbt{os.getpid()}"  # short: Ray's socket paths have a size limit
-    port = _free_port()
-    # Token authentication, as a real cluster has it: the driver joining by address needs
-    # RAY_AUTH_MODE=token and the token (~/.ray/auth_token, made here if missing).
-    env = {
-        **os.environ,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "token",
-    }
-    subprocess.run(
-        [str(ray_bin), "get-auth-token", "--generate"],
-        capture_output=True,
-        timeout=60,
-        env=env,
-        check=True,
-    )
-    start = subprocess.run(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    nodes = RayNodes("ddbt")
     try:
-        assert start.returncode == 0, start.stderr
+        nodes.start(head=True, num_cpus=2)
         out = tmp_path / "runs"
         proc = run_cli(
             "run",
@@ -150,27 +90,47 @@ def test_separately_started_ray_cluster(tmp_path):
             "--only",
             "random_real",
             "--address",
-            f"127.0.0.1:{port}",
+            nodes.address,
             "--out",
             str(out),
-            env=env,
+            env=nodes.env,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         rows = results(out)
         assert (rows["status"] == "ok").all() and rows.height > 0
     finally:
-        for pid in _processes_using(str(temp_dir)):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 20
-        while _processes_using(str(temp_dir)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in _processes_using(str(temp_dir)):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    assert _processes_using(str(temp_dir)) == []
+        nodes.stop()
+
+
+def test_multi_node_cells_run_on_both_nodes(tmp_path):
+    """A head and a second node (distinct custom resources) on 127.0.0.1; rows name the node."""
+    nodes = RayNodes("ddbm")
+    try:
+        nodes.start(head=True, num_cpus=1, resources='{"node_head": 1}')
+        nodes.start(head=False, num_cpus=1, resources='{"node_second": 1}')
+        out = tmp_path / "runs"
+        proc = run_cli(
+            "run",
+            QUICK,
+            "--set",
+            "profile=smoke",
+            "--only",
+            "random_real",
+            "--set",
+            "evals.cross_arch.params.seeds=4",
+            "--address",
+            nodes.address,
+            "--out",
+            str(out),
+            env=nodes.env,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rows = results(out)
+        assert (rows["status"] == "ok").all()
+        assert rows["node"].str.starts_with("ray:").all()
+        assert rows["node"].n_unique() == 2, rows["node"].value_counts()
+    finally:
+        nodes.stop()
 
 
 @pytest.fixture

@@ -11,37 +11,9 @@ import time
 
 import polars as pl
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, processes_mentioning, run_cli, stop_processes_mentioning
 
 QUICK = str(REPO / "suites" / "quickstart.yaml")
-
-
-def _processes_mentioning(marker: str) -> list:
-    """Processes whose command line or RAY_TMPDIR names `marker` (the Ray a driver started)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
-        try:
-            text = " ".join(proc.info["cmdline"] or [])
-            if marker in text or (proc.info["environ"] or {}).get("RAY_TMPDIR") == marker:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _kill_processes_mentioning(marker: str) -> None:
-    import psutil
-
-    for proc in _processes_mentioning(marker):
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-    deadline = time.monotonic() + 20
-    while _processes_mentioning(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
 
 
 def test_driver_killed_mid_suite_then_rerun_completes_without_duplicates(tmp_path):
@@ -63,12 +35,12 @@ def test_driver_killed_mid_suite_then_rerun_completes_without_duplicates(tmp_pat
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    _kill_processes_mentioning(ray_tmp)  # what the killed driver left: its embedded Ray
-    assert not _processes_mentioning(ray_tmp)
+    stop_processes_mentioning(ray_tmp)  # what the killed driver left: its embedded Ray
+    assert not processes_mentioning(ray_tmp)
     assert len(list(results.glob("**/*.parquet"))) >= 2
 
     proc = run_cli(*args, env=env)
-    _kill_processes_mentioning(ray_tmp)
+    stop_processes_mentioning(ray_tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = pl.read_parquet(str(results / "**" / "*.parquet"))
     keys = rows.select("job_id", "ipc", "arch", "eval_seed", "split", "metric")
