@@ -280,7 +280,11 @@ def write_reduce(plan: Plan, out: Path, sha: str) -> None:
 # --------------------------------------------------------------------------- local mode
 
 
-def run_local(plan: Plan, real: Any, out: Path, force: bool, log: Log) -> RunSummary:
+def run_local(
+    plan: Plan, real: Any, out: Path, force: bool, log: Log, cpus: float | None = None
+) -> RunSummary:
+    """The same plan in-process: jobs then their cells, one at a time, `cpus` torch threads
+    (default: every core)."""
     summary = RunSummary()
     sha = git_sha()
     device = pick_device()
@@ -303,7 +307,7 @@ def run_local(plan: Plan, real: Any, out: Path, force: bool, log: Log) -> RunSum
                 summary.cells_cached += 1
                 continue
             status, n = run_cell(
-                cell, real, out, device, os.cpu_count() or 1, sha, socket.gethostname()
+                cell, real, out, device, cpus or os.cpu_count() or 1, sha, socket.gethostname()
             )
             _count(summary, cell, status, n, log)
     write_reduce(plan, out, sha)

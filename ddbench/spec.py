@@ -221,8 +221,14 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> Loc:
 
 
 def merge(base: Any, override: Any, where: str = "") -> Any:
-    """Deep-merge `override` into `base`; a mapping merges into a list of named entries by name."""
+    """Deep-merge `override` into `base`; a mapping merges into a list of named entries by name.
+
+    A mapping naming a different plugin (`dataset: {name: digits}` over cifar10) replaces the
+    old one whole, so the old plugin's params do not leak into the new one.
+    """
     if isinstance(base, dict) and isinstance(override, dict):
+        if "name" in override and base.get("name") != override["name"]:
+            return copy.deepcopy(override)  # another plugin: its params replace, never merge
         out = dict(base)
         for k, v in override.items():
             out[k] = merge(base.get(k), v, f"{where}.{k}" if where else k)
