@@ -13,6 +13,7 @@ passing `report_fn` / checkpoint callbacks; this module never imports ray.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -148,8 +149,8 @@ class LocalContext(Context):
         )
 
     def _keep(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
-        if checkpoint is not None:
-            self.checkpoints.append(checkpoint)
+        if checkpoint is not None:  # a snapshot: CPU tensors may alias the live training state
+            self.checkpoints.append(copy.deepcopy(checkpoint))
         if self._log is not None:
             self._log(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
 
