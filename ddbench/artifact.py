@@ -242,7 +242,10 @@ class GeneratorSet(Artifact):
                 z = noise[start : start + self.sample_batch].to(device)
                 y = labels[start : start + self.sample_batch].to(device)
                 out.append(net(z, y).float())
-        return torch.cat(out) if out else noise.new_zeros((0,))
+        if not out:
+            size = int(self.config["image_size"])
+            return torch.zeros(0, int(self.config["channels"]), size, size, device=device)
+        return torch.cat(out)
 
     def materialise(
         self, ipc: int, real: RealData, generator: torch.Generator

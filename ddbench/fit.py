@@ -6,6 +6,11 @@ A given `eval_seed` fixes the initialisation, the data order and the augmentatio
 cell always gives the same number on the same machine.
 
 Labels may be hard ([N] int64) or soft ([N, K] probabilities: cross-entropy against them).
+The evaluator's `labels` mode picks them (`fit_artifact`): `hard` (default; soft labels become
+their argmax), `soft` (the artifact's own soft labels when it has them, else hard) or `teacher`
+(D4M's training-time matching: a `labeler` — `ddbench.teacher.TeacherLabels` — relabels every
+batch *after* its augmentation, so the soft labels are regenerated every epoch under that
+epoch's augmentation, and the loss is the labeller's KL at temperature T).
 
 Generator artifacts (`GeneratorSet`: cgan, dim, d2m) are trained on under one of three
 `sampling` modes (`fit_artifact`; the mode is an evaluator parameter, so it is in every row's
@@ -39,7 +44,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
     from ddbench.data import RealData
 
 Sampling = Literal["fixed", "fresh", "time_matched"]
+LabelMode = Literal["hard", "soft", "teacher"]
 # epoch -> (images, labels) to train on in that epoch (fresh generator draws)
 DataSource = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 TIME_MATCHED_MAX_FACTOR = 8  # time_matched draws at most 8 x IPC images per class
@@ -70,6 +76,19 @@ class Recipe(BaseModel):
     batch_size: int = Field(256, ge=1)  # DC protocol; an IPC-1 set is a single batch
     augment: bool = True  # DSA per sample at training time (DC/DSA evaluation)
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
+
+
+class BatchLabeler(Protocol):
+    """Targets for each augmented training batch and the loss against them (`ddbench.teacher`)."""
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+
+def select_labels(y: torch.Tensor, label_mode: LabelMode) -> torch.Tensor:
+    """`hard`: soft label rows become their argmax; `soft` / `teacher`: unchanged."""
+    return y.argmax(dim=1) if label_mode == "hard" and y.dim() == 2 else y
 
 
 def set_threads(cpus: float) -> None:
@@ -92,8 +111,12 @@ def train_model(
     data_source: DataSource | None = None,
     deadline_s: float | None = None,
     stats: dict[str, float] | None = None,
+    labeler: BatchLabeler | None = None,
 ) -> torch.nn.Module:
     """Train `model` in place on (x, y) with the recipe; data order and DSA seeded by `seed`.
+
+    `labeler`, when given, replaces each batch's labels by `labeler.targets(augmented batch)` and
+    the loss by `labeler.loss` (teacher soft labels, regenerated every epoch).
 
     `data_source(epoch)`, when given, replaces (x, y) every epoch (fresh generator draws).
     `deadline_s` stops training at the first epoch boundary where one more epoch (at the mean
@@ -129,7 +152,11 @@ def train_model(
             xb, yb = x[idx], y[idx]
             if recipe.augment:
                 xb = dsa(xb, strategy, aug_gen)
-            loss = loss_fn(model(xb), yb)
+            if labeler is not None:  # soft labels of this epoch's augmented batch
+                yb = labeler.targets(xb)
+                loss = labeler.loss(model(xb), yb)
+            else:
+                loss = loss_fn(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -165,10 +192,12 @@ def fit_and_test(
     data_source: DataSource | None = None,
     deadline_s: float | None = None,
     stats: dict[str, float] | None = None,
+    labeler: BatchLabeler | None = None,
 ) -> dict[str, float]:
     """Build `arch` from the eval seed, train it on (x, y), return top1 on val and test.
 
-    `data_source`, `deadline_s`, `stats`: see `train_model` (generator sampling modes)."""
+    `data_source`, `deadline_s`, `stats`: see `train_model` (generator sampling modes);
+    `labeler`: see `train_model` (teacher soft labels)."""
     from ddbench.archs import build_arch
 
     torch.manual_seed(derive_seed(eval_seed, "init", arch))
@@ -186,6 +215,7 @@ def fit_and_test(
         data_source=data_source,
         deadline_s=deadline_s,
         stats=stats,
+        labeler=labeler,
     )
     return {
         "val": accuracy(model, real.val_x, real.val_y, device),
@@ -254,7 +284,7 @@ def time_generation(artifact: Artifact, real: RealData, n: int, device: str = "c
     """Seconds to generate `n` images (labels cycling over the classes) with a generator."""
     labels = torch.tensor([real.classes[i % len(real.classes)] for i in range(n)])
     gen = torch.Generator().manual_seed(0)
-    return _median_seconds(lambda: artifact.sample(labels, gen, device), device)
+    return _median_seconds(lambda: artifact.sample(labels, gen, device), device, repeats=5)
 
 
 def _timing_model(arch: str, real: RealData, arch_kwargs: dict[str, Any] | None) -> torch.nn.Module:
@@ -340,12 +370,21 @@ def fit_artifact(
     sampling: Sampling = "fixed",
     device: str = "cpu",
     arch_kwargs: dict[str, Any] | None = None,
+    label_mode: LabelMode = "hard",
+    labeler: BatchLabeler | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Train `arch` on what `artifact` gives at `ipc` under `sampling`; returns (top1 on val and
-    test, extra measurements of the time_matched mode). Non-generators: always `fixed`."""
+    test, extra measurements of the time_matched mode). Non-generators: always `fixed`.
+    `label_mode` / `labeler`: see the module docstring; `teacher` needs the labeler."""
+    if (label_mode == "teacher") != (labeler is not None):
+        raise ValueError("label mode 'teacher' needs a labeler, and a labeler needs 'teacher'")
     if sampling == "fixed" or ipc < 1 or not is_generator(artifact):
         x, y = artifact.materialise(ipc, real, draw_generator(eval_seed, ipc, "fixed"))
-        return fit_and_test(arch, real, x, y, recipe, eval_seed, device, arch_kwargs), {}
+        y = select_labels(y, label_mode)
+        top1 = fit_and_test(
+            arch, real, x, y, recipe, eval_seed, device, arch_kwargs, labeler=labeler
+        )
+        return top1, {}
     if sampling == "fresh":
         labels = artifact.class_labels(ipc, real)
 
@@ -355,7 +394,16 @@ def fit_artifact(
 
         unused = torch.empty(0)  # train_model takes each epoch's images from `source`
         top1 = fit_and_test(
-            arch, real, unused, unused, recipe, eval_seed, device, arch_kwargs, data_source=source
+            arch,
+            real,
+            unused,
+            unused,
+            recipe,
+            eval_seed,
+            device,
+            arch_kwargs,
+            data_source=source,
+            labeler=labeler,
         )
         return top1, {}
     if sampling != "time_matched":
@@ -377,6 +425,7 @@ def fit_artifact(
         arch_kwargs,
         deadline_s=plan["budget_s"] - gen_s,
         stats=stats,
+        labeler=labeler,
     )
     return top1, {
         "time_matched_images_per_class": plan["images_per_class"],

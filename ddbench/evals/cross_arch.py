@@ -12,6 +12,14 @@ row records it. Image sets ignore it. For generator artifacts each cell also wri
 `gen_train_time_ratio` (generating a batch of 128 over one training step of the cell's
 architecture on it, DiM's Tab. 9), and under `time_matched` the images per class, epochs and
 seconds it actually used.
+
+`labels` says what the student learns (`ddbench.fit`): `hard` labels (default), the artifact's
+own `soft` labels, or a `teacher`'s soft labels regenerated every epoch under that epoch's
+augmentation, with KL at `temperature` (D4M's training-time matching). The teacher
+(`teacher_arch`) is trained on the whole train split with the shared recipe for
+`teacher_epochs` (a fixed seed) and cached under `<out>/cache/teachers/`, so every cell of a run
+shares one (`ddbench.teacher`). These are in `eval_params`, so every row records the label mode
+and the teacher.
 """
 
 from __future__ import annotations
@@ -33,6 +41,14 @@ class CrossArchParams(EvalParams, Recipe):
     # epoch (fresh, DiM's INPC protocol) or generation + training within the wall-clock budget of
     # training on IPC images (time_matched, D2M's protocol); image sets always train as fixed
     sampling: Literal["fixed", "fresh", "time_matched"] = "fixed"
+    # what the student learns: hard labels, the artifact's own soft labels, or a teacher's soft
+    # labels regenerated every epoch under its augmentation (D4M's training-time matching)
+    labels: Literal["hard", "soft", "teacher"] = "hard"
+    temperature: float = Field(20.0, gt=0)  # KD temperature T of `teacher` (D4M's scripts: 20)
+    teacher_arch: str = "convnet"  # teacher network (D4M: ConvNet-W128 for CIFAR, ResNet-18 INet)
+    # whole-split epochs of the teacher: a confident teacher matters (on digits a 60-epoch
+    # ConvNet's soft labels are near-uniform and students learn little from them)
+    teacher_epochs: int = Field(300, ge=1)
 
     @field_validator("archs")
     @classmethod
@@ -42,6 +58,14 @@ class CrossArchParams(EvalParams, Recipe):
         for name in archs:
             ARCHS.get(name)  # raises with a did-you-mean suggestion
         return archs
+
+    @field_validator("teacher_arch")
+    @classmethod
+    def _known_teacher(cls, name: str) -> str:
+        from ddbench.archs import ARCHS
+
+        ARCHS.get(name)
+        return name
 
 
 @register_eval
@@ -61,8 +85,30 @@ class CrossArch(Evaluator):
         if job.ipc == 0:
             recipe = recipe.model_copy(update={"epochs": params.whole_set_epochs})
         arch, seed = cell["arch"], cell["eval_seed"]
+        labeler = None
+        if params.labels == "teacher":
+            from ddbench.teacher import TeacherLabels, teacher_model
+
+            teacher_recipe = recipe.model_copy(update={"epochs": params.teacher_epochs})
+            teacher = teacher_model(
+                job.real,
+                params.teacher_arch,
+                teacher_recipe,
+                cache_dir=getattr(ctx, "cache_dir", None),
+                device=ctx.device,
+            )
+            labeler = TeacherLabels(teacher, params.temperature)
         top1, extra = fit_artifact(
-            arch, job.artifact, job.ipc, job.real, recipe, seed, params.sampling, ctx.device
+            arch,
+            job.artifact,
+            job.ipc,
+            job.real,
+            recipe,
+            seed,
+            params.sampling,
+            ctx.device,
+            label_mode=params.labels,
+            labeler=labeler,
         )
         rows = [
             {

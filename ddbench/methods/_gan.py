@@ -85,7 +85,7 @@ class CGANParams(GanTrainingParams):
 class PoolParams(MethodParams):
     """The matching networks of DiM / D2M."""
 
-    pool: list[str] = Field(default_factory=lambda: list(DIM_POOL), min_length=1)  # arch names
+    pool: list[str] = Field(list(DIM_POOL), min_length=1)  # matching architectures
     dsa: bool = True  # siamese DSA on the real and synthetic batch before the matching network
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
 

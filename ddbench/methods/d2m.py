@@ -78,10 +78,10 @@ class D2MParams(PoolParams):
     temperature: float = Field(4.0, gt=0)  # τ softening both predictions (paper: 4, Fig. 6a)
     batch_size: int = Field(128, ge=1)  # B (z, y) pairs and real images per step (paper: 128)
     generator: str | None = None  # local checkpoint to start from; None = the `pretrain` cgan job
-    pretrain: CGANParams = Field(default_factory=CGANParams)  # that cgan job's params (plan key)
+    pretrain: CGANParams = CGANParams()  # that cgan job's params (the plan's key)
     lr: float = Field(1e-4, gt=0)  # Adam step on the generator (paper's table: Adam, lr omitted)
     attention_power: float = Field(4.0, gt=0)  # p in mean |A|^p (DataDAM's value)
-    pool: list[str] = Field(default_factory=lambda: list(D2M_POOL), min_length=1)  # arch names
+    pool: list[str] = Field(list(D2M_POOL), min_length=1)  # matching architectures
     checkpoint_every: int = Field(10, ge=1)  # epochs between checkpoints (resume points)
 
 
@@ -131,7 +131,7 @@ class D2M(Method):
     version = 1
     Params = D2MParams
     # seconds on digits: one epoch on the smoke cgan (the same params as cgan's smoke: shared)
-    smoke = {"epochs": 1, "pool": ["convnet"], "pretrain": dict(CGAN_SMOKE)}
+    smoke = {"epochs": 1, "batch_size": 256, "pool": ["convnet"], "pretrain": dict(CGAN_SMOKE)}
     ipc_independent = True
 
     def dependencies(self, params: D2MParams) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -48,7 +48,7 @@ from ddbench.artifact import ImageSet
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import Method, register_method
-from ddbench.methods._pixel import SyntheticSet, distill_pixels
+from ddbench.methods._pixel import LossFn, SyntheticSet, distill_pixels
 from ddbench.methods.dm import MeanMatchParams, draw_classes, matching_net, mean_matching_loss
 
 LOW_RES_TASK_BALANCE = 0.01  # DataDAM paper, 32-px datasets (CIFAR)
@@ -65,7 +65,14 @@ def resolve_task_balance(task_balance: float | None, image_size: int) -> float:
 
 def spatial_attention(feature_map: torch.Tensor, power: float, normalize: bool) -> torch.Tensor:
     """SAM: [N, C, H, W] -> [N, H*W], sum_c |A_c|^power per location, L2-normalised per image."""
-    attention = feature_map.float().abs().pow(power).sum(dim=1).flatten(1)
+    a = feature_map.float()
+    if power == 4:  # the paper's p: two squarings cost a fraction of pow's generic kernel
+        a = a.square().square()
+    elif power == 2:
+        a = a.square()
+    else:
+        a = a.abs().pow(power)
+    attention = a.sum(dim=1).flatten(1)
     return F.normalize(attention, p=2.0, dim=1) if normalize else attention
 
 
@@ -92,6 +99,12 @@ class DataDAM(Method):
     smoke = {"iterations": 5, "batch_real": 32}  # a second on digits: the loop, not the result
 
     def distill(self, real: RealData, ipc: int, params: DataDAMParams, ctx: Context) -> ImageSet:
+        return distill_pixels(
+            real, ipc, params, ctx, self.matching_loss(real, params, ctx), self.name
+        )
+
+    def matching_loss(self, real: RealData, params: DataDAMParams, ctx: Context) -> LossFn:
+        """The loss of iteration `it` on the synthetic set: a pure function of (job, it, images)."""
         weights = self.term_weights(real, params, ctx)
 
         def stats(net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
@@ -104,7 +117,7 @@ class DataDAM(Method):
             draws = draw_classes(real, params, ctx, self.name, it)
             return mean_matching_loss(net, stats, weights, draws, syn, params)
 
-        return distill_pixels(real, ipc, params, ctx, loss_fn, self.name)
+        return loss_fn
 
     @staticmethod
     def term_weights(real: RealData, params: DataDAMParams, ctx: Context) -> list[float]:

@@ -73,7 +73,8 @@ class DiM(Method):
     smoke = {
         "gan_epochs": 1,
         "match_epochs": 1,
-        "width": 16,
+        "width": 8,
+        "batch_size": 256,
         "pool": ["convnet"],
         "pool_train_steps": 1,
     }

@@ -1,0 +1,197 @@
+"""Teacher soft labels: D4M's training-time matching (TTM, FKD style), usable by any method.
+
+- `teacher_model(real, arch, recipe, seed, cache_dir, device)`: a network trained on the whole
+  real train split with the shared recipe (`ddbench.fit`; the whole-dataset reference's recipe).
+  It is a cached reference job: saved with safetensors under `cache_dir/teachers/<key>` where the
+  key hashes everything that determines it (data content, arch, recipe, seed, this module's
+  version). Concurrent cells take a file lock, so the first trains and the others load; the
+  write is atomic (temporary file + rename). Without `cache_dir` it is memoised in-process.
+- `teacher_targets(teacher, x_aug, temperature)`: softmax(teacher(x_aug) / T), no gradient.
+- `kd_loss(student_logits, targets, temperature)`: KL(teacher_T ‖ student_T) · T², batch mean —
+  Hinton et al.'s scaling, which keeps the gradient magnitude independent of T.
+- `TeacherLabels`: the per-batch labeller `ddbench.fit.train_model` calls *after* each batch's
+  augmentation, so the soft labels are regenerated every epoch under that epoch's augmentation
+  (D4M Eq. 8; FKD regenerates them per crop).
+
+To use another target (e.g. an ensemble), write an object with `targets(x)` and
+`loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddbench.seeding import content_hash, derive_seed
+
+if TYPE_CHECKING:
+    from ddbench.data import RealData
+    from ddbench.fit import Recipe
+
+TEACHER_VERSION = 1  # bump when a teacher trained by this code would differ (cache key)
+_MEMORY: dict[str, dict[str, Tensor]] = {}  # in-process cache when no cache_dir is given
+
+
+def data_digest(real: RealData) -> str:
+    """A hash of the train split's content (images, labels) and its class names."""
+    h = hashlib.sha256()
+    for t in (real.train_x, real.train_y):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(list(real.class_names)).encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_key(real: RealData, arch: str, recipe: Recipe, seed: int) -> str:
+    """Content hash naming a teacher (what determines its weights)."""
+    payload = {
+        "version": TEACHER_VERSION,
+        "dataset": real.name,
+        "data": data_digest(real),
+        "arch": arch,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": seed,
+    }
+    return content_hash(json.dumps(payload, sort_keys=True))
+
+
+def _build(real: RealData, arch: str) -> nn.Module:
+    from ddbench.archs import build_arch
+
+    return build_arch(arch, real.channels, real.num_classes, real.image_size)
+
+
+def _train(real: RealData, arch: str, recipe: Recipe, seed: int, device: str) -> nn.Module:
+    from ddbench.fit import train_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "teacher_init", arch))
+        model = _build(real, arch)
+    train_model(
+        model, real.train_x, real.train_y, recipe, real.name, derive_seed(seed, "teacher"), device
+    )
+    return model
+
+
+def teacher_model(
+    real: RealData,
+    arch: str,
+    recipe: Recipe,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    stats: dict[str, Any] | None = None,
+) -> nn.Module:
+    """The teacher of `arch` trained on `real`'s whole train split (cached; see module doc), in
+    eval mode on `device` with frozen parameters. `stats` gets `key`, `cached` and, on disk,
+    `path` and the teacher's `val_top1` / `test_top1`."""
+    from ddbench.fit import accuracy
+
+    key = teacher_key(real, arch, recipe, seed)
+    info: dict[str, Any] = {"key": key, "cached": True}
+    model = _build(real, arch)
+    if cache_dir is None:
+        if key not in _MEMORY:
+            info["cached"] = False
+            trained = _train(real, arch, recipe, seed, device)
+            _MEMORY[key] = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
+        model.load_state_dict(_MEMORY[key])
+    else:
+        from safetensors.torch import load_file, save_file
+
+        folder = Path(cache_dir) / "teachers"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{arch}-{key}.safetensors"
+        meta_path = path.with_suffix(".json")
+        with _locked(folder / f"{arch}-{key}.lock"):
+            if not path.is_file():
+                info["cached"] = False
+                trained = _train(real, arch, recipe, seed, device)
+                state = {k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()}
+                meta = {
+                    "arch": arch,
+                    "dataset": real.name,
+                    "recipe": recipe.model_dump(mode="json"),
+                    "seed": seed,
+                    "val_top1": accuracy(trained, real.val_x, real.val_y, device),
+                    "test_top1": accuracy(trained, real.test_x, real.test_y, device),
+                }
+                _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+                _atomic_write(path, lambda p: save_file(state, str(p)))
+            model.load_state_dict(load_file(str(path)))
+        info["path"] = str(path)
+        if meta_path.is_file():
+            saved = json.loads(meta_path.read_text())
+            info.update({k: saved[k] for k in ("val_top1", "test_top1") if k in saved})
+    if stats is not None:
+        stats.update(info)
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+class _locked:
+    """An exclusive advisory lock on `path` (POSIX flock) for the duration of a with-block."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> _locked:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        assert self.fd is not None
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """`write(tmp_path)` then rename into place, so readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, x_aug: Tensor, temperature: float) -> Tensor:
+    """The teacher's probabilities at temperature T for an (augmented) batch: rows sum to 1."""
+    return F.softmax(teacher(x_aug).float() / temperature, dim=1)
+
+
+def kd_loss(student_logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """KL(targets ‖ softmax(student / T)) · T², averaged over the batch."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, targets, reduction="batchmean") * temperature**2
+
+
+class TeacherLabels:
+    """Per-batch soft labels from a teacher (the `labeler` of `ddbench.fit.train_model`)."""
+
+    def __init__(self, teacher: nn.Module, temperature: float) -> None:
+        self.teacher = teacher
+        self.temperature = temperature
+
+    def targets(self, x: Tensor) -> Tensor:
+        return teacher_targets(self.teacher, x, self.temperature)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return kd_loss(logits, targets, self.temperature)

@@ -1,0 +1,103 @@
+"""Teacher soft labels (ddbench.teacher) and their use in the shared recipe (ddbench.fit)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddbench.artifact import ImageSet
+from ddbench.fit import Recipe, fit_and_test, fit_artifact, train_model
+from ddbench.teacher import TeacherLabels, kd_loss, teacher_model, teacher_targets
+
+QUICK = Recipe(epochs=2, batch_size=64, augment=False)  # 40 steps of an MLP: a second
+
+
+def tiny_set(real, ipc: int = 3) -> ImageSet:
+    idx = torch.cat([real.class_indices(c)[:ipc] for c in real.classes])
+    return ImageSet(real.train_x[idx].clone(), real.train_y[idx].clone())
+
+
+def test_teacher_is_cached_on_disk(digits, tmp_path, monkeypatch):
+    first: dict = {}
+    a = teacher_model(digits, "mlp", QUICK, cache_dir=tmp_path, stats=first)
+    assert first["cached"] is False and 0.0 <= first["test_top1"] <= 1.0
+    assert (tmp_path / "teachers").is_dir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached teacher was retrained")
+
+    monkeypatch.setattr("ddbench.teacher._train", no_training)
+    second: dict = {}
+    b = teacher_model(digits, "mlp", QUICK, cache_dir=tmp_path, stats=second)
+    assert second["cached"] is True and second["key"] == first["key"]
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    assert not any(p.requires_grad for p in b.parameters()) and not b.training
+    # another recipe (or arch, or data) is another teacher
+    with pytest.raises(AssertionError, match="retrained"):
+        teacher_model(digits, "mlp", QUICK.model_copy(update={"lr": 0.02}), cache_dir=tmp_path)
+
+
+def test_targets_are_probability_rows_and_kl_vanishes_on_the_teacher(digits):
+    teacher = teacher_model(digits, "mlp", QUICK)  # memoised in-process
+    x = digits.val_x[:50]
+    for temperature in (1.0, 4.0, 20.0):
+        p = teacher_targets(teacher, x, temperature)
+        assert p.shape == (50, digits.num_classes)
+        assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(50), atol=1e-5)
+        logits = teacher(x)
+        assert float(kd_loss(logits, p, temperature)) == pytest.approx(0.0, abs=1e-5)
+        assert float(kd_loss(-logits, p, temperature)) > 1e-3
+    # a higher temperature gives flatter targets
+    assert teacher_targets(teacher, x, 20.0).max(1).values.mean() < (
+        teacher_targets(teacher, x, 1.0).max(1).values.mean()
+    )
+
+
+class Recording(TeacherLabels):
+    def __init__(self, teacher, temperature):
+        super().__init__(teacher, temperature)
+        self.batches: list[torch.Tensor] = []
+
+    def targets(self, x):
+        self.batches.append(x.detach().clone())
+        return super().targets(x)
+
+
+def test_soft_labels_are_regenerated_per_batch_after_augmentation(digits):
+    teacher = teacher_model(digits, "mlp", QUICK)
+    labels = Recording(teacher, 4.0)
+    images = tiny_set(digits, 3)
+    recipe = Recipe(epochs=3, batch_size=16)  # 30 images: 2 batches per epoch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    train_model(model, images.images, images.labels, recipe, "digits", 0, labeler=labels)
+    assert len(labels.batches) == 3 * 2
+    raw = {tuple(row.flatten().tolist()) for row in images.images}
+    augmented = [
+        b for b in labels.batches if any(tuple(r.flatten().tolist()) not in raw for r in b)
+    ]
+    assert augmented, "the teacher saw un-augmented images only"
+
+
+def test_hard_path_is_unchanged_and_label_modes_differ(digits):
+    images = tiny_set(digits, 2)
+    recipe = Recipe(epochs=4)
+    direct = fit_and_test("mlp", digits, images.images, images.labels, recipe, 0)
+    hard, extra = fit_artifact("mlp", images, 2, digits, recipe, 0)
+    assert hard == direct and extra == {}
+    # soft labels of an artifact: `hard` trains on their argmax, `soft` on the rows themselves
+    onehot = torch.nn.functional.one_hot(images.labels, 10).float() * 0.8 + 0.02
+    soft_set = ImageSet(images.images, onehot)
+    assert fit_artifact("mlp", soft_set, 2, digits, recipe, 0)[0] == direct
+    soft, _ = fit_artifact("mlp", soft_set, 2, digits, recipe, 0, label_mode="soft")
+    assert all(math.isfinite(v) for v in soft.values())
+    teacher = teacher_model(digits, "mlp", QUICK)
+    with pytest.raises(ValueError, match="labeler"):
+        fit_artifact("mlp", images, 2, digits, recipe, 0, label_mode="teacher")
+    taught, _ = fit_artifact(
+        "mlp", images, 2, digits, recipe, 0, label_mode="teacher", labeler=TeacherLabels(teacher, 4)
+    )
+    assert taught != direct
