@@ -11,14 +11,22 @@ with psi = `net.embed` (the flattened features the classifier sees); the network
 frozen and the real side carries no gradient.
 
 Batched evaluation (the default). Every class's real batch goes through the network in one forward
-and all synthetic images in another; per-class means come from an `index_add` over the rows. The DSA
-draw of each class is applied to its own rows only (the draws are grouped by family and applied as
-per-sample values, so a family costs one call). With a per-sample network (the default ConvNet's
-"instancenorm" is GroupNorm(C, C): no statistic crosses samples) this is the same function as the
-per-class loop of the reference code, computed with a few large batches instead of 2 x classes
-small ones; `per_class_loop: true` runs that loop (for measuring and testing the equality). With a
-BatchNorm network (`arch: convnet_bn`) the two differ, as they do in DM's code, whose BatchNorm
-branch also concatenates all classes.
+and all synthetic images in another; per-class means come from one product with an averaging
+matrix. The DSA draw of each class is applied to its own rows only (the draws are grouped by family
+and applied as per-sample values, so a family costs one call). With a per-sample network (the
+default ConvNet's "instancenorm" is GroupNorm(C, C): no statistic crosses samples) this is the same
+function as the per-class loop of the reference code, computed with a few large batches instead of
+2 x classes small ones; `per_class_loop: true` runs that loop (for measuring and testing the
+equality). With a BatchNorm network (`arch: convnet_bn`) the two differ, as they do in DM's code,
+whose BatchNorm branch also concatenates all classes.
+
+Cost. The real forward (classes x batch_real images, no gradient) dominates an iteration; batching
+removes the per-call overhead of 2 x classes small forwards and backwards, not FLOPs, so the gain is
+largest where calls are expensive (GPU kernel launches) and smaller on a CPU (measured in
+benchmarks/RESULTS.md). A single forward holds classes x batch_real activations at once (about
+3.7 GB peak RSS for CIFAR-10 shapes at batch_real 256); `forward_chunk` bounds that without
+changing the loss. Activations are channels-last (`channels_last`), oneDNN's and cuDNN's fast
+layout.
 
 Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what ddbench uses:
 
