@@ -82,8 +82,11 @@ def test_plan_counts_cells():
     plan = make_plan(load_suite(QUICK))
     suite = plan.loaded.suite
     per_job = len(plan.loaded.eval_params[0].archs) * plan.loaded.eval_params[0].seeds
-    ipc_jobs = [j for j in plan.jobs if j.ipc is not None]
-    assert len(ipc_jobs) == (len(suite.methods) - 1) * len(suite.ipc)
-    assert len(plan.cells) == per_job * (len(ipc_jobs) + 1)
+    evaluated = [j for j in plan.jobs if j.eval_ipcs]
+    assert {j.label for j in evaluated} == {m.label or m.name for m in suite.methods}
+    # a generator is one job evaluated at every IPC; whole_dataset is one cell group at ipc 0
+    n_groups = sum(len(j.eval_ipcs) for j in evaluated)
+    assert n_groups == (len(suite.methods) - 1) * len(suite.ipc) + 1
+    assert len(plan.cells) == per_job * n_groups
     only = make_plan(load_suite(QUICK), only="herd*")
     assert {j.method for j in only.jobs} == {"herding"}
