@@ -102,7 +102,7 @@ def test_unknown_arch_is_caught_with_suggestion(tmp_path):
         load_suite(path)
 
 
-@pytest.mark.parametrize("suite", sorted((REPO / "suites").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("suite", sorted((REPO / "suites").rglob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_suites_validate(suite):
     loaded = load_suite(suite)
     for name in loaded.suite.profiles:
