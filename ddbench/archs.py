@@ -12,6 +12,8 @@ What lives here
   ``lenet``, ``alexnet``, ``vgg11``, ``resnet18``, ``resnet18_bn``, ``resnet18_ap``, plus
   ``resnet10`` and ``resnet10_ap`` (DiM's model pool). Layers keep PyTorch's default
   initialisation, as DC does.
+* ``nb201``: the NAS-Bench-201 macro skeleton around one cell (``genotype`` cell string,
+  ``width`` C, ``cells_per_stage`` N), defined in ``ddbench.nb201``.
 * timm-backed ``resnet50``, ``densenet121`` and ``vit_tiny`` (random init, never downloaded
   weights), adapted to small images. timm is imported inside their builders only, because
   importing it costs seconds.
@@ -695,6 +697,15 @@ def resnet10_ap(channels: int, num_classes: int, image_size: int, **overrides: A
     """ResNet-10 with DC's average-pool downsampling and head, for DiM's model pool."""
     kwargs = _fixed("resnet10_ap", overrides, layers=(1, 1, 1, 1), avgpool_downsample=True)
     return ResNet(channels, num_classes, image_size, **kwargs)
+
+
+@ARCHS.register("nb201")
+def nb201(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+    """NAS-Bench-201's skeleton (C = 16, N = 5) around one cell, by default a residual cell of
+    3x3 convs; ``genotype``, ``width`` and ``cells_per_stage`` override (``ddbench.nb201``)."""
+    from ddbench.nb201 import NB201Net  # its module imports this one
+
+    return NB201Net(channels, num_classes, image_size, **overrides)
 
 
 @ARCHS.register("resnet50")

@@ -190,6 +190,113 @@ def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
     return path
 
 
+NAS_TABLE = (  # reduce metric -> column of the NAS table (ddbench.evals._nas)
+    ("num_candidates", "candidates"),
+    ("spearman_rho", "Spearman ρ"),
+    ("kendall_tau", "Kendall τ"),
+    ("top20_spearman_rho", "top-20 % ρ"),
+    ("selected_test_top1", "selected test top-1"),
+    ("oracle_test_top1", "oracle test top-1"),
+    ("early_stop_spearman_rho", "early-stop ρ"),
+    ("early_stop_selected_test_top1", "early-stop selected"),
+    ("proxy_search_seconds", "proxy search s"),
+    ("whole_search_seconds", "whole-set search s"),
+)
+
+
+def nas_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
+    """NAS evaluators (`nas720`, `nas_bench_201`): per evaluator, the reduce metrics per method
+    and IPC and `nas_<evaluator>.png`, proxy against whole-set val top1 of every candidate (a
+    panel per method and IPC, plus the early-stopping baseline). Empty without NAS rows."""
+    ok = rows.filter(pl.col("status") == "ok")
+    cells = ok.filter(pl.col("metric").is_in(["proxy_top1", "whole_top1", "early_stop_top1"]))
+    if cells.is_empty():
+        return []
+    lines = [
+        "## Architecture search with distilled data",
+        "",
+        "Candidates ranked by val top-1 after training on the distillate (proxy) against training "
+        "on the whole train split; ρ / τ over all candidates, top-20 % ρ over the best fifth by "
+        "whole-set val top-1; *selected*: whole-set test top-1 (%) of the best proxy candidate, "
+        "*oracle*: of the best whole-set candidate; early-stop: the whole set trained for the "
+        "proxy's number of steps; search s: training seconds summed over the candidates.",
+        "",
+    ]
+    for evaluator in sorted(cells["evaluator"].unique().to_list()):
+        reduced = ok.filter((pl.col("evaluator") == evaluator) & pl.col("arch").is_null())
+        body = []
+        for (label, ipc), sub in sorted(reduced.group_by("method_label", "ipc"), key=_key):
+            values = dict(zip(sub["metric"].to_list(), sub["value"].to_list(), strict=True))
+            body.append([str(label), str(ipc)] + [_nas_value(m, values) for m, _ in NAS_TABLE])
+        header = ["method", "ipc"] + [title for _, title in NAS_TABLE]
+        name = f"nas_{evaluator}.png"
+        plot_nas_scatter(cells.filter(pl.col("evaluator") == evaluator), out_dir / name)
+        lines += [f"### {evaluator}", ""] + _markdown_table(header, body) + [""]
+        lines += [f"![proxy vs whole-set accuracy]({name})", ""]
+    return lines
+
+
+def _key(group: tuple[tuple[object, ...], pl.DataFrame]) -> tuple[str, ...]:
+    return tuple(str(k) for k in group[0])
+
+
+def _nas_value(metric: str, values: dict[str, float]) -> str:
+    if metric not in values:
+        return "–"
+    value = values[metric]
+    if metric == "num_candidates" or metric.endswith("seconds"):
+        return f"{value:,.0f}"
+    return f"{100 * value:.1f}" if metric.endswith("top1") else f"{value:.3f}"
+
+
+def plot_nas_scatter(cells: pl.DataFrame, path: Path) -> Path:
+    """Per candidate: proxy val top1 (mean over eval seeds) against whole-set val top1, one panel
+    per (method, IPC) and one per IPC for the early-stopping baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import spearmanr
+
+    val = cells.filter(pl.col("split") == "val")
+    whole = (
+        val.filter(pl.col("metric") == "whole_top1")
+        .group_by("arch")
+        .agg(pl.col("value").mean().alias("whole"))
+    )
+    proxies = (
+        val.filter(pl.col("metric") != "whole_top1")
+        .with_columns(
+            pl.when(pl.col("metric") == "early_stop_top1")
+            .then(pl.lit("early stop"))
+            .otherwise(pl.col("method_label"))
+            .alias("panel")
+        )
+        .group_by("panel", "ipc", "arch")
+        .agg(pl.col("value").mean().alias("proxy"))
+        .join(whole, on="arch")
+    )
+    panels = sorted(proxies.select("panel", "ipc").unique().iter_rows())
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.6 * rows_n), dpi=110, squeeze=False)
+    for ax, (panel, ipc) in zip(axes.flat, panels, strict=False):
+        sub = proxies.filter((pl.col("panel") == panel) & (pl.col("ipc") == ipc))
+        x, y = sub["whole"].to_numpy() * 100, sub["proxy"].to_numpy() * 100
+        rho = spearmanr(x, y).statistic if len(x) > 1 else float("nan")
+        ax.scatter(x, y, s=12, alpha=0.7)
+        ax.set_title(f"{panel}, ipc {ipc}: ρ = {rho:.2f} (n = {len(x)})", fontsize=9)
+        ax.set_xlabel("whole-set val top-1 (%)")
+        ax.set_ylabel("proxy val top-1 (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_grids(results_root: Path, rows: pl.DataFrame, out_dir: Path) -> list[str]:
     """Copy each distillate's grid (drawn at distill time) into the report; markdown lines."""
     import shutil
@@ -242,6 +349,7 @@ def write_report(results_root: Path, out_dir: Path, formats: tuple[str, ...] = (
     plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
     if plot is not None:
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
+    lines += nas_section(rows, out_dir)
     grids = write_grids(results_root, rows, out_dir)
     if grids:
         lines += ["## Distilled images", ""] + grids

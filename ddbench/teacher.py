@@ -12,6 +12,8 @@
 - `TeacherLabels`: the per-batch labeller `ddbench.fit.train_model` calls *after* each batch's
   augmentation, so the soft labels are regenerated every epoch under that epoch's augmentation
   (D4M Eq. 8; FKD regenerates them per crop).
+- `atomic_write(path, write)`: write a file through a temporary sibling and a rename (also the
+  NAS evaluators' cache of whole-set reference results, `ddbench.evals._nas`).
 
 To use another target (e.g. an ensemble), write an object with `targets(x)` and
 `loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
@@ -124,8 +126,8 @@ def teacher_model(
                     "val_top1": accuracy(trained, real.val_x, real.val_y, device),
                     "test_top1": accuracy(trained, real.test_x, real.test_y, device),
                 }
-                _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
-                _atomic_write(path, lambda p: save_file(state, str(p)))
+                atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+                atomic_write(path, lambda p: save_file(state, str(p)))
             model.load_state_dict(load_file(str(path)))
         info["path"] = str(path)
         if meta_path.is_file():
@@ -159,7 +161,7 @@ class _locked:
         os.close(self.fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """`write(tmp_path)` then rename into place, so readers never see a partial file."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     os.close(fd)

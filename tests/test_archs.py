@@ -101,6 +101,7 @@ def test_registry_names() -> None:
         "resnet18_ap",
         "resnet10",
         "resnet10_ap",
+        "nb201",
         "resnet50",
         "densenet121",
         "vit_tiny",
