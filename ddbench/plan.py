@@ -8,6 +8,18 @@ A method's `dependencies` (e.g. d2m's pre-trained cgan generator) become jobs of
 before the jobs that need them and shared when identical; they are evaluated only when the suite
 lists them. An `EvalCell` is one unit of an evaluator's work on one job at one IPC; its file under
 `results/<evaluator>/<job_id>/` is named by the hash of what determines its rows.
+
+Class subsets (continual learning). An evaluator may ask, per cell, for the cell's method to be
+distilled on subsets of the classes (`Evaluator.inputs(cell, params) -> {key: classes}`). For
+each evaluated job the plan then adds one hidden (never evaluated) job per distinct subset: the
+same method, params, IPC and seeds with `DistillJob.classes` set. The runner distils such a job on
+`real.subset(classes)` (labels keep their global ids), and its prerequisites (`dependencies`) are
+distilled on the same subset, so nothing outside the subset is ever seen. `classes` enters the job
+id only when set, so jobs without a subset keep their ids, and an equal subset job is shared
+across evaluators, suites and reruns. The cell names its inputs in `EvalCell.inputs` as
+(key, job_id) pairs; it hangs off the method's normal job (rows carry that job's id and label)
+and runs only once that job and all its inputs are distilled. Every subset job is placed before
+every evaluated job in `Plan.jobs`, so running the jobs in order meets that condition.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ class DistillJob:
     suite_seed: int
     tune: dict[str, Any] | None = None
     depends: tuple[tuple[str, str], ...] = ()  # (key, job_id) of prerequisite jobs
+    classes: tuple[int, ...] | None = None  # distil on these classes only (None: all classes)
 
     @property
     def params_json(self) -> str:
@@ -51,6 +64,7 @@ class EvalCell:
     ipc: int
     cell: dict[str, Any]
     cell_id: str
+    inputs: tuple[tuple[str, str], ...] = ()  # (key, job_id) of class-subset jobs the cell reads
 
     @property
     def relpath(self) -> str:
@@ -71,6 +85,11 @@ class Plan:
     def cells_of(self, job: DistillJob) -> list[EvalCell]:
         return [c for c in self.cells if c.job.job_id == job.job_id]
 
+    def inputs_of(self, job: DistillJob) -> list[DistillJob]:
+        """The class-subset jobs the cells of `job` read: distilled before those cells run."""
+        ids = {job_id for cell in self.cells_of(job) for _, job_id in cell.inputs}
+        return [j for j in self.jobs if j.job_id in ids]
+
 
 def _make_job(
     loaded: LoadedSuite,
@@ -82,8 +101,11 @@ def _make_job(
     tune: dict[str, Any] | None,
     plan: Plan,
     evaluate: bool,
+    classes: tuple[int, ...] | None = None,
 ) -> DistillJob:
-    """Create a job (and, first, the jobs it depends on); identical jobs are shared."""
+    """Create a job (and, first, the jobs it depends on); identical jobs are shared.
+
+    `classes` restricts the job, and the jobs it depends on, to a class subset."""
     from ddbench.methods import METHODS
 
     suite = loaded.suite
@@ -103,6 +125,7 @@ def _make_job(
             None,
             plan,
             evaluate=False,
+            classes=classes,
         )
         depends[key] = dep.job_id
     dataset_params = loaded.dataset_params.model_dump(mode="json")
@@ -118,6 +141,8 @@ def _make_job(
         "tune": tune,
         "depends": depends,
     }
+    if classes is not None:  # absent otherwise, so jobs on all classes keep their ids
+        identity["classes"] = list(classes)
     job = DistillJob(
         job_id=content_hash(to_json(identity)),
         method=method_name,
@@ -132,6 +157,7 @@ def _make_job(
         suite_seed=suite.seed,
         tune=tune,
         depends=tuple(sorted(depends.items())),
+        classes=classes,
     )
     known = {j.job_id: i for i, j in enumerate(plan.jobs)}
     if job.job_id in known:  # an identical job exists: keep one, evaluated if either asks
@@ -143,6 +169,18 @@ def _make_job(
     return job
 
 
+def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
+    """Every class subset some cell of the suite's evaluators asks for, in first-asked order."""
+    from ddbench.evals import EVALS
+
+    subsets: dict[tuple[int, ...], None] = {}
+    for espec, eparams in zip(loaded.suite.evals, loaded.eval_params, strict=True):
+        evaluator = EVALS.get(espec.name)()
+        for cell in evaluator.cells(eparams):
+            subsets.update(dict.fromkeys(evaluator.inputs(cell, eparams).values()))
+    return list(subsets)
+
+
 def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
     """Expand a validated suite. `only` keeps methods whose name or label matches a glob."""
     from ddbench.evals import EVALS
@@ -150,6 +188,8 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
 
     suite = loaded.suite
     plan = Plan(suite.name, loaded)
+    subsets = _class_subsets(loaded)
+    selected = []  # (spec, params, tune, ipc, distill_seed) of every evaluated job
     for spec, params in zip(suite.methods, loaded.method_params, strict=True):
         if only and not (fnmatch.fnmatch(spec.name, only) or fnmatch.fnmatch(spec.key, only)):
             continue
@@ -158,17 +198,16 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
         job_ipcs: list[int | None] = [None] if method.ipc_independent else list(suite.ipc)
         for distill_seed in suite.distill_seeds:
             for ipc in job_ipcs:
-                _make_job(
-                    loaded,
-                    spec.name,
-                    spec.key,
-                    params.model_dump(mode="json"),
-                    ipc,
-                    distill_seed,
-                    tune,
-                    plan,
-                    evaluate=True,
-                )
+                selected.append((spec, params.model_dump(mode="json"), tune, ipc, distill_seed))
+    # subset jobs first (see the module docstring), then the evaluated jobs
+    subset_ids: list[dict[tuple[int, ...], str]] = []
+    for spec, params, tune, ipc, seed in selected:
+        args = (loaded, spec.name, spec.key, params, ipc, seed, tune, plan)
+        subset_ids.append({c: _make_job(*args, evaluate=False, classes=c).job_id for c in subsets})
+    inputs_of: dict[str, dict[tuple[int, ...], str]] = {}  # evaluated job id -> subset job ids
+    for (spec, params, tune, ipc, seed), ids in zip(selected, subset_ids, strict=True):
+        job = _make_job(loaded, spec.name, spec.key, params, ipc, seed, tune, plan, evaluate=True)
+        inputs_of[job.job_id] = ids
     for job in plan.jobs:
         for espec, eparams in zip(suite.evals, loaded.eval_params, strict=True):
             evaluator = EVALS.get(espec.name)()
@@ -176,6 +215,10 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
             for eval_ipc in job.eval_ipcs:
                 for cell in evaluator.cells(eparams):
                     key = to_json([espec.name, evaluator.version, eval_params, eval_ipc, cell])
+                    inputs = tuple(
+                        (name, inputs_of[job.job_id][classes])
+                        for name, classes in sorted(evaluator.inputs(cell, eparams).items())
+                    )
                     plan.cells.append(
                         EvalCell(
                             job,
@@ -185,6 +228,7 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
                             eval_ipc,
                             cell,
                             content_hash(key),
+                            inputs,
                         )
                     )
     return plan

@@ -7,15 +7,20 @@ result rows::
     def cells(self, params) -> list[dict]            # e.g. [{"arch": "convnet", "eval_seed": 0}]
     def run(self, cell, job, params, ctx) -> list[dict]   # partial rows: metric, value, split ...
     def reduce(self, rows, params) -> list[dict]     # job-level rows from all cell rows (optional)
+    def inputs(self, cell, params) -> dict[str, tuple[int, ...]]  # class subsets (optional)
 
 `job` is an `EvalJob` carrying the artifact, the real data and the IPC. Partial rows hold only the
 evaluator's columns (arch, eval_seed, step, split, metric, value, higher_is_better); the runner
 adds provenance. Register with `@register_eval` on a class with a unique `name`.
+
+An evaluator that needs the method distilled on subsets of the classes (continual learning)
+returns them from `inputs` as {key: sorted class ids}; the plan distils the cell's method on each
+subset (`ddbench.plan`) and the cell finds those artifacts in `job.inputs[key]`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -41,6 +46,7 @@ class EvalJob:
     real: RealData
     ipc: int  # 0 = the whole train split (reference job)
     dataset: str
+    inputs: dict[str, Artifact] = field(default_factory=dict)  # `Evaluator.inputs`, distilled
 
 
 class Evaluator:
@@ -59,6 +65,10 @@ class Evaluator:
 
     def reduce(self, rows: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
         return []
+
+    def inputs(self, cell: dict[str, Any], params: Any) -> dict[str, tuple[int, ...]]:
+        """Class subsets the cell's method must be distilled on: {key: sorted class ids}."""
+        return {}
 
 
 EVALS: Registry[type[Evaluator]] = Registry("evaluator")
