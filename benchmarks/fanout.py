@@ -16,6 +16,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddbench.storage import Store
 
 SUITE = """\
 name: fanout
@@ -27,13 +31,13 @@ resources: {{distill: {{workers: 1, cpus_per_worker: 1}}, eval: {{cpus: 1}}}}
 """
 
 
-def timed_run(plan, real, out: Path, mode: str, num_cpus: int = 1) -> float:
+def timed_run(plan, real, out: Store, mode: str, num_cpus: int = 1) -> float:
     """Seconds to evaluate every cell (the artifact is already distilled)."""
     import ray
 
     from ddbench.runner import init_ray, run_local, run_ray
 
-    shutil.rmtree(out / "results", ignore_errors=True)
+    out.delete("results")
     quiet = lambda message: None  # noqa: E731 - one line per cell would dominate the output
     if mode == "local":
         start = time.perf_counter()
@@ -60,13 +64,14 @@ def main() -> None:
     from ddbench.plan import make_plan
     from ddbench.runner import run_local
     from ddbench.spec import load_suite
+    from ddbench.storage import Store
 
     work = Path(tempfile.mkdtemp(prefix="ddbench-fanout-"))
     suite = work / "fanout.yaml"
     suite.write_text(SUITE.format(seeds=args.cells))
     plan = make_plan(load_suite(suite))
     real = load_dataset("digits")
-    out = work / "runs" / "fanout"
+    out = Store(work / "runs" / "fanout")
     run_local(plan, real, out, force=False, log=lambda m: None)  # distil once, warm caches
     local = timed_run(plan, real, out, "local")
     ray1 = timed_run(plan, real, out, "ray", num_cpus=1)

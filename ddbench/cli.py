@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ddbench.errors import UserError
 from ddbench.spec import SuiteError
@@ -107,20 +107,21 @@ def _registry(kind: str):
 def cmd_run(args: argparse.Namespace) -> int:
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
-    from ddbench.runner import artifact_dir, cell_done
+    from ddbench.runner import artifact_done, cell_done
     from ddbench.spec import load_suite
+    from ddbench.storage import Store
 
     log = _log_fn()
     loaded = load_suite(args.suite, args.set)
     plan = make_plan(loaded, args.only)
     if not plan.jobs:
         raise UserError(f"--only {args.only!r} matches no method of {args.suite}")
-    suite_dir = Path(args.out) / loaded.suite.name
+    suite_dir = Store(args.out).child(loaded.suite.name)
     if args.dry_run:
         for job in plan.jobs:
             cells = plan.cells_of(job)
             done = sum(cell_done(suite_dir, c) for c in cells)
-            cached = (artifact_dir(suite_dir, job.job_id) / "meta.json").is_file()
+            cached = artifact_done(suite_dir, job.job_id)
             print(
                 f"{job.job_id} {job.label:16s} ipc={job.ipc} seed={job.distill_seed} "
                 f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done"
@@ -155,16 +156,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         log(
             f"distilled {summary.distilled} jobs ({summary.distill_cached} cached); ran "
             f"{summary.cells_run} cells ({summary.cells_cached} cached, {summary.cells_failed} "
-            f"failed); wrote {summary.rows_written} rows under {suite_dir / 'results'}"
+            f"failed); wrote {summary.rows_written} rows under {suite_dir.location('results')}"
         )
     _track(plan, suite_dir, summary, args, log)
     return summary.exit_code
 
 
-def _track(plan, suite_dir: Path, summary, args: argparse.Namespace, log) -> None:
+def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
     from ddbench.tracking import default_tracking_uri, log_plan
 
-    uri = args.tracking_uri or default_tracking_uri(Path(args.out))
+    uri = args.tracking_uri or default_tracking_uri(args.out)
     try:
         n = log_plan(plan, suite_dir, summary, uri)
     except Exception as exc:  # noqa: BLE001 - results are safe on disk; tracking can catch up
@@ -178,20 +179,22 @@ def _track(plan, suite_dir: Path, summary, args: argparse.Namespace, log) -> Non
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ddbench.report import write_report
+    from ddbench.schema import result_files
+    from ddbench.storage import Store, is_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = sorted(set(formats) - {"md", "csv"})
     if unknown:
         raise UserError(f"--format: unknown or unsupported format(s) {unknown}; use md, csv")
-    target = Path(args.target)
-    if not target.is_dir():
-        target = Path(args.runs) / args.target
-    if target.name == "results":
-        target = target.parent
-    if not (target / "results").is_dir():
-        raise UserError(f"no results for {args.target!r}: looked in {target / 'results'}")
-    out_dir = Path(args.out) / target.name
-    path = write_report(target, out_dir, formats)
+    given = args.target.rstrip("/").removesuffix("/results")
+    if is_uri(given) or Path(given).is_dir():
+        run = Store(given)
+    else:
+        run = Store(args.runs).child(given)
+    if not result_files(run):
+        raise UserError(f"no results for {args.target!r}: looked in {run.location('results')}")
+    out_dir = Path(args.out) / PurePosixPath(run.uri).name
+    path = write_report(run, out_dir, formats)
     print(f"report written to {path}")
     return EXIT_OK
 
@@ -202,7 +205,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     fmt = args.format
     if fmt not in ("md", "csv", "json"):
         raise UserError(f"--format {fmt!r}: use md, csv or json")
-    uri = args.tracking_uri or default_tracking_uri(Path(args.runs))
+    uri = args.tracking_uri or default_tracking_uri(args.runs)
     table = leaderboard(uri, suite=args.suite, dataset=args.dataset, metric=args.metric)
     if table.is_empty():
         raise UserError(f"no job runs with metric {args.metric!r} in MLflow at {uri}")
@@ -251,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a suite value by dotted path; profile=NAME applies a profile",
     )
-    run.add_argument("--out", default="runs", help="output root (default runs/)")
+    run.add_argument(
+        "--out", default="runs", help="output root: a path or a URI (s3://, gs://, file://)"
+    )
     run.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<out>/mlflow.db)")
     run.add_argument("--only", help="glob over method names / labels")
     run.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
@@ -271,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_ls)
 
     rep = sub.add_parser("report", help="write a report from a suite's results")
-    rep.add_argument("target", help="suite name (under --runs) or a results directory")
-    rep.add_argument("--runs", default="runs", help="output root the suite ran into")
+    rep.add_argument("target", help="suite name (under --runs), or a run directory or URI")
+    rep.add_argument("--runs", default="runs", help="output root the suite ran into (path or URI)")
     rep.add_argument("--out", default="reports", help="report root (default reports/)")
     rep.add_argument("--format", default="md", help="comma list of md, csv")
     rep.set_defaults(func=cmd_report)

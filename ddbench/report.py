@@ -1,31 +1,37 @@
 """Reports from the result table, with Polars: tables, plots and image grids.
 
-`write_report(results_root, out_dir, formats)` reads `<results_root>/results/**/*.parquet` and
-writes `<out_dir>/README.md` (markdown tables: top1 mean ± std (n) per method × arch for each
-IPC, gain over `random_real`, the whole-dataset reference), `accuracy_vs_ipc.png`, one image grid
-per distillate, and `summary.csv` when asked. Numbers are test-split, final-epoch accuracies in
-percent (the rows hold fractions in [0, 1]). Add a section by adding a function that takes the
-rows DataFrame and returns markdown lines.
+`write_report(run, out_dir, formats)` reads every result file of a run's `Store` (`<out>/<suite>`,
+a local directory or a URI) and writes `<out_dir>/README.md` (markdown tables: top1 mean ± std
+(n) per method × arch for each IPC, gain over `random_real`, the whole-dataset reference),
+`accuracy_vs_ipc.png`, one image grid per distillate, and `summary.csv` when asked. Numbers are
+test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]). Add a section
+by adding a function that takes the rows DataFrame and returns markdown lines.
+
+Rows with a `step` (continual learning) stay out of the method x arch tables: they get their own
+section (`continual_section`: a method x step table and an accuracy-vs-classes plot per
+evaluator config and IPC); such an evaluator keeps its latest config per number of steps (a
+suite runs 5 and 10 steps side by side; the tables never mix them).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import polars as pl
 
 from ddbench.errors import UserError
+from ddbench.schema import read_results, result_files
+from ddbench.storage import Store
 from ddbench.viz import GRID_FILE
 
 REFERENCE = "whole_dataset"
 BASELINE = "random_real"
 
 
-def load_rows(results_root: Path) -> pl.DataFrame:
-    files = list((results_root / "results").glob("**/*.parquet"))
-    if not files:
-        raise UserError(f"no result files under {results_root / 'results'}: run the suite first")
-    return pl.scan_parquet([str(f) for f in files]).collect()
+def load_rows(run: Store) -> pl.DataFrame:
+    if not result_files(run):
+        raise UserError(f"no result files under {run.location('results')}: run the suite first")
+    return pl.from_arrow(read_results(run))
 
 
 def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -33,26 +39,33 @@ def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
     Changing an evaluator's params (more epochs, another sampling mode) makes new cells beside
     the old ones; averaging across configs would mix protocols. Returns the kept rows and the
-    number of rows left out.
+    number of rows left out. An evaluator with per-step rows keeps its latest config per number
+    of steps (a continual suite runs 5 and 10 steps side by side; they are shown apart).
     """
+    depth = rows.group_by("evaluator", "eval_params").agg(
+        pl.col("step").max().fill_null(-1).alias("last_step")  # -1: an evaluator without steps
+    )
+    keyed = rows.join(depth, on=["evaluator", "eval_params"])
     latest = (
-        rows.sort("created_at")
-        .group_by("evaluator")
+        keyed.sort("created_at")
+        .group_by("evaluator", "last_step")
         .agg(pl.col("eval_params").last().alias("latest_params"))
     )
-    kept = rows.join(latest, on="evaluator").filter(
+    kept = keyed.join(latest, on=["evaluator", "last_step"]).filter(
         pl.col("eval_params") == pl.col("latest_params")
     )
-    return kept.drop("latest_params"), rows.height - kept.height
+    return kept.drop("latest_params", "last_step"), rows.height - kept.height
 
 
 def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> pl.DataFrame:
-    """mean, std, n of a metric per (method_label, ipc, arch), over eval seeds and distill seeds."""
+    """mean, std, n of a metric per (method_label, ipc, arch), over eval seeds and distill seeds.
+    Per-step (continual) rows are left to `continual_section`."""
     ok = rows.filter(
         (pl.col("status") == "ok")
         & (pl.col("metric") == metric)
         & (pl.col("split") == split)
         & pl.col("arch").is_not_null()
+        & pl.col("step").is_null()
     )
     return (
         ok.group_by("dataset", "method_label", "method", "ipc", "arch")
@@ -190,6 +203,103 @@ def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def continual_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
+    """Per evaluator config and IPC: test top1 per method x step (mean ± std (n) over class
+    orders, models and distill seeds), the reduce rows' average incremental and final top1, and
+    a plot of accuracy against the number of classes seen. Empty without per-step rows."""
+    import json
+
+    ok = rows.filter((pl.col("status") == "ok") & (pl.col("split") == "test"))
+    stepped = ok.filter(pl.col("step").is_not_null() & (pl.col("metric") == "top1"))
+    if stepped.is_empty():
+        return []
+    reduced = ok.filter(
+        pl.col("evaluator").is_in(stepped["evaluator"].unique().to_list())
+        & pl.col("step").is_null()
+    )
+    lines: list[str] = []
+    configs = stepped.select("evaluator", "eval_params", "ipc").unique().sort(pl.all())
+    for evaluator, eval_params, ipc in configs.iter_rows():
+        params = json.loads(eval_params)
+        per_step = params["num_classes"] // params["steps"]
+        same = (
+            (pl.col("evaluator") == evaluator)
+            & (pl.col("eval_params") == eval_params)
+            & (pl.col("ipc") == ipc)
+        )
+        curve = (
+            stepped.filter(same)
+            .group_by("method_label", "step")
+            .agg(
+                pl.col("value").mean().alias("mean"),
+                pl.col("value").std().fill_null(0.0).alias("std"),
+                pl.len().alias("n"),
+            )
+            .sort("method_label", "step")
+        )
+        totals = (
+            reduced.filter(same)
+            .group_by("method_label", "metric")
+            .agg(
+                pl.col("value").mean().alias("mean"),
+                pl.col("value").std().fill_null(0.0).alias("std"),
+                pl.len().alias("n"),
+            )
+        )
+        steps = list(range(params["steps"]))
+        body = []
+        for label in sorted(curve["method_label"].unique().to_list()):
+            at = {
+                r["step"]: _cell(r["mean"], r["std"], r["n"])
+                for r in curve.filter(pl.col("method_label") == label).iter_rows(named=True)
+            }
+            end = {
+                r["metric"]: _cell(r["mean"], r["std"], r["n"])
+                for r in totals.filter(pl.col("method_label") == label).iter_rows(named=True)
+            }
+            body.append(
+                [label]
+                + [at.get(t, "–") for t in steps]
+                + [end.get("avg_inc_top1", "–"), end.get("top1", "–")]
+            )
+        name = f"{evaluator}_{params['steps']}steps_ipc{ipc}.png"
+        header = [f"{(t + 1) * per_step} classes" for t in steps]
+        lines += [
+            f"## Continual learning: {evaluator}, {params['steps']} steps of {per_step} classes, "
+            f"IPC {ipc}",
+            "",
+            f"Test top-1 on the classes seen so far (%), mean ± std (n runs: {params['orders']} "
+            f"class orders x {params['models']} models x distill seeds).",
+            "",
+        ]
+        lines += _markdown_table(["method", *header, "avg incremental", "final"], body) + [""]
+        plot_accuracy_vs_classes(curve, per_step, out_dir / name)
+        lines += [f"![accuracy vs classes]({name})", ""]
+    return lines
+
+
+def plot_accuracy_vs_classes(curve: pl.DataFrame, per_step: int, path: Path) -> Path:
+    """Test top1 (mean) against the number of classes seen, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label in sorted(curve["method_label"].unique().to_list()):
+        sub = curve.filter(pl.col("method_label") == label)
+        classes = [(t + 1) * per_step for t in sub["step"].to_list()]
+        ax.plot(classes, [100 * v for v in sub["mean"].to_list()], marker="o", label=label)
+    ax.set_xlabel("number of classes seen")
+    ax.set_ylabel("test top-1 (%) on the classes seen")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 NAS_TABLE = (  # reduce metric -> column of the NAS table (ddbench.evals._nas)
     ("num_candidates", "candidates"),
     ("spearman_rho", "Spearman ρ"),
@@ -297,10 +407,8 @@ def plot_nas_scatter(cells: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_grids(results_root: Path, rows: pl.DataFrame, out_dir: Path) -> list[str]:
+def write_grids(run: Store, rows: pl.DataFrame, out_dir: Path) -> list[str]:
     """Copy each distillate's grid (drawn at distill time) into the report; markdown lines."""
-    import shutil
-
     jobs = (
         rows.filter(pl.col("method") != REFERENCE)
         .select("job_id", "method_label", "ipc")
@@ -309,21 +417,21 @@ def write_grids(results_root: Path, rows: pl.DataFrame, out_dir: Path) -> list[s
     )
     lines: list[str] = []
     for job in jobs.iter_rows(named=True):
-        grid = results_root / "artifacts" / job["job_id"] / GRID_FILE
-        if not grid.is_file():
+        grid = f"artifacts/{job['job_id']}/{GRID_FILE}"
+        if not run.exists(grid):
             continue
         name = f"grids/{job['method_label']}_{job['job_id']}.png"
         (out_dir / "grids").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(grid, out_dir / name)
+        (out_dir / name).write_bytes(run.read_bytes(grid))
         lines.append(f"**{job['method_label']}** (job {job['job_id']})\n\n![{name}]({name})\n")
     return lines
 
 
-def write_report(results_root: Path, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
-    rows, left_out = latest_config(load_rows(results_root))
+def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
+    rows, left_out = latest_config(load_rows(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
-    suite = rows["suite"].drop_nulls().first() or results_root.name
+    suite = rows["suite"].drop_nulls().first() or PurePosixPath(run.uri).name
     status = rows.group_by("status").len().sort("status")
     counts = ", ".join(f"{r['len']} {r['status']}" for r in status.iter_rows(named=True))
     lines = [
@@ -339,18 +447,17 @@ def write_report(results_root: Path, out_dir: Path, formats: tuple[str, ...] = (
             "evaluator is shown with the params of its latest run).",
             "",
         ]
-    lines += [
-        "## Top-1 by method and architecture",
-        "",
-    ]
-    lines += pivot_tables(summary)
-    lines += gain_table(summary)
-    lines += cost_table(summary)
+    if not summary.is_empty():  # a continual-only suite has just its own section
+        lines += ["## Top-1 by method and architecture", ""]
+        lines += pivot_tables(summary)
+        lines += gain_table(summary)
+        lines += cost_table(summary)
     plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
     if plot is not None:
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
+    lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
-    grids = write_grids(results_root, rows, out_dir)
+    grids = write_grids(run, rows, out_dir)
     if grids:
         lines += ["## Distilled images", ""] + grids
     failed = rows.filter(pl.col("status") == "failed")

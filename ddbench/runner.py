@@ -3,7 +3,8 @@
 - A distill job runs as a Ray Train `TorchTrainer` (one or more data-parallel workers, gloo on the
   CPU, NCCL on GPUs). The method checkpoints through its `Context`; `FailureConfig` restarts a lost
   worker, which resumes from the last checkpoint. Rank 0 saves the artifact under
-  `<out>/artifacts/<job_id>/`; artifacts travel to eval cells by path.
+  `artifacts/<job_id>/` of the run's `Store` (a local directory or a URI, `ddbench.storage`);
+  eval cells on any node read it through the store, never through a shared local disk.
 - Each eval cell is a `ray.remote` task with the suite's eval resources; it writes its own Parquet
   file atomically, so a killed driver loses nothing finished. The driver drains them with
   `ray.wait` while later distill jobs run.
@@ -16,7 +17,6 @@ cells are retried. `force=True` recomputes everything.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from ddbench import __version__
-from ddbench.artifact import artifact_exists, load_artifact
+from ddbench.artifact import META_FILE, load_artifact
 from ddbench.context import Context, LocalContext, pick_device
 from ddbench.errors import UserError
 from ddbench.plan import DistillJob, EvalCell, Plan
 from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
 from ddbench.seeding import content_hash, derive_seed
+from ddbench.storage import Store
 from ddbench.viz import GRID_FILE, grid_png
 
 Log = Callable[[str], None]
@@ -41,7 +42,6 @@ Log = Callable[[str], None]
 RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_TRAIN_V2_ENABLED": "1",
 }
 
@@ -75,15 +75,24 @@ def git_sha() -> str:
         return "unknown"
 
 
-def artifact_dir(out: Path, job_id: str) -> Path:
-    return out / "artifacts" / job_id
+def artifact_rel(job_id: str) -> str:
+    """Where a job's artifact lives in the run's store."""
+    return f"artifacts/{job_id}"
 
 
-def cell_done(out: Path, cell: EvalCell) -> bool:
-    path = out / cell.relpath
-    if not path.is_file():
+def artifact_done(store: Store, job_id: str) -> bool:
+    return store.exists(f"{artifact_rel(job_id)}/{META_FILE}")
+
+
+def local_artifact(store: Store, job_id: str) -> Path:
+    """A local directory holding the job's artifact (copied to this node once if remote)."""
+    return store.local_copy(artifact_rel(job_id), marker=META_FILE)
+
+
+def cell_done(store: Store, cell: EvalCell) -> bool:
+    if not store.exists(cell.relpath):
         return False
-    return all(r["status"] == "ok" for r in read_rows(path))
+    return all(r["status"] == "ok" for r in read_rows(store, cell.relpath))
 
 
 # --------------------------------------------------------------------------- rows
@@ -146,16 +155,16 @@ def failed_rows(
 
 
 def distill_job(
-    job: DistillJob, ctx: Context, real: Any, out: Path, suite_name: str
+    job: DistillJob, ctx: Context, real: Any, store: Store, suite_name: str
 ) -> dict[str, Any]:
     """Run one method on one job (any rank); rank 0 saves the artifact. Returns its meta."""
     from ddbench.methods import METHODS
 
     method = METHODS.get(job.method)()
     params = method.Params.model_validate(job.params)
-    ctx.dependencies = {key: str(artifact_dir(out, dep_id)) for key, dep_id in job.depends}
-    if job.dataset_params.get("classes"):
-        real = real.subset(job.dataset_params["classes"])
+    ctx.dependencies = {key: str(local_artifact(store, dep_id)) for key, dep_id in job.depends}
+    if job.classes is not None:  # a class-subset job (continual learning): global labels kept
+        real = real.subset(job.classes)
     start = time.perf_counter()
     artifact = method.distill(real, job.ipc or 0, params, ctx)
     seconds = time.perf_counter() - start
@@ -170,6 +179,7 @@ def distill_job(
             "label": job.label,
             "ipc": job.ipc,
             "distill_seed": job.distill_seed,
+            "classes": None if job.classes is None else list(job.classes),
             "distill_seconds": seconds,
             "suite_name": suite_name,
             "world_size": ctx.world_size,
@@ -177,11 +187,11 @@ def distill_job(
         }
     )
     if ctx.is_main:
-        adir = artifact_dir(out, job.job_id)
-        artifact.save(adir)
-        shown = artifact.preview(real, ctx.rng("preview"))
-        if shown is not None:
-            grid_png(*shown, real, adir / GRID_FILE)
+        with store.staged_dir(artifact_rel(job.job_id), marker=META_FILE) as adir:
+            artifact.save(adir)
+            shown = artifact.preview(real, ctx.rng("preview"))
+            if shown is not None:
+                grid_png(*shown, real, adir / GRID_FILE)
     return {**artifact.meta, "artifact_bytes": artifact.artifact_bytes()}
 
 
@@ -203,7 +213,7 @@ def tensor_digest(tensors: dict[str, Any]) -> str:
 def run_cell(
     cell: EvalCell,
     real: Any,
-    out: Path,
+    store: Store,
     device: str,
     cpus: float,
     sha: str,
@@ -222,38 +232,43 @@ def run_cell(
     meta: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        adir = artifact_dir(out, cell.job.job_id)
-        meta = json.loads((adir / "meta.json").read_text())
+        adir = local_artifact(store, cell.job.job_id)
+        meta = json.loads((adir / META_FILE).read_text())
         artifact = load_artifact(adir)
         evaluator = EVALS.get(cell.evaluator)()
         params = evaluator.Params.model_validate(cell.eval_params)
         seed = derive_seed(cell.job.suite_seed, "eval", cell.job.job_id, cell.cell_id)
         ctx = Context(seed, device=device)
-        ctx.cache_dir = str(out / "cache")  # cells share cached reference models (teachers)
+        ctx.cache_dir = str(store.cache_root())  # cells share cached reference models (teachers)
+        inputs = {key: load_artifact(local_artifact(store, job_id)) for key, job_id in cell.inputs}
         partial = evaluator.run(
-            cell.cell, EvalJob(artifact, real, cell.ipc, cell.job.dataset), params, ctx
+            cell.cell, EvalJob(artifact, real, cell.ipc, cell.job.dataset, inputs), params, ctx
         )
         rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha, node)
         status = "ok"
     except Exception:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
         rows = failed_rows(cell, traceback.format_exc(), meta, sha, node)
         status = "failed"
-    write_rows(out / cell.relpath, rows)
+    write_rows(store, cell.relpath, rows)
     return status, len(rows)
 
 
-def write_reduce(plan: Plan, out: Path, sha: str) -> None:
-    """Job-level rows from each evaluator's `reduce`, once all of a job's cells are written."""
+def write_reduce(plan: Plan, store: Store, sha: str) -> None:
+    """Job-level rows from each evaluator's `reduce`, once all of a job's cells are written.
+
+    One file per (job, evaluator entry, IPC): a suite may list an evaluator twice with other
+    params (continual learning in 5 and in 10 steps), so the params' hash names the file."""
     from ddbench.evals import EVALS
 
-    groups: dict[tuple[str, str, int], list[EvalCell]] = {}
+    groups: dict[tuple[str, str, int, str], list[EvalCell]] = {}
     for cell in plan.cells:
-        groups.setdefault((cell.job.job_id, cell.evaluator, cell.ipc), []).append(cell)
-    for (job_id, evaluator_name, ipc), cells in groups.items():
-        paths = [out / c.relpath for c in cells]
-        if not all(p.is_file() for p in paths):
+        key = (cell.job.job_id, cell.evaluator, cell.ipc, to_json(cell.eval_params))
+        groups.setdefault(key, []).append(cell)
+    for (job_id, evaluator_name, ipc, params_json), cells in groups.items():
+        paths = [c.relpath for c in cells]
+        if not all(store.exists(p) for p in paths):
             continue
-        rows = [r for p in paths for r in read_rows(p)]
+        rows = [r for p in paths for r in read_rows(store, p)]
         evaluator = EVALS.get(evaluator_name)()
         params = evaluator.Params.model_validate(cells[0].eval_params)
         partial = evaluator.reduce([r for r in rows if r["status"] == "ok"], params)
@@ -274,14 +289,15 @@ def write_reduce(plan: Plan, out: Path, sha: str) -> None:
                 )
                 for p in partial
             ]
-            write_rows(out / f"results/{evaluator_name}/{job_id}/reduce-ipc{ipc}.parquet", reduced)
+            name = f"reduce-ipc{ipc}-{content_hash(params_json, 8)}.parquet"
+            write_rows(store, f"results/{evaluator_name}/{job_id}/{name}", reduced)
 
 
 # --------------------------------------------------------------------------- local mode
 
 
 def run_local(
-    plan: Plan, real: Any, out: Path, force: bool, log: Log, cpus: float | None = None
+    plan: Plan, real: Any, store: Store, force: bool, log: Log, cpus: float | None = None
 ) -> RunSummary:
     """The same plan in-process: jobs then their cells, one at a time, `cpus` torch threads
     (default: every core)."""
@@ -290,27 +306,32 @@ def run_local(
     device = pick_device()
     for job in plan.jobs:
         cells = plan.cells_of(job)
-        if force or not artifact_exists(artifact_dir(out, job.job_id)):
+        if force or not artifact_done(store, job.job_id):
             log(f"distill {job.label} ipc={job.ipc} seed={job.distill_seed} [{job.job_id}]")
             try:
                 ctx = LocalContext(derive_seed(job.suite_seed, "distill", job.job_id), device, log)
-                distill_job(job, ctx, real, out, plan.suite)
+                distill_job(job, ctx, real, store, plan.suite)
                 summary.distilled += 1
                 summary.changed_jobs.add(job.job_id)
             except Exception:  # noqa: BLE001 - the job's cells become failed rows
-                _fail_cells(cells, traceback.format_exc(), out, sha, summary, log)
+                _fail_cells(cells, traceback.format_exc(), store, sha, summary, log)
                 continue
         else:
             summary.distill_cached += 1
+        missing = [j.job_id for j in plan.inputs_of(job) if not artifact_done(store, j.job_id)]
+        if missing:
+            error = f"class-subset jobs {missing} of these cells were not distilled"
+            _fail_cells(cells, error, store, sha, summary, log)
+            continue
         for cell in cells:
-            if not force and cell_done(out, cell):
+            if not force and cell_done(store, cell):
                 summary.cells_cached += 1
                 continue
             status, n = run_cell(
-                cell, real, out, device, cpus or os.cpu_count() or 1, sha, socket.gethostname()
+                cell, real, store, device, cpus or os.cpu_count() or 1, sha, socket.gethostname()
             )
             _count(summary, cell, status, n, log)
-    write_reduce(plan, out, sha)
+    write_reduce(plan, store, sha)
     return summary
 
 
@@ -324,12 +345,12 @@ def _count(summary: RunSummary, cell: EvalCell, status: str, n: int, log: Log) -
 
 
 def _fail_cells(
-    cells: list[EvalCell], error: str, out: Path, sha: str, summary: RunSummary, log: Log
+    cells: list[EvalCell], error: str, store: Store, sha: str, summary: RunSummary, log: Log
 ) -> None:
     log(f"distillation failed: {error.strip().splitlines()[-1]}")
     for cell in cells:
         rows = failed_rows(cell, "distillation failed:\n" + error, {}, sha)
-        write_rows(out / cell.relpath, rows)
+        write_rows(store, cell.relpath, rows)
         _count(summary, cell, "failed", len(rows), log)
 
 
@@ -337,11 +358,19 @@ def _fail_cells(
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join a cluster at `address`, or start a private embedded one on 127.0.0.1."""
-    import ray
+    """Join a cluster at `address`, or start a private embedded one on 127.0.0.1.
 
+    The environment is set before ray is imported: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    once, at import. The embedded cluster sets it to 0 (single-node mode), without which Ray
+    turns 127.0.0.1 into the machine's network address; a driver joining a cluster leaves it
+    alone, so it resolves its address as the cluster's nodes do.
+    """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
     runtime_env = {"env_vars": dict(RAY_ENV)}
     try:
         if address:
@@ -381,7 +410,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     device = "cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu"
-    out = Path(config["out"])
+    store: Store = config["store"]
     real = ray.get(config["real_ref"])
 
     for job in config["jobs"]:
@@ -391,7 +420,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             rank=rank,
             world_size=world,
         )
-        done = torch.tensor([float(artifact_exists(artifact_dir(out, job.job_id)))])
+        done = torch.tensor([float(artifact_done(store, job.job_id))])
         if float(ctx.broadcast_(done)) == 1.0:
             continue
 
@@ -423,28 +452,31 @@ def _train_loop(config: dict[str, Any]) -> None:
 
         ctx._report_fn, ctx._load_fn = report, load
         try:
-            distill_job(job, ctx, real, out, config["suite"])
+            distill_job(job, ctx, real, store, config["suite"])
         except Exception:  # noqa: BLE001 - recorded for the driver; the group goes on
             if rank == 0:
-                write_failure(out, job, traceback.format_exc())
+                write_failure(store, job, traceback.format_exc())
         ctx.barrier()
 
 
-def write_failure(out: Path, job: DistillJob, error: str) -> None:
-    path = artifact_dir(out, job.job_id).with_suffix(".failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(error)
+def failure_rel(job: DistillJob) -> str:
+    """The marker a Train worker leaves when a job raised (read by the driver)."""
+    return f"{artifact_rel(job.job_id)}.failed"
 
 
-def read_failure(out: Path, job: DistillJob) -> str | None:
-    path = artifact_dir(out, job.job_id).with_suffix(".failed")
-    return path.read_text() if path.is_file() else None
+def write_failure(store: Store, job: DistillJob, error: str) -> None:
+    store.write_text(failure_rel(job), error)
+
+
+def read_failure(store: Store, job: DistillJob) -> str | None:
+    rel = failure_rel(job)
+    return store.read_text(rel) if store.exists(rel) else None
 
 
 def _distill_group_task(
     jobs: list[DistillJob],
     real_refs: list[Any],
-    out: str,
+    store: Store,
     suite: str,
     resources: Any,
     max_failures: int,
@@ -462,7 +494,7 @@ def _distill_group_task(
         train_loop_config={
             "jobs": jobs,
             "real_ref": real_refs[0],  # a list, so Ray passes the ref rather than the data
-            "out": out,
+            "store": store,
             "suite": suite,
             "use_gpu": use_gpu,
             "cpus_per_worker": resources.cpus_per_worker,
@@ -472,7 +504,8 @@ def _distill_group_task(
         ),
         run_config=RunConfig(
             name="distill-" + content_hash("".join(j.job_id for j in jobs)),
-            storage_path=str(Path(out) / "ray_train"),
+            storage_path=store.path("ray_train"),  # checkpoints go where the outputs go
+            storage_filesystem=store.filesystem,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
@@ -481,7 +514,7 @@ def _distill_group_task(
 
 
 def run_ray(
-    plan: Plan, real: Any, out: Path, force: bool, log: Log, max_failures: int = 2
+    plan: Plan, real: Any, store: Store, force: bool, log: Log, max_failures: int = 2
 ) -> RunSummary:
     """Distil pending jobs in one Train run (a driver task) while eval cells run as tasks."""
     import ray
@@ -489,7 +522,6 @@ def run_ray(
     summary = RunSummary()
     sha = git_sha()
     res = plan.loaded.suite.resources
-    out = out.resolve()
     real_ref = ray.put(real)
     cell_task = ray.remote(_cell_task).options(
         num_cpus=res.eval.cpus, num_gpus=res.eval.gpus, max_retries=1
@@ -497,10 +529,10 @@ def run_ray(
     device = "cuda" if res.eval.gpus > 0 else "cpu"
     if force:
         for job in plan.jobs:
-            shutil.rmtree(artifact_dir(out, job.job_id), ignore_errors=True)
-    todo = [j for j in plan.jobs if not artifact_exists(artifact_dir(out, j.job_id))]
+            store.delete(artifact_rel(job.job_id))
+    todo = [j for j in plan.jobs if not artifact_done(store, j.job_id)]
     for job in todo:
-        artifact_dir(out, job.job_id).with_suffix(".failed").unlink(missing_ok=True)
+        store.delete(failure_rel(job))
     summary.distill_cached = len(plan.jobs) - len(todo)
     driver = None
     if todo:
@@ -514,7 +546,7 @@ def run_ray(
         driver = (
             ray.remote(_distill_group_task)
             .options(num_cpus=0, resources={"driver": 0.01} if has_driver else None)
-            .remote(todo, [real_ref], str(out), plan.suite, res.distill, max_failures)
+            .remote(todo, [real_ref], store, plan.suite, res.distill, max_failures)
         )
     waiting = list(plan.jobs)  # jobs whose cells are not submitted yet
     pending: dict[Any, EvalCell] = {}
@@ -522,25 +554,26 @@ def run_ray(
     def submit_ready(driver_done: bool) -> None:
         for job in list(waiting):
             cells = plan.cells_of(job)
-            error = read_failure(out, job)
-            if artifact_exists(artifact_dir(out, job.job_id)):
+            needed = [job, *plan.inputs_of(job)]  # its cells also read class-subset jobs
+            error = next(filter(None, (read_failure(store, j) for j in needed)), None)
+            if all(artifact_done(store, j.job_id) for j in needed):
                 waiting.remove(job)
                 if job in todo:
                     summary.distilled += 1
                     summary.changed_jobs.add(job.job_id)
                     log(f"distilled {job.label} ipc={job.ipc} [{job.job_id}]")
                 for cell in cells:
-                    if not force and cell_done(out, cell):
+                    if not force and cell_done(store, cell):
                         summary.cells_cached += 1
                         continue
-                    ref = cell_task.remote(cell, real_ref, str(out), device, res.eval.cpus, sha)
+                    ref = cell_task.remote(cell, real_ref, store, device, res.eval.cpus, sha)
                     pending[ref] = cell
             elif error is not None or driver_done:
                 waiting.remove(job)
                 _fail_cells(
                     cells,
                     error or "the Ray Train run ended without this artifact",
-                    out,
+                    store,
                     sha,
                     summary,
                     log,
@@ -562,18 +595,18 @@ def run_ray(
                 status, n = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the task's worker died twice
                 rows = failed_rows(cell, f"eval task lost: {exc}", {}, sha)
-                write_rows(out / cell.relpath, rows)
+                write_rows(store, cell.relpath, rows)
                 status, n = "failed", len(rows)
             _count(summary, cell, status, n, log)
         submit_ready(driver_done=driver is None)
-    write_reduce(plan, out, sha)
+    write_reduce(plan, store, sha)
     return summary
 
 
 def _cell_task(
-    cell: EvalCell, real: Any, out: str, device: str, cpus: float, sha: str
+    cell: EvalCell, real: Any, store: Store, device: str, cpus: float, sha: str
 ) -> tuple[str, int]:
     import ray
 
     node = "ray:" + ray.get_runtime_context().get_node_id()[:12]
-    return run_cell(cell, real, Path(out), device, cpus, sha, node)
+    return run_cell(cell, real, store, device, cpus, sha, node)

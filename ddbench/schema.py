@@ -1,22 +1,22 @@
 """The result table: one tidy row per measured number, a fixed Arrow schema (DESIGN.md §3).
 
 `Row` is a plain dict with exactly the columns of `RESULT_SCHEMA`; `write_rows` writes one Parquet
-file atomically (temporary file + rename). Read everything back with
-`polars.scan_parquet("runs/<suite>/results/**/*.parquet")`. A column is added here and nowhere else.
+file atomically into a run's `Store` (a local directory or a URI, `ddbench.storage`). Read a local
+run back with `polars.scan_parquet("runs/<suite>/results/**/*.parquet")`, any run with
+`read_results(store)`. A column is added here and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from ddbench.storage import Store
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -79,19 +79,20 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
-def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows to one Parquet file atomically (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(rows_to_table(rows), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_rows(store: Store, rel: str, rows: list[dict[str, Any]]) -> None:
+    """Write rows to one Parquet file of `store` atomically (readers never see a partial file)."""
+    store.write_table(rel, rows_to_table(rows))
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    return pq.read_table(path, schema=RESULT_SCHEMA).to_pylist()
+def read_rows(store: Store, rel: str) -> list[dict[str, Any]]:
+    return store.read_table([rel], RESULT_SCHEMA).to_pylist()
+
+
+def result_files(store: Store) -> list[str]:
+    """Every result file of a run (cells and reduce rows), relative to the store."""
+    return store.list_files("results", suffix=".parquet")
+
+
+def read_results(store: Store) -> pa.Table:
+    """All rows of a run as one Arrow table (`polars.from_arrow` for a DataFrame)."""
+    return store.read_table(result_files(store), RESULT_SCHEMA)

@@ -4,7 +4,7 @@ The child run of a job holds its params (method params prefixed `p.`), its metri
 mean per evaluator / ipc / arch, artifact bytes, distill seconds), tags (job_id, method, label,
 dataset, ipc, suite) and artifacts (the job's Parquet rows and the image grid). A job is logged
 when this invocation changed it or when this tracking URI has not seen it yet (a marker file per
-URI under `<out>/tracking/`), so a rerun after an outage logs what was missing.
+URI under `tracking/` of the run's store), so a rerun after an outage logs what was missing.
 `leaderboard` reads the job runs back (any tracking URI, local sqlite or a server) into the
 best-known result per (dataset, ipc, method, arch). Called from the driver only (rank 0);
 mlflow is imported here and nowhere else.
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ddbench.schema import RESULT_SCHEMA, result_files
 from ddbench.seeding import content_hash
+from ddbench.storage import Store, is_uri
 from ddbench.viz import GRID_FILE
 
 if TYPE_CHECKING:
@@ -27,8 +29,13 @@ if TYPE_CHECKING:
     from ddbench.runner import RunSummary
 
 
-def default_tracking_uri(out: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+def default_tracking_uri(out: str | Path) -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store in the output root; an output URI (s3://...)
+    cannot hold a sqlite file, so its default store is ./runs/mlflow.db on this machine."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path("runs") if is_uri(out) else Path(out)
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 def _mlflow():
@@ -42,7 +49,7 @@ def _mlflow():
     return mlflow
 
 
-def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
+def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int:
     """Log every job that needs it; returns the number of child runs written."""
     mlflow = _mlflow()
 
@@ -50,12 +57,13 @@ def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
     from ddbench.runner import git_sha
 
     mlflow.set_tracking_uri(uri)
-    markers = suite_dir / "tracking" / content_hash(uri)
+    markers = f"tracking/{content_hash(uri)}"
     todo = [
         job
         for job in plan.jobs
-        if job.job_id in summary.changed_jobs or not (markers / job.job_id).exists()
+        if job.job_id in summary.changed_jobs or not suite_dir.exists(f"{markers}/{job.job_id}")
     ]
+    all_files = result_files(suite_dir)
     if not todo:
         return 0
     if mlflow.get_experiment_by_name(plan.suite) is None:
@@ -75,10 +83,10 @@ def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
             }
         )
         for job in todo:
-            files = sorted((suite_dir / "results").glob(f"*/{job.job_id}/*.parquet"))
+            files = [f for f in all_files if PurePosixPath(f).parent.name == job.job_id]
             if not files:
                 continue
-            rows = pl.read_parquet([str(f) for f in files])
+            rows = pl.from_arrow(suite_dir.read_table(files, RESULT_SCHEMA))
             with mlflow.start_run(
                 run_name=f"{job.label} [{job.job_id}]",
                 nested=True,
@@ -106,12 +114,14 @@ def log_plan(plan: Plan, suite_dir: Path, summary: RunSummary, uri: str) -> int:
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
                 mlflow.log_metrics(_job_metrics(rows))
                 for f in files:
-                    mlflow.log_artifact(str(f), artifact_path=f"results/{f.parent.parent.name}")
-                grid = suite_dir / "artifacts" / job.job_id / GRID_FILE
-                if grid.is_file():
-                    mlflow.log_artifact(str(grid), artifact_path="images")
-            markers.mkdir(parents=True, exist_ok=True)
-            (markers / job.job_id).touch()
+                    evaluator = PurePosixPath(f).parent.parent.name
+                    with suite_dir.local_file(f) as path:
+                        mlflow.log_artifact(str(path), artifact_path=f"results/{evaluator}")
+                grid = f"artifacts/{job.job_id}/{GRID_FILE}"
+                if suite_dir.exists(grid):
+                    with suite_dir.local_file(grid) as path:
+                        mlflow.log_artifact(str(path), artifact_path="images")
+            suite_dir.write_text(f"{markers}/{job.job_id}", "")
             logged += 1
     return logged
 

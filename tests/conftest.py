@@ -84,9 +84,10 @@ def stop_processes_mentioning(marker: str, grace_s: float = 15.0) -> None:
 class RayNodes:
     """Ray nodes started with `ray start` on 127.0.0.1 under one temp dir; stopped by marker."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, multi_node: bool = False) -> None:
         import os
 
+        self.multi_node = multi_node
         self.ray = str(Path(sys.executable).with_name("ray"))
         self.temp_dir = f"/tmp/{name}{os.getpid()}"  # short: Ray socket paths have a size limit
         self.port = free_port()
@@ -108,7 +109,10 @@ class RayNodes:
             check=True,
         )
 
-    def start(self, head: bool, num_cpus: int, resources: str = "{}") -> None:
+    def start(
+        self, head: bool, num_cpus: int, resources: str = "{}", env: dict[str, str] | None = None
+    ) -> None:
+        """Start a node; `env` adds variables its processes (raylet, workers) see."""
         common = [
             "--node-ip-address=127.0.0.1",
             f"--num-cpus={num_cpus}",
@@ -129,9 +133,16 @@ class RayNodes:
             capture_output=True,
             text=True,
             timeout=120,
-            # a second node needs Ray's multi-node mode (the variable set to 1); every node
-            # still binds and advertises 127.0.0.1 through --node-ip-address
-            env={**self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+            # A one-node cluster runs in Ray's single-node mode (the variable at 0), the only mode
+            # in which Ray 2.60 keeps --node-ip-address=127.0.0.1 instead of resolving it to the
+            # machine's address. A second node must join in multi-node mode (1), which resolves
+            # 127.0.0.1 to the machine's address on every node: a limit of Ray on one Linux
+            # host (the traffic still never leaves this machine).
+            env={
+                **self.env,
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if self.multi_node else "0",
+                **(env or {}),
+            },
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -104,11 +104,27 @@ def test_separately_started_ray_cluster(tmp_path):
 
 
 def test_multi_node_cells_run_on_both_nodes(tmp_path):
-    """A head and a second node (distinct custom resources) on 127.0.0.1; rows name the node."""
-    nodes = RayNodes("ddbm")
+    """A head and a second node (distinct custom resources) on 127.0.0.1; rows name the node.
+
+    `--out` is a `file://` URI, so artifacts and rows move through pyarrow.fs exactly as with
+    s3:// or gs://, and each node has its own local cache: both nodes must have fetched the
+    artifact through the store (no shared local disk is assumed).
+    """
+    nodes = RayNodes("ddbm", multi_node=True)
+    caches = {name: tmp_path / f"cache_{name}" for name in ("head", "second")}
     try:
-        nodes.start(head=True, num_cpus=1, resources='{"node_head": 1}')
-        nodes.start(head=False, num_cpus=1, resources='{"node_second": 1}')
+        nodes.start(
+            head=True,
+            num_cpus=1,
+            resources='{"node_head": 1}',
+            env={"DDBENCH_CACHE": str(caches["head"])},
+        )
+        nodes.start(
+            head=False,
+            num_cpus=1,
+            resources='{"node_second": 1}',
+            env={"DDBENCH_CACHE": str(caches["second"])},
+        )
         out = tmp_path / "runs"
         proc = run_cli(
             "run",
@@ -122,7 +138,9 @@ def test_multi_node_cells_run_on_both_nodes(tmp_path):
             "--address",
             nodes.address,
             "--out",
-            str(out),
+            out.as_uri(),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
             env=nodes.env,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -130,6 +148,8 @@ def test_multi_node_cells_run_on_both_nodes(tmp_path):
         assert (rows["status"] == "ok").all()
         assert rows["node"].str.starts_with("ray:").all()
         assert rows["node"].n_unique() == 2, rows["node"].value_counts()
+        for cache in caches.values():  # each node copied the artifact from the URI store
+            assert list(cache.glob("*/store/artifacts/*/meta.json")), cache
     finally:
         nodes.stop()
 
@@ -184,3 +204,22 @@ def test_missing_data_is_exit_2_without_traceback(tmp_path):
     proc = run_cli("run", str(suite), "--local", "--out", str(tmp_path / "runs"))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and str(tmp_path / "none") in proc.stderr
+
+
+def test_embedded_ray_stays_on_loopback():
+    """The embedded cluster advertises 127.0.0.1, not the machine's network address."""
+    import subprocess
+    import sys
+
+    code = (
+        "from ddbench.runner import init_ray\n"
+        "init_ray(None, num_cpus=1)\n"
+        "import ray\n"
+        "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}))\n"
+        "ray.shutdown()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['127.0.0.1']"

@@ -10,6 +10,7 @@ import pytest
 from ddbench.plan import make_plan
 from ddbench.schema import COLUMNS, make_row, now_utc, write_rows
 from ddbench.spec import load_suite
+from ddbench.storage import Store
 from tests.conftest import REPO
 
 QUICK = REPO / "suites" / "quickstart.yaml"
@@ -58,7 +59,8 @@ def test_rows_are_validated():
 
 def test_atomic_parquet_round_trip(tmp_path):
     path = tmp_path / "results" / "a.parquet"
-    write_rows(path, [row(), row(arch=None, metric="spearman_rho", value=-0.3)])
+    rows = [row(), row(arch=None, metric="spearman_rho", value=-0.3)]
+    write_rows(Store(tmp_path), "results/a.parquet", rows)
     assert [p.name for p in path.parent.iterdir()] == ["a.parquet"]  # no temp file left
     df = pl.scan_parquet(str(tmp_path / "results" / "**" / "*.parquet")).collect()
     assert tuple(df.columns) == COLUMNS and df.height == 2
