@@ -36,14 +36,45 @@ Generator artifacts (`GeneratorSet`: cgan, dim, d2m) are trained on under one of
 
 For any other artifact (image sets, real subsets) `fresh` and `time_matched` behave as `fixed`:
 they have nothing to re-draw and no generation to pay for.
+
+Execution speed (`TrainSetup`, resolved by `training_setup` from the recipe, the architecture
+and the device; measured in benchmarks/RESULTS.md, "Evaluation training speed"):
+
+- `precision`: `fp32`, `bf16` (autocast of the forward pass and loss, CPU or CUDA; parameters,
+  optimiser state and DSA stay fp32; the test pass runs under the same autocast) or `auto`:
+  bf16 for the architectures of `BF16_ARCHS` on a device with native bf16 arithmetic (CUDA
+  compute capability >= 8.0; a CPU whose oneDNN reports bf16 support, i.e. AVX512-BF16 or AMX),
+  else fp32. The rule rests on a parity check (same seeds, fp32 vs bf16 final top1 on digits
+  within one standard deviation) and a measured speed-up; architectures nobody measured stay
+  fp32. `auto` is the default, so on such a CPU ConvNet evaluations train in bf16.
+- channels-last memory format: only with bf16 on CUDA, where cuDNN's tensor-core convolutions
+  want NHWC (not measured here: no GPU); on the CPU it was measured slower with bf16 (and no
+  reliable gain with fp32), so it is never used there.
+- `compile`: `on`, `off` or `auto`: `torch.compile` of the model (a ConvNet under `auto`) when
+  the measured compile time is repaid by the measured per-step gain over the run's images x
+  pixels (`COMPILE_RULES`, per device type; a device type without a measurement never compiles
+  under `auto`). On this project's CPU compiling took 67 s and cut the bf16 step by half, so
+  1000-epoch runs on 32 px images compile from IPC 10 up, while digits (8 px) runs, IPC-1 runs
+  and the tests never do. On a CPU `auto` also needs a C++ compiler (`g++`, inductor's code
+  generator). Compiled kernels round differently from eager ones, so a compiled run's numbers
+  are not bit-identical to an eager run's.
+- multi-seed vectorisation (`ddbench.fit_vmap`): several eval seeds of a ConvNet in one
+  `torch.func.vmap` step, selected on GPUs only.
+
+`train_model` knows the architecture only when given `arch` (`fit_and_test` passes it); without
+it `auto` means fp32 eager (models built elsewhere: teachers, coreset embeddings).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import shutil
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
@@ -58,10 +89,35 @@ if TYPE_CHECKING:
 
 Sampling = Literal["fixed", "fresh", "time_matched"]
 LabelMode = Literal["hard", "soft", "teacher"]
+Precision = Literal["fp32", "bf16"]
+Switch = Literal["auto", "on", "off"]
 # epoch -> (images, labels) to train on in that epoch (fresh generator draws)
 DataSource = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 TIME_MATCHED_MAX_FACTOR = 8  # time_matched draws at most 8 x IPC images per class
 COST_BATCH = 128  # batch of DiM's Tab. 9 generation / training timings
+# architectures whose bf16 training was measured fast and at fp32 accuracy (benchmarks/RESULTS.md)
+BF16_ARCHS = frozenset({"convnet"})
+# the ConvNet family: DC's ConvNet and variants (what `fit_vmap` can vectorise)
+CONVNET_ARCHS = frozenset({"convnet", "convnet_bn"})
+
+
+REFERENCE_WORK = 256 * 32 * 32  # images x pixels of the step a CompileRule times
+
+
+@dataclass(frozen=True)
+class CompileRule:
+    """Measured cost and gain of `torch.compile` for the ConvNet step on one device type."""
+
+    compile_s: float  # seconds of the first compiled step (tracing + code generation)
+    step_gain: float  # fraction of the eager step time the compiled step saves (<= 0: none)
+    step_s: float  # seconds of one eager step of 256 images of 32x32 (scaled by images x pixels)
+
+
+# benchmarks/eval_throughput.py on this project's CPU, bf16, batch 256, 1 thread under load
+# (RESULTS.md, "Evaluation training speed"): 67 s to compile, 0.85 s -> 0.39 s per step
+COMPILE_RULES: dict[str, CompileRule] = {
+    "cpu": CompileRule(compile_s=67.0, step_gain=0.54, step_s=0.85),
+}
 
 
 class Recipe(BaseModel):
@@ -76,6 +132,11 @@ class Recipe(BaseModel):
     batch_size: int = Field(256, ge=1)  # DC protocol; an IPC-1 set is a single batch
     augment: bool = True  # DSA per sample at training time (DC/DSA evaluation)
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
+    # arithmetic of training and testing: auto = bf16 where measured fast and at fp32 accuracy
+    # (module docstring), fp32 or bf16 to force one
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile of the model: auto = when its measured compile time pays off over the steps
+    compile: Switch = "auto"
 
 
 class BatchLabeler(Protocol):
@@ -100,6 +161,98 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+# --------------------------------------------------------------------------- execution speed
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """How a training run executes (module docstring): arithmetic, memory format, compilation."""
+
+    precision: Precision
+    channels_last: bool
+    compile: bool
+
+
+@cache
+def native_bf16(device_type: str) -> bool:
+    """Does the device type do bf16 arithmetic natively (CUDA >= sm80, AVX512-BF16 / AMX CPU)?"""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def resolve_precision(precision: str, arch: str | None, device: str) -> Precision:
+    """The precision `auto` stands for (module docstring); `fp32` / `bf16` stay as they are."""
+    if precision in ("fp32", "bf16"):
+        return precision
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
+    native = native_bf16(torch.device(device).type)
+    return "bf16" if arch in BF16_ARCHS and native else "fp32"
+
+
+def compile_pays_off(device: str, epochs: int, n: int, batch: int, pixels: int) -> bool:
+    """`compile: auto`: does compiling repay itself over `epochs` epochs of `n` images of `pixels`
+    pixels in batches of `batch`? The eager time is estimated linear in images x pixels from the
+    device's `CompileRule` (small batches run slower per image, so this errs towards eager); a
+    short last batch is a second shape and compiles a second time."""
+    device_type = torch.device(device).type
+    rule = COMPILE_RULES.get(device_type)
+    if rule is None or rule.step_gain <= 0:
+        return False
+    if device_type == "cpu" and shutil.which("g++") is None:  # inductor generates C++ on a CPU
+        return False
+    eager_s = rule.step_s * epochs * n * pixels / REFERENCE_WORK
+    shapes = 1 if n <= batch or n % batch == 0 else 2
+    return eager_s * rule.step_gain > shapes * rule.compile_s
+
+
+def training_setup(
+    recipe: Recipe, arch: str | None, device: str, n: int, pixels: int
+) -> TrainSetup:
+    """Resolve the recipe's `auto` choices for `arch` on `device`, for training on `n` images of
+    `pixels` pixels (H x W) each."""
+    precision = resolve_precision(recipe.precision, arch, device)
+    on_cuda = torch.device(device).type == "cuda"
+    if recipe.compile == "auto":
+        pays = compile_pays_off(device, recipe.epochs, n, recipe.batch_size, pixels)
+        compiled = arch in CONVNET_ARCHS and pays
+    else:
+        compiled = recipe.compile == "on"
+    return TrainSetup(precision, on_cuda and precision == "bf16", compiled)
+
+
+def autocast(device: str, precision: Precision) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device's type, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def seeded_streams(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """The data-order and augmentation generators of a training run seeded by `seed`."""
+    order_gen = torch.Generator().manual_seed(derive_seed(seed, "data_order"))
+    aug_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
+    return order_gen, aug_gen
+
+
+def train_seed(eval_seed: int, arch: str) -> int:
+    """The `train_model` seed (data order, augmentation) of an eval seed's run of `arch`."""
+    return derive_seed(eval_seed, arch)
+
+
+def seeded_model(
+    arch: str, real: RealData, eval_seed: int, arch_kwargs: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """`arch` for `real`'s shapes, initialised from the eval seed (the init of `fit_and_test`)."""
+    from ddbench.archs import build_arch
+
+    torch.manual_seed(derive_seed(eval_seed, "init", arch))
+    return build_arch(arch, real.channels, real.num_classes, real.image_size, **(arch_kwargs or {}))
+
+
 def train_model(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -112,8 +265,12 @@ def train_model(
     deadline_s: float | None = None,
     stats: dict[str, float] | None = None,
     labeler: BatchLabeler | None = None,
+    arch: str | None = None,
 ) -> torch.nn.Module:
     """Train `model` in place on (x, y) with the recipe; data order and DSA seeded by `seed`.
+
+    `arch` (the registry name of `model`) lets the recipe's `auto` choices pick the faster paths
+    measured for it (`training_setup`); without it they mean fp32 eager.
 
     `labeler`, when given, replaces each batch's labels by `labeler.targets(augmented batch)` and
     the loss by `labeler.loss` (teacher soft labels, regenerated every epoch).
@@ -125,11 +282,15 @@ def train_model(
     from ddbench.augment import default_strategy, dsa
 
     strategy = recipe.dsa_strategy or default_strategy(dataset)
-    order_gen = torch.Generator().manual_seed(derive_seed(seed, "data_order"))
-    aug_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
+    order_gen, aug_gen = seeded_streams(seed)
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     loss_fn = soft_cross_entropy if y.dim() == 2 else F.cross_entropy
+    pixels = x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0  # 0: images come per epoch
+    setup = training_setup(recipe, arch, device, len(x), pixels)
+    if setup.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if setup.compile else model
     opt = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
@@ -154,9 +315,9 @@ def train_model(
                 xb = dsa(xb, strategy, aug_gen)
             if labeler is not None:  # soft labels of this epoch's augmented batch
                 yb = labeler.targets(xb)
-                loss = labeler.loss(model(xb), yb)
-            else:
-                loss = loss_fn(model(xb), yb)
+            with autocast(device, setup.precision):
+                logits = forward(xb)
+                loss = labeler.loss(logits, yb) if labeler is not None else loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -164,18 +325,26 @@ def train_model(
         epochs_done += 1
     if stats is not None:
         stats.update(epochs=float(epochs_done), seconds=time.perf_counter() - start_time)
+    if setup.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return model
 
 
 @torch.no_grad()
 def accuracy(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu", batch: int = 1024
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str = "cpu",
+    batch: int = 1024,  # images per forward pass: bounds memory, not the result
+    precision: Precision = "fp32",  # the precision the model was trained in (autocast)
 ) -> float:
     """Top-1 accuracy as a fraction in [0, 1]."""
     model.to(device).eval()
     correct = 0
     for start in range(0, len(x), batch):
-        logits = model(x[start : start + batch].to(device))
+        with autocast(device, precision):
+            logits = model(x[start : start + batch].to(device))
         correct += int((logits.argmax(dim=1).cpu() == y[start : start + batch]).sum())
     return correct / max(1, len(x))
 
@@ -198,28 +367,31 @@ def fit_and_test(
 
     `data_source`, `deadline_s`, `stats`: see `train_model` (generator sampling modes);
     `labeler`: see `train_model` (teacher soft labels)."""
-    from ddbench.archs import build_arch
-
-    torch.manual_seed(derive_seed(eval_seed, "init", arch))
-    model = build_arch(
-        arch, real.channels, real.num_classes, real.image_size, **(arch_kwargs or {})
-    )
+    model = seeded_model(arch, real, eval_seed, arch_kwargs)
     train_model(
         model,
         x,
         y,
         recipe,
         real.name,
-        derive_seed(eval_seed, arch),
+        train_seed(eval_seed, arch),
         device,
         data_source=data_source,
         deadline_s=deadline_s,
         stats=stats,
         labeler=labeler,
+        arch=arch,
     )
+    return val_test_top1(model, real, device, resolve_precision(recipe.precision, arch, device))
+
+
+def val_test_top1(
+    model: torch.nn.Module, real: RealData, device: str, precision: Precision
+) -> dict[str, float]:
+    """Top-1 of a trained model on `real`'s val and test splits."""
     return {
-        "val": accuracy(model, real.val_x, real.val_y, device),
-        "test": accuracy(model, real.test_x, real.test_y, device),
+        "val": accuracy(model, real.val_x, real.val_y, device, precision=precision),
+        "test": accuracy(model, real.test_x, real.test_y, device, precision=precision),
     }
 
 
@@ -255,28 +427,57 @@ def _median_seconds(fn: Callable[[], object], device: str, repeats: int = 3) -> 
     return statistics.median(times)
 
 
-def time_train_step(
-    model: torch.nn.Module, real: RealData, recipe: Recipe, batch: int, device: str = "cpu"
-) -> float:
-    """Seconds of one training step (augmentation, forward, backward, SGD) on a batch of `batch`
-    images shaped like `real`'s, measured on a copy of `model` (the model itself is untouched)."""
+def train_step_fn(
+    model: torch.nn.Module,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    dataset: str,
+    recipe: Recipe,
+    batch: int,
+    device: str = "cpu",
+    setup: TrainSetup = TrainSetup("fp32", channels_last=False, compile=False),  # fp32 eager
+) -> Callable[[], None]:
+    """One training step (augmentation, forward, backward, SGD) of the recipe under `setup` on a
+    fixed random batch of `batch` images shaped `shape` (C, H, W), as a closure to call (and
+    time) repeatedly; it trains a copy of `model` (the model itself is untouched)."""
     from ddbench.augment import default_strategy, dsa
 
     net = copy.deepcopy(model).to(device).train()
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    if setup.channels_last:
+        net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if setup.compile else net
+    opt = torch.optim.SGD(
+        net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
     gen = torch.Generator().manual_seed(0)
-    strategy = recipe.dsa_strategy or default_strategy(real.name)
-    shape = (batch, real.channels, real.image_size, real.image_size)
-    xb = torch.randn(shape, generator=gen).to(device)
-    yb = torch.randint(real.num_classes, (batch,), generator=gen).to(device)
+    strategy = recipe.dsa_strategy or default_strategy(dataset)
+    xb = torch.randn((batch, *shape), generator=gen).to(device)
+    yb = torch.randint(num_classes, (batch,), generator=gen).to(device)
 
     def step() -> None:
         xa = dsa(xb, strategy, gen) if recipe.augment else xb
-        loss = F.cross_entropy(net(xa), yb)
+        with autocast(device, setup.precision):
+            loss = F.cross_entropy(forward(xa), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    return step
+
+
+def time_train_step(
+    model: torch.nn.Module,
+    real: RealData,
+    recipe: Recipe,
+    batch: int,
+    device: str = "cpu",
+    precision: Precision = "fp32",  # the precision the real training uses (resolve_precision)
+) -> float:
+    """Median seconds of one training step (`train_step_fn`) on a batch of `batch` images shaped
+    like `real`'s, on a copy of `model`."""
+    shape = (real.channels, real.image_size, real.image_size)
+    setup = TrainSetup(precision, channels_last=False, compile=False)
+    step = train_step_fn(model, shape, real.num_classes, real.name, recipe, batch, device, setup)
     return _median_seconds(step, device)
 
 
@@ -311,7 +512,8 @@ def generator_costs(
     the time to generate a batch of 128 over the time of one training step of `arch` on it."""
     gen_s = time_generation(artifact, real, COST_BATCH, device)
     model = _timing_model(arch, real, arch_kwargs)
-    train_s = time_train_step(model, real, recipe, COST_BATCH, device)
+    precision = resolve_precision(recipe.precision, arch, device)
+    train_s = time_train_step(model, real, recipe, COST_BATCH, device, precision)
     return {
         "generator_params": float(artifact.num_parameters()),
         "gen_ms_per_image": 1000.0 * gen_s / COST_BATCH,
@@ -333,8 +535,12 @@ def plan_time_matched(
     batch, n_fixed = recipe.batch_size, ipc * classes
     model = _timing_model(arch, real, arch_kwargs)
     small = min(n_fixed, batch)
-    t_small = time_train_step(model, real, recipe, small, device)
-    t_full = time_train_step(model, real, recipe, batch, device) if small < batch else t_small
+    precision = resolve_precision(recipe.precision, arch, device)
+    t_small = time_train_step(model, real, recipe, small, device, precision)
+    if small < batch:
+        t_full = time_train_step(model, real, recipe, batch, device, precision)
+    else:
+        t_full = t_small
     slope = max(0.0, (t_full - t_small) / (batch - small)) if small < batch else t_full / batch
     intercept = max(0.0, t_full - slope * batch)
 

@@ -186,7 +186,7 @@ def test_cross_arch_rows_record_sampling_and_costs(real: RealData) -> None:
         params,
         LocalContext(0),
     )
-    assert {r["metric"] for r in rows} == {"top1"}
+    assert {r["metric"] for r in rows} == {"top1", "precision_bits"}
 
 
 # --------------------------------------------------------------------------- resume

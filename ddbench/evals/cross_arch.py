@@ -20,6 +20,10 @@ augmentation, with KL at `temperature` (D4M's training-time matching). The teach
 `teacher_epochs` (a fixed seed) and cached under `<out>/cache/teachers/`, so every cell of a run
 shares one (`ddbench.teacher`). These are in `eval_params`, so every row records the label mode
 and the teacher.
+
+`precision` (`auto` | `fp32` | `bf16`, `ddbench.fit`) is in `eval_params` as asked; what `auto`
+resolved to on the cell's device is written as one more row per cell, `precision_bits` (16 =
+bf16 autocast, 32 = fp32; split `test`), since it depends on where the cell ran.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pydantic import Field, field_validator
 
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
+from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator, resolve_precision
 
 
 class CrossArchParams(EvalParams, Recipe):
@@ -123,6 +127,8 @@ class CrossArch(Evaluator):
         ]
         if is_generator(job.artifact):
             extra = {**generator_costs(arch, job.artifact, job.real, recipe, ctx.device), **extra}
+        precision = resolve_precision(recipe.precision, arch, ctx.device)
+        extra["precision_bits"] = 16.0 if precision == "bf16" else 32.0
         rows += [
             {
                 "arch": arch,

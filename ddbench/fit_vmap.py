@@ -1,0 +1,167 @@
+"""Multi-seed vectorised training of the ConvNet family with `torch.func` (K seeds per step).
+
+What lives here
+---------------
+* `fit_and_test_seeds(arch, real, x, y, recipe, eval_seeds, ...)`: for each eval seed the
+  `{"val", "test"}` top1 that `ddbench.fit.fit_and_test` gives, trained either one model after
+  the other or all K models at once (`vectorise: auto | on | off`).
+* `train_vectorised(models, x, y, recipe, dataset, seeds, device, arch)`: the vectorised loop.
+
+How the vectorised path keeps every seed's run its own
+------------------------------------------------------
+The K models are built exactly as `fit_and_test` builds them (`ddbench.fit.seeded_model`, so
+per-seed initialisation), then stacked (`torch.func.stack_module_state`: parameters and buffers
+become [K, ...] leaves) and called through `functional_call` on a meta-device copy, `vmap`-ed
+over K. Each seed keeps its own data-order and DSA generators (`ddbench.fit.seeded_streams`, the
+seeds `train_model` uses), so batch k of a step is the batch seed k's sequential run would see;
+DSA runs per seed (each draws its own family), and the K batches are stacked [K, B, C, H, W].
+The loss is the sum of the per-seed mean losses, so each seed's gradient is its own. SGD with
+momentum and weight decay is element-wise, so `torch.optim.SGD` over the stacked leaves *is*
+the vectorised SGD step (every slice gets the update it would get alone), and `MultiStepLR`
+gives the recipe's step schedule (x0.1 at half the epochs). Precision follows the recipe
+(`ddbench.fit.resolve_precision`); the vectorised step is never compiled (this CPU: 43 s to
+compile and still slower than sequential, ENVIRONMENT.md). Afterwards the stacked weights are
+copied back into the K models, which are tested with `ddbench.fit.val_test_top1`. The two paths
+agree within floating-point tolerance (tests/test_fit_speed.py).
+
+When it is used
+---------------
+`auto` vectorises only on CUDA, for an architecture of `ddbench.fit.CONVNET_ARCHS`, with more
+than one seed: small networks leave a GPU idle, and K of them in one kernel fill it. On this
+project's CPU it is slower (benchmarks/RESULTS.md, "Evaluation training speed": vmap over 8
+seeds runs at a fraction of sequential speed and needs far more memory), so `auto` never picks
+it on a CPU. Teacher labels, fresh generator draws and wall-clock budgets are per-run features
+of `train_model` and are not vectorised (callers use the sequential path for them).
+
+How evaluators use it
+---------------------
+A `cross_arch` cell trains one (arch, eval seed): on CPUs one Ray task per seed is the faster
+fan-out, and that is the default. An evaluator that wants the GPU win groups seeds into one
+cell and calls `fit_and_test_seeds` with them (one row per seed, `eval_seed` as usual).
+
+Extending: another architecture family can join `CONVNET_ARCHS` when its forward has no
+data-dependent Python control flow and no RNG (vmap needs both), and the equivalence test
+passes for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ddbench.fit import (
+    CONVNET_ARCHS,
+    Recipe,
+    autocast,
+    fit_and_test,
+    resolve_precision,
+    seeded_model,
+    seeded_streams,
+    soft_cross_entropy,
+    train_seed,
+    val_test_top1,
+)
+
+if TYPE_CHECKING:
+    from ddbench.data import RealData
+
+Vectorise = Literal["auto", "on", "off"]
+
+
+def use_vectorised(vectorise: Vectorise, arch: str, device: str, n_seeds: int) -> bool:
+    """The selection rule of the module docstring; `on` for a non-ConvNet arch is an error."""
+    if vectorise == "on" and arch not in CONVNET_ARCHS:
+        raise ValueError(f"vectorised training supports {sorted(CONVNET_ARCHS)}, not {arch!r}")
+    if vectorise == "auto":
+        return torch.device(device).type == "cuda" and arch in CONVNET_ARCHS and n_seeds > 1
+    return vectorise == "on"
+
+
+def train_vectorised(
+    models: Sequence[torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: Recipe,
+    dataset: str,
+    seeds: Sequence[int],
+    device: str = "cpu",
+    arch: str | None = None,
+) -> None:
+    """Train K same-shaped `models` on (x, y) at once, model k as `train_model(models[k], ...,
+    seeds[k])` would (module docstring); the trained weights are written back into `models`."""
+    from torch.func import functional_call, stack_module_state
+
+    from ddbench.augment import default_strategy, dsa
+
+    strategy = recipe.dsa_strategy or default_strategy(dataset)
+    streams = [seeded_streams(seed) for seed in seeds]
+    for model in models:
+        model.to(device).train()
+    params, buffers = stack_module_state(list(models))
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def forward(
+        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor
+    ) -> torch.Tensor:
+        return functional_call(skeleton, (p, b), (xb,))
+
+    batched_forward = torch.vmap(forward)
+    x, y = x.to(device), y.to(device)
+    loss_fn = soft_cross_entropy if y.dim() == 2 else F.cross_entropy
+    n, k = len(x), len(models)
+    precision = resolve_precision(recipe.precision, arch, device)
+    opt = torch.optim.SGD(
+        list(params.values()),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[recipe.epochs // 2], gamma=0.1)
+    for _ in range(recipe.epochs):
+        perms = [torch.randperm(n, generator=order).to(device) for order, _ in streams]
+        for start in range(0, n, recipe.batch_size):
+            xs, ys = [], []
+            for perm, (_, aug_gen) in zip(perms, streams, strict=True):
+                idx = perm[start : start + recipe.batch_size]
+                xs.append(dsa(x[idx], strategy, aug_gen) if recipe.augment else x[idx])
+                ys.append(y[idx])
+            with autocast(device, precision):
+                logits = batched_forward(params, buffers, torch.stack(xs))
+                # mean over K x B samples, times K = the sum of the K per-seed mean losses
+                loss = k * loss_fn(logits.flatten(0, 1), torch.stack(ys).flatten(0, 1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    with torch.no_grad():
+        for i, model in enumerate(models):
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                tensor.copy_((params | buffers)[name][i])
+
+
+def fit_and_test_seeds(
+    arch: str,
+    real: RealData,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: Recipe,
+    eval_seeds: Sequence[int],
+    device: str = "cpu",
+    arch_kwargs: dict[str, Any] | None = None,
+    vectorise: Vectorise = "auto",  # auto: vectorised on GPUs only (module docstring)
+) -> list[dict[str, float]]:
+    """`fit_and_test` for each of `eval_seeds` (same numbers within floating-point tolerance),
+    vectorised over the seeds when `use_vectorised` says so."""
+    if not use_vectorised(vectorise, arch, device, len(eval_seeds)):
+        return [
+            fit_and_test(arch, real, x, y, recipe, seed, device, arch_kwargs) for seed in eval_seeds
+        ]
+    models = [seeded_model(arch, real, seed, arch_kwargs) for seed in eval_seeds]
+    seeds = [train_seed(seed, arch) for seed in eval_seeds]
+    train_vectorised(models, x, y, recipe, real.name, seeds, device, arch)
+    precision = resolve_precision(recipe.precision, arch, device)
+    return [val_test_top1(model, real, device, precision) for model in models]
