@@ -23,6 +23,7 @@ from ddbench.nb201 import (
     ArchStringError,
     canonical,
     format_arch,
+    make_op,
     parse_arch,
     sample_archs,
 )
@@ -180,3 +181,29 @@ def test_benchmark_file_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "nas_201_api", None)
     with pytest.raises(UserError, match="pip install nats_bench"):
         load_benchmark(str(tmp_path))
+
+
+def test_correlations_on_known_inputs() -> None:
+    """Hand-computed values (no scipy): proxy order 1..5 against whole-set 2,1,4,3,5."""
+    names = [f"a{i}" for i in range(5)]
+    proxy = dict(zip(names, [0.1, 0.2, 0.3, 0.4, 0.5], strict=True))
+    whole_val = dict(zip(names, [0.2, 0.1, 0.4, 0.3, 0.5], strict=True))
+    rows = {r["metric"]: r["value"] for r in ranking_rows("", proxy, whole_val, whole_val)}
+    assert rows["spearman_rho"] == pytest.approx(1 - 6 * 4 / (5 * 24))  # sum d^2 = 4
+    assert rows["kendall_tau"] == pytest.approx((8 - 2) / 10)  # 2 of 10 pairs discordant
+    assert rows["top20_spearman_rho"] == pytest.approx(1.0)  # a4, a2 agree
+    assert rows["selected_test_top1"] == pytest.approx(0.5)  # the proxy's best, a4
+
+
+def test_nb201_op_semantics() -> None:
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.equal(make_op("none", 4)(x), torch.zeros_like(x))
+    assert torch.equal(make_op("skip_connect", 4)(x), x)
+    pooled = make_op("avg_pool_3x3", 4)(x)
+    assert torch.allclose(pooled[..., 2, 2], x[..., 1:4, 1:4].mean(dim=(-1, -2)))
+    assert torch.allclose(pooled[..., 0, 0], x[..., :2, :2].mean(dim=(-1, -2)))  # no zero pad
+    for conv in ("nor_conv_1x1", "nor_conv_3x3"):
+        op = make_op(conv, 4)
+        assert isinstance(op[0], torch.nn.ReLU) and op(x).shape == x.shape
+    with pytest.raises(UserError, match="unknown operation"):
+        make_op("sep_conv_3x3", 4)
