@@ -40,12 +40,13 @@ def local_ray():
 def run_suite(tmp_path: Path, name: str, workers: int, params: str) -> tuple[Path, dict]:
     from ddbench.data import load_dataset
     from ddbench.runner import run_ray
+    from ddbench.storage import Store
 
     path = tmp_path / f"{name}.yaml"
     path.write_text(SUITE.format(name=name, workers=workers, params=params))
     plan = make_plan(load_suite(path))
     out = tmp_path / "runs" / name
-    summary = run_ray(plan, load_dataset("digits"), out, force=False, log=print)
+    summary = run_ray(plan, load_dataset("digits"), Store(out), force=False, log=print)
     assert summary.exit_code == 0
     (job,) = plan.jobs
     meta = json.loads((out / "artifacts" / job.job_id / "meta.json").read_text())
