@@ -25,7 +25,7 @@ quickstart: install
 
 test: install
 	$(BIN)/ruff check ddbench tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check ddbench tests benchmarks
