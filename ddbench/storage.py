@@ -25,8 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,6 +44,19 @@ CACHE_ENV = "DDBENCH_CACHE"
 
 def is_uri(root: str | Path) -> bool:
     return "://" in str(root)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp_path)` into a `.tmp-*` sibling of local `path`, then rename it into place, so
+    readers never see a partial file (stores, teachers and NAS reference caches use this)."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Store:
@@ -119,19 +131,11 @@ class Store:
         fs, target = self.filesystem, self.path(rel)
         parent = str(PurePosixPath(target).parent)
         fs.create_dir(parent, recursive=True)
-        if self.local_root is None and not isinstance(fs, pafs.LocalFileSystem):
-            with fs.open_output_stream(target) as stream:  # one upload: visible when complete
-                stream.write(data)
+        if isinstance(fs, pafs.LocalFileSystem):  # a plain path or file://: a local path
+            atomic_write(Path(target), lambda path: path.write_bytes(data))
             return
-        tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{PurePosixPath(target).name}"
-        try:
-            with fs.open_output_stream(tmp) as stream:
-                stream.write(data)
-            fs.move(tmp, target)  # a rename on a local disk
-        except BaseException:
-            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-                fs.delete_file(tmp)
-            raise
+        with fs.open_output_stream(target) as stream:  # one upload: visible when complete
+            stream.write(data)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())

@@ -12,8 +12,6 @@
 - `TeacherLabels`: the per-batch labeller `ddbench.fit.train_model` calls *after* each batch's
   augmentation, so the soft labels are regenerated every epoch under that epoch's augmentation
   (D4M Eq. 8; FKD regenerates them per crop).
-- `atomic_write(path, write)`: write a file through a temporary sibling and a rename (also the
-  NAS evaluators' cache of whole-set reference results, `ddbench.evals._nas`).
 
 To use another target (e.g. an ensemble), write an object with `targets(x)` and
 `loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
@@ -24,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddbench.seeding import content_hash, derive_seed
+from ddbench.storage import atomic_write
 
 if TYPE_CHECKING:
     from ddbench.data import RealData
@@ -159,18 +157,6 @@ class _locked:
         assert self.fd is not None
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """`write(tmp_path)` then rename into place, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @torch.no_grad()

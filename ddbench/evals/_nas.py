@@ -60,7 +60,8 @@ from ddbench.evals import EvalJob, EvalParams, Evaluator
 from ddbench.fit import Recipe, fit_and_test, fit_artifact
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash, derive_seed
-from ddbench.teacher import atomic_write, data_digest
+from ddbench.storage import atomic_write
+from ddbench.teacher import data_digest
 
 PROXY, WHOLE, EARLY_STOP = "proxy_top1", "whole_top1", "early_stop_top1"
 CACHE_VERSION = 1  # bump when a cached reference computed by this code would differ
