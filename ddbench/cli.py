@@ -179,7 +179,6 @@ def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ddbench.report import write_report
-    from ddbench.schema import result_files
     from ddbench.storage import Store, is_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
@@ -191,8 +190,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         run = Store(given)
     else:
         run = Store(args.runs).child(given)
-    if not result_files(run):
-        raise UserError(f"no results for {args.target!r}: looked in {run.location('results')}")
     out_dir = Path(args.out) / PurePosixPath(run.uri).name
     path = write_report(run, out_dir, formats)
     print(f"report written to {path}")

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from ddbench.errors import UserError
-from ddbench.schema import read_results, result_files
+from ddbench.schema import read_results
 from ddbench.storage import Store
 from ddbench.viz import GRID_FILE
 
@@ -29,9 +29,10 @@ BASELINE = "random_real"
 
 
 def load_rows(run: Store) -> pl.DataFrame:
-    if not result_files(run):
+    rows = pl.from_arrow(read_results(run))
+    if rows.is_empty():
         raise UserError(f"no result files under {run.location('results')}: run the suite first")
-    return pl.from_arrow(read_results(run))
+    return rows
 
 
 def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -70,14 +71,21 @@ def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> 
     return (
         ok.group_by("dataset", "method_label", "method", "ipc", "arch")
         .agg(
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").std().fill_null(0.0).alias("std"),
-            pl.len().alias("n"),
+            *mean_std_n(),
             pl.col("artifact_bytes").first(),
             pl.col("distill_seconds").mean(),
         )
         .sort("ipc", "method_label", "arch")
     )
+
+
+def mean_std_n() -> list[pl.Expr]:
+    """The aggregation every table shows: mean, std (0 for a single value) and n of `value`."""
+    return [
+        pl.col("value").mean().alias("mean"),
+        pl.col("value").std().fill_null(0.0).alias("std"),
+        pl.len().alias("n"),
+    ]
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -169,38 +177,64 @@ def cost_table(summary: pl.DataFrame) -> list[str]:
     )
 
 
-def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported when a plot is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def _line_plot(
+    lines: pl.DataFrame,
+    x: str,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,  # IPCs span 1 .. 50: a log axis spaces them evenly
+    reference: float | None = None,  # a horizontal line for the whole-dataset reference
+) -> Path:
+    """One line per `method_label` of 100 x `mean` against column `x`."""
+    fig, ax = _pyplot().subplots(figsize=(6, 4), dpi=120)
+    for label in sorted(lines["method_label"].unique().to_list()):
+        sub = lines.filter(pl.col("method_label") == label).sort(x)
+        ax.plot(sub[x].to_list(), [100 * v for v in sub["mean"].to_list()], marker="o", label=label)
+    if reference is not None:
+        ax.axhline(100 * reference, color="grey", linestyle="--", label=REFERENCE)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
     per_method = (
-        summary.filter(pl.col("ipc") > 0)
-        .group_by("method_label", "ipc")
-        .agg(pl.col("mean").mean())
-        .sort("method_label", "ipc")
+        summary.filter(pl.col("ipc") > 0).group_by("method_label", "ipc").agg(pl.col("mean").mean())
     )
     if per_method.is_empty():
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label in sorted(per_method["method_label"].unique().to_list()):
-        sub = per_method.filter(pl.col("method_label") == label)
-        ax.plot(
-            sub["ipc"].to_list(), [100 * v for v in sub["mean"].to_list()], marker="o", label=label
-        )
     ref = summary.filter(pl.col("method") == REFERENCE)
-    if len(ref):
-        ax.axhline(100 * ref["mean"].mean(), color="grey", linestyle="--", label=REFERENCE)
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class (IPC)")
-    ax.set_ylabel("test top-1 (%), mean over architectures")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _line_plot(
+        per_method,
+        "ipc",
+        path,
+        "images per class (IPC)",
+        "test top-1 (%), mean over architectures",
+        log_x=True,
+        reference=ref["mean"].mean() if len(ref) else None,
+    )
 
 
 def continual_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
@@ -230,22 +264,10 @@ def continual_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
         curve = (
             stepped.filter(same)
             .group_by("method_label", "step")
-            .agg(
-                pl.col("value").mean().alias("mean"),
-                pl.col("value").std().fill_null(0.0).alias("std"),
-                pl.len().alias("n"),
-            )
+            .agg(*mean_std_n())
             .sort("method_label", "step")
         )
-        totals = (
-            reduced.filter(same)
-            .group_by("method_label", "metric")
-            .agg(
-                pl.col("value").mean().alias("mean"),
-                pl.col("value").std().fill_null(0.0).alias("std"),
-                pl.len().alias("n"),
-            )
-        )
+        totals = reduced.filter(same).group_by("method_label", "metric").agg(*mean_std_n())
         steps = list(range(params["steps"]))
         body = []
         for label in sorted(curve["method_label"].unique().to_list()):
@@ -280,24 +302,10 @@ def continual_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
 
 def plot_accuracy_vs_classes(curve: pl.DataFrame, per_step: int, path: Path) -> Path:
     """Test top1 (mean) against the number of classes seen, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label in sorted(curve["method_label"].unique().to_list()):
-        sub = curve.filter(pl.col("method_label") == label)
-        classes = [(t + 1) * per_step for t in sub["step"].to_list()]
-        ax.plot(classes, [100 * v for v in sub["mean"].to_list()], marker="o", label=label)
-    ax.set_xlabel("number of classes seen")
-    ax.set_ylabel("test top-1 (%) on the classes seen")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    seen = curve.with_columns(((pl.col("step") + 1) * per_step).alias("classes"))
+    return _line_plot(
+        seen, "classes", path, "number of classes seen", "test top-1 (%) on the classes seen"
+    )
 
 
 NAS_TABLE = (  # reduce metric -> column of the NAS table (ddbench.evals._nas)
@@ -362,10 +370,6 @@ def _nas_value(metric: str, values: dict[str, float]) -> str:
 def plot_nas_scatter(cells: pl.DataFrame, path: Path) -> Path:
     """Per candidate: proxy val top1 (mean over eval seeds) against whole-set val top1, one panel
     per (method, IPC) and one per IPC for the early-stopping baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy.stats import spearmanr
 
     val = cells.filter(pl.col("split") == "val")
@@ -389,7 +393,9 @@ def plot_nas_scatter(cells: pl.DataFrame, path: Path) -> Path:
     panels = sorted(proxies.select("panel", "ipc").unique().iter_rows())
     cols = min(3, len(panels))
     rows_n = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.6 * rows_n), dpi=110, squeeze=False)
+    fig, axes = _pyplot().subplots(
+        rows_n, cols, figsize=(4 * cols, 3.6 * rows_n), dpi=110, squeeze=False
+    )
     for ax, (panel, ipc) in zip(axes.flat, panels, strict=False):
         sub = proxies.filter((pl.col("panel") == panel) & (pl.col("ipc") == ipc))
         x, y = sub["whole"].to_numpy() * 100, sub["proxy"].to_numpy() * 100
@@ -401,10 +407,7 @@ def plot_nas_scatter(cells: pl.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_grids(run: Store, rows: pl.DataFrame, out_dir: Path) -> list[str]:

@@ -176,7 +176,9 @@ class Store:
         tables = [
             pq.read_table(self.path(rel), filesystem=self.filesystem, schema=schema) for rel in rels
         ]
-        return pa.concat_tables(tables) if tables else pa.table({})
+        if tables:
+            return pa.concat_tables(tables)
+        return schema.empty_table() if schema is not None else pa.table({})
 
     # ---------------------------------------------------------------- directories
 
