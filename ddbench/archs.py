@@ -56,9 +56,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import AfterValidator
 from torch import Tensor, nn
 
 from ddbench.errors import UserError
@@ -98,6 +99,17 @@ class ArchConfigError(UserError, ValueError):
 
 ArchBuilder = Callable[..., "FeatureModel"]
 ARCHS: Registry[ArchBuilder] = Registry("arch")
+
+
+def known_arch(name: str) -> str:
+    """`name` if it is a registered architecture, else a did-you-mean error (`UnknownNameError`,
+    a `ValueError`): the check behind `ArchName` / `ArchNames` in params models."""
+    ARCHS.get(name)
+    return name
+
+
+ArchName = Annotated[str, AfterValidator(known_arch)]  # a params field naming one architecture
+ArchNames = Annotated[list[str], AfterValidator(lambda names: [known_arch(n) for n in names])]
 
 
 def build_arch(

@@ -138,6 +138,12 @@ class Recipe(BaseModel):
     # torch.compile of the model: auto = when its measured compile time pays off over the steps
     compile: Switch = "auto"
 
+    @classmethod
+    def of(cls, params: BaseModel, **changes: Any) -> Recipe:
+        """The recipe fields of `params` (an evaluator's params, which embed them), `changes`
+        applied (e.g. `epochs=` for a whole-set run)."""
+        return cls(**{**{k: getattr(params, k) for k in cls.model_fields}, **changes})
+
 
 class BatchLabeler(Protocol):
     """Targets for each augmented training batch and the loss against them (`ddbench.teacher`)."""

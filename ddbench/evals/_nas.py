@@ -80,12 +80,6 @@ class NasParams(EvalParams, Recipe):
     early_stop: bool = True
 
 
-def recipe_of(params: NasParams, epochs: int) -> Recipe:
-    """The shared recipe fields of `params`, with `epochs` epochs."""
-    fields = {k: getattr(params, k) for k in Recipe.model_fields}
-    return Recipe(**{**fields, "epochs": epochs})
-
-
 def cached_result(
     cache_dir: str | None, payload: dict[str, Any], compute: Callable[[], Result]
 ) -> Result:
@@ -231,7 +225,7 @@ class NasEvaluator(Evaluator):
         self, cell: dict[str, Any], job: EvalJob, params: NasParams, ctx: Context
     ) -> Result:
         """The candidate's whole-set val / test top1 (and seconds, when measured here)."""
-        recipe = recipe_of(params, params.whole_set_epochs)
+        recipe = Recipe.of(params, epochs=params.whole_set_epochs)
         return self._cached_training("whole_set", cell, job, params, ctx, recipe)
 
     def run(
@@ -241,7 +235,7 @@ class NasEvaluator(Evaluator):
         arch, options = self.candidate(cell, params)
         # the whole_dataset method (ipc 0) trains as the reference does, as in cross_arch
         epochs = params.whole_set_epochs if job.ipc == 0 else params.epochs
-        recipe = recipe_of(params, epochs)
+        recipe = Recipe.of(params, epochs=epochs)
         rows: list[dict[str, Any]] = []
         tic = time.perf_counter()
         for seed in range(params.seeds):

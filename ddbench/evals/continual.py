@@ -34,29 +34,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
+from ddbench.archs import ArchName
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
 from ddbench.fit import Recipe, draw_generator, fit_and_test, select_labels
 
 
 class ContinualParams(EvalParams, Recipe):
-    arch: str = "convnet"  # registry name of the network trained on the memory (DM: ConvNet)
+    arch: ArchName = "convnet"  # registry name of the network trained on the memory (DM: ConvNet)
     # length of the class order = the dataset's number of classes (CIFAR-100: 100); the plan
     # needs it before any data is loaded, and a cell checks it against the dataset
     num_classes: int = Field(100, ge=2)
     steps: int = Field(5, ge=1)  # class increments (DM protocol: 5 or 10); divides num_classes
     orders: int = Field(5, ge=1)  # class orders, seeds 0 .. orders-1 (DM protocol: 5)
     models: int = Field(3, ge=1)  # networks trained per (order, step) (DM protocol: 3)
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, name: str) -> str:
-        from ddbench.archs import ARCHS
-
-        ARCHS.get(name)  # raises with a did-you-mean suggestion
-        return name
 
     @model_validator(mode="after")
     def _equal_steps(self) -> ContinualParams:
@@ -131,7 +124,7 @@ class Continual(Evaluator):
             xs.append(x)
             ys.append(y)
         seen = tuple(c for classes in memory.values() for c in classes)
-        recipe = Recipe.model_validate(params.model_dump(include=set(Recipe.model_fields)))
+        recipe = Recipe.of(params)
         top1 = fit_and_test(
             params.arch,
             real.subset(seen),

@@ -30,15 +30,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from ddbench.archs import ArchName, ArchNames
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
 from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator, resolve_precision
 
 
 class CrossArchParams(EvalParams, Recipe):
-    archs: list[str] = Field(default_factory=lambda: ["convnet"], min_length=1)  # registry names
+    archs: ArchNames = Field(default_factory=lambda: ["convnet"], min_length=1)  # registry names
     seeds: int = Field(5, ge=1)  # models per (method, ipc, arch): DC protocol uses >= 5
     whole_set_epochs: int = Field(100, ge=1)  # full-split training (NAS protocol: 100 epochs)
     # generator artifacts: one draw per eval seed (fixed, the fair default), a new draw every
@@ -49,27 +50,12 @@ class CrossArchParams(EvalParams, Recipe):
     # labels regenerated every epoch under its augmentation (D4M's training-time matching)
     labels: Literal["hard", "soft", "teacher"] = "hard"
     temperature: float = Field(20.0, gt=0)  # KD temperature T of `teacher` (D4M's scripts: 20)
-    teacher_arch: str = "convnet"  # teacher network (D4M: ConvNet-W128 for CIFAR, ResNet-18 INet)
+    teacher_arch: ArchName = (
+        "convnet"  # teacher network (D4M: ConvNet-W128 for CIFAR, ResNet-18 INet)
+    )
     # whole-split epochs of the teacher: a confident teacher matters (on digits a 60-epoch
     # ConvNet's soft labels are near-uniform and students learn little from them)
     teacher_epochs: int = Field(300, ge=1)
-
-    @field_validator("archs")
-    @classmethod
-    def _known_archs(cls, archs: list[str]) -> list[str]:
-        from ddbench.archs import ARCHS
-
-        for name in archs:
-            ARCHS.get(name)  # raises with a did-you-mean suggestion
-        return archs
-
-    @field_validator("teacher_arch")
-    @classmethod
-    def _known_teacher(cls, name: str) -> str:
-        from ddbench.archs import ARCHS
-
-        ARCHS.get(name)
-        return name
 
 
 @register_eval
@@ -85,9 +71,8 @@ class CrossArch(Evaluator):
     def run(
         self, cell: dict[str, Any], job: EvalJob, params: CrossArchParams, ctx: Context
     ) -> list[dict[str, Any]]:
-        recipe = Recipe(**{k: getattr(params, k) for k in Recipe.model_fields})
-        if job.ipc == 0:
-            recipe = recipe.model_copy(update={"epochs": params.whole_set_epochs})
+        epochs = params.whole_set_epochs if job.ipc == 0 else params.epochs
+        recipe = Recipe.of(params, epochs=epochs)
         arch, seed = cell["arch"], cell["eval_seed"]
         labeler = None
         if params.labels == "teacher":

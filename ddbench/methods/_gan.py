@@ -42,9 +42,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 
+from ddbench.archs import ArchNames
 from ddbench.artifact import GeneratorSet
 from ddbench.augment import default_strategy, dsa
 from ddbench.context import Context
@@ -85,18 +86,9 @@ class CGANParams(GanTrainingParams):
 class PoolParams(MethodParams):
     """The matching networks of DiM / D2M."""
 
-    pool: list[str] = Field(list(DIM_POOL), min_length=1)  # matching architectures
+    pool: ArchNames = Field(list(DIM_POOL), min_length=1)  # matching architectures
     dsa: bool = True  # siamese DSA on the real and synthetic batch before the matching network
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
-
-    @field_validator("pool")
-    @classmethod
-    def _known_archs(cls, pool: list[str]) -> list[str]:
-        from ddbench.archs import ARCHS
-
-        for name in pool:
-            ARCHS.get(name)  # raises with a did-you-mean suggestion
-        return pool
 
 
 # --------------------------------------------------------------------------- networks
