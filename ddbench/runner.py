@@ -550,12 +550,14 @@ def run_ray(
         )
     waiting = list(plan.jobs)  # jobs whose cells are not submitted yet
     pending: dict[Any, EvalCell] = {}
+    cells_of = {job.job_id: plan.cells_of(job) for job in plan.jobs}
+    # a job's cells also read its class-subset jobs: they wait for all of them
+    needed_of = {job.job_id: [job, *plan.inputs_of(job)] for job in plan.jobs}
 
     def submit_ready(driver_done: bool) -> None:
+        """Submit the cells of every job whose artifacts are all there (polled each tick)."""
         for job in list(waiting):
-            cells = plan.cells_of(job)
-            needed = [job, *plan.inputs_of(job)]  # its cells also read class-subset jobs
-            error = next(filter(None, (read_failure(store, j) for j in needed)), None)
+            cells, needed = cells_of[job.job_id], needed_of[job.job_id]
             if all(artifact_done(store, j.job_id) for j in needed):
                 waiting.remove(job)
                 if job in todo:
@@ -568,7 +570,9 @@ def run_ray(
                         continue
                     ref = cell_task.remote(cell, real_ref, store, device, res.eval.cpus, sha)
                     pending[ref] = cell
-            elif error is not None or driver_done:
+                continue
+            error = next(filter(None, (read_failure(store, j) for j in needed)), None)
+            if error is not None or driver_done:
                 waiting.remove(job)
                 _fail_cells(
                     cells,
