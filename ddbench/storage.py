@@ -116,9 +116,6 @@ class Store:
     def exists(self, rel: str) -> bool:
         return self.filesystem.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
-    def is_dir(self, rel: str = "") -> bool:
-        return self.filesystem.get_file_info(self.path(rel)).type == pafs.FileType.Directory
-
     def read_bytes(self, rel: str) -> bytes:
         with self.filesystem.open_input_stream(self.path(rel)) as stream:
             return stream.read()
