@@ -59,7 +59,8 @@ and the device; measured in benchmarks/RESULTS.md, "Evaluation training speed"):
   generator). Compiled kernels round differently from eager ones, so a compiled run's numbers
   are not bit-identical to an eager run's.
 - multi-seed vectorisation (`ddbench.fit_vmap`): several eval seeds of a ConvNet in one
-  `torch.func.vmap` step, selected on GPUs only.
+  `torch.func.vmap` step, selected on GPUs only (`cross_arch` groups the seeds of a ConvNet
+  into one cell when the suite gives eval cells a GPU).
 
 `train_model` knows the architecture only when given `arch` (`fit_and_test` passes it); without
 it `auto` means fp32 eager (models built elsewhere: teachers, coreset embeddings).
@@ -197,6 +198,12 @@ def resolve_precision(precision: str, arch: str | None, device: str) -> Precisio
         raise ValueError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
     native = native_bf16(torch.device(device).type)
     return "bf16" if arch in BF16_ARCHS and native else "fp32"
+
+
+def precision_bits(precision: str, arch: str | None, device: str) -> float:
+    """What `precision` resolves to for `arch` on `device`, as evaluators record it in a
+    `precision_bits` row: 16.0 = bf16 autocast, 32.0 = fp32."""
+    return 16.0 if resolve_precision(precision, arch, device) == "bf16" else 32.0
 
 
 def compile_pays_off(device: str, epochs: int, n: int, batch: int, pixels: int) -> bool:
@@ -409,6 +416,14 @@ def draw_generator(eval_seed: int, ipc: int, *parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed("generator_draw", eval_seed, ipc, *parts))
 
 
+def fixed_data(
+    artifact: Artifact, ipc: int, real: RealData, eval_seed: int, label_mode: LabelMode
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels an eval seed trains on under `fixed` sampling (one draw)."""
+    x, y = artifact.materialise(ipc, real, draw_generator(eval_seed, ipc, "fixed"))
+    return x, select_labels(y, label_mode)
+
+
 def is_generator(artifact: Artifact) -> bool:
     from ddbench.artifact import GeneratorSet
 
@@ -591,8 +606,7 @@ def fit_artifact(
     if (label_mode == "teacher") != (labeler is not None):
         raise ValueError("label mode 'teacher' needs a labeler, and a labeler needs 'teacher'")
     if sampling == "fixed" or ipc < 1 or not is_generator(artifact):
-        x, y = artifact.materialise(ipc, real, draw_generator(eval_seed, ipc, "fixed"))
-        y = select_labels(y, label_mode)
+        x, y = fixed_data(artifact, ipc, real, eval_seed, label_mode)
         top1 = fit_and_test(
             arch, real, x, y, recipe, eval_seed, device, arch_kwargs, labeler=labeler
         )

@@ -2,10 +2,13 @@
 
 What lives here
 ---------------
-* `fit_and_test_seeds(arch, real, x, y, recipe, eval_seeds, ...)`: for each eval seed the
-  `{"val", "test"}` top1 that `ddbench.fit.fit_and_test` gives, trained either one model after
-  the other or all K models at once (`vectorise: auto | on | off`).
-* `train_vectorised(models, x, y, recipe, dataset, seeds, device, arch)`: the vectorised loop.
+* `fit_artifact_seeds(arch, artifact, ipc, real, recipe, eval_seeds, ...)`: for each eval seed
+  the `{"val", "test"}` top1 that `ddbench.fit.fit_artifact` gives under `fixed` sampling (each
+  seed trains on its own draw of a generator, the same images of an image set), trained either
+  one model after the other or all K models at once (`vectorise: auto | on | off`).
+* `fit_and_test_seeds(arch, real, data, recipe, eval_seeds, ...)`: the same for given per-seed
+  (images, labels), as `ddbench.fit.fit_and_test` would give for each.
+* `train_vectorised(models, data, recipe, dataset, seeds, device, arch)`: the vectorised loop.
 
 How the vectorised path keeps every seed's run its own
 ------------------------------------------------------
@@ -13,8 +16,9 @@ The K models are built exactly as `fit_and_test` builds them (`ddbench.fit.seede
 per-seed initialisation), then stacked (`torch.func.stack_module_state`: parameters and buffers
 become [K, ...] leaves) and called through `functional_call` on a meta-device copy, `vmap`-ed
 over K. Each seed keeps its own data-order and DSA generators (`ddbench.fit.seeded_streams`, the
-seeds `train_model` uses), so batch k of a step is the batch seed k's sequential run would see;
-DSA runs per seed (each draws its own family), and the K batches are stacked [K, B, C, H, W].
+seeds `train_model` uses) and its own training data (same shapes for all seeds), so batch k of
+a step is the batch seed k's sequential run would see; DSA runs per seed (each draws its own
+family), and the K batches are stacked [K, B, C, H, W].
 The loss is the sum of the per-seed mean losses, so each seed's gradient is its own. SGD with
 momentum and weight decay is element-wise, so `torch.optim.SGD` over the stacked leaves *is*
 the vectorised SGD step (every slice gets the update it would get alone), and `MultiStepLR`
@@ -35,9 +39,10 @@ of `train_model` and are not vectorised (callers use the sequential path for the
 
 How evaluators use it
 ---------------------
-A `cross_arch` cell trains one (arch, eval seed): on CPUs one Ray task per seed is the faster
-fan-out, and that is the default. An evaluator that wants the GPU win groups seeds into one
-cell and calls `fit_and_test_seeds` with them (one row per seed, `eval_seed` as usual).
+`cross_arch` asks `use_vectorised` at plan time with the eval cells' device class (the suite's
+`resources.eval.gpus`): where it says yes, an arch's seeds form one cell, which calls
+`fit_artifact_seeds` and writes one row per seed (`eval_seed` as usual); elsewhere each (arch,
+eval seed) is its own cell, since on CPUs one Ray task per seed is the faster fan-out.
 
 Extending: another architecture family can join `CONVNET_ARCHS` when its forward has no
 data-dependent Python control flow and no RNG (vmap needs both), and the equivalence test
@@ -55,9 +60,11 @@ import torch.nn.functional as F
 
 from ddbench.fit import (
     CONVNET_ARCHS,
+    LabelMode,
     Recipe,
     autocast,
     fit_and_test,
+    fixed_data,
     resolve_precision,
     seeded_model,
     seeded_streams,
@@ -67,6 +74,7 @@ from ddbench.fit import (
 )
 
 if TYPE_CHECKING:
+    from ddbench.artifact import Artifact
     from ddbench.data import RealData
 
 Vectorise = Literal["auto", "on", "off"]
@@ -83,16 +91,16 @@ def use_vectorised(vectorise: Vectorise, arch: str, device: str, n_seeds: int) -
 
 def train_vectorised(
     models: Sequence[torch.nn.Module],
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
     recipe: Recipe,
     dataset: str,
     seeds: Sequence[int],
     device: str = "cpu",
     arch: str | None = None,
 ) -> None:
-    """Train K same-shaped `models` on (x, y) at once, model k as `train_model(models[k], ...,
-    seeds[k])` would (module docstring); the trained weights are written back into `models`."""
+    """Train K same-shaped `models` at once, model k as `train_model(models[k], *data[k], ...,
+    seeds[k])` would (module docstring); the trained weights are written back into `models`.
+    Every seed's (images, labels) must have the same shapes."""
     from torch.func import functional_call, stack_module_state
 
     from ddbench.augment import default_strategy, dsa
@@ -110,9 +118,11 @@ def train_vectorised(
         return functional_call(skeleton, (p, b), (xb,))
 
     batched_forward = torch.vmap(forward)
-    x, y = x.to(device), y.to(device)
-    loss_fn = soft_cross_entropy if y.dim() == 2 else F.cross_entropy
-    n, k = len(x), len(models)
+    data = [(x.to(device), y.to(device)) for x, y in data]
+    if len({(x.shape, y.shape) for x, y in data}) != 1:
+        raise ValueError("vectorised training needs the same data shapes for every seed")
+    loss_fn = soft_cross_entropy if data[0][1].dim() == 2 else F.cross_entropy
+    n, k = len(data[0][0]), len(models)
     precision = resolve_precision(recipe.precision, arch, device)
     opt = torch.optim.SGD(
         list(params.values()),
@@ -125,7 +135,7 @@ def train_vectorised(
         perms = [torch.randperm(n, generator=order).to(device) for order, _ in streams]
         for start in range(0, n, recipe.batch_size):
             xs, ys = [], []
-            for perm, (_, aug_gen) in zip(perms, streams, strict=True):
+            for perm, (_, aug_gen), (x, y) in zip(perms, streams, data, strict=True):
                 idx = perm[start : start + recipe.batch_size]
                 xs.append(dsa(x[idx], strategy, aug_gen) if recipe.augment else x[idx])
                 ys.append(y[idx])
@@ -146,22 +156,44 @@ def train_vectorised(
 def fit_and_test_seeds(
     arch: str,
     real: RealData,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
     recipe: Recipe,
     eval_seeds: Sequence[int],
     device: str = "cpu",
     arch_kwargs: dict[str, Any] | None = None,
     vectorise: Vectorise = "auto",  # auto: vectorised on GPUs only (module docstring)
 ) -> list[dict[str, float]]:
-    """`fit_and_test` for each of `eval_seeds` (same numbers within floating-point tolerance),
-    vectorised over the seeds when `use_vectorised` says so."""
+    """`fit_and_test(arch, real, *data[k], recipe, eval_seeds[k], ...)` for each k (same numbers
+    within floating-point tolerance), vectorised over the seeds when `use_vectorised` says so."""
     if not use_vectorised(vectorise, arch, device, len(eval_seeds)):
         return [
-            fit_and_test(arch, real, x, y, recipe, seed, device, arch_kwargs) for seed in eval_seeds
+            fit_and_test(arch, real, x, y, recipe, seed, device, arch_kwargs)
+            for (x, y), seed in zip(data, eval_seeds, strict=True)
         ]
     models = [seeded_model(arch, real, seed, arch_kwargs) for seed in eval_seeds]
     seeds = [train_seed(seed, arch) for seed in eval_seeds]
-    train_vectorised(models, x, y, recipe, real.name, seeds, device, arch)
+    train_vectorised(models, data, recipe, real.name, seeds, device, arch)
     precision = resolve_precision(recipe.precision, arch, device)
     return [val_test_top1(model, real, device, precision) for model in models]
+
+
+def fit_artifact_seeds(
+    arch: str,
+    artifact: Artifact,
+    ipc: int,
+    real: RealData,
+    recipe: Recipe,
+    eval_seeds: Sequence[int],
+    device: str = "cpu",
+    arch_kwargs: dict[str, Any] | None = None,
+    label_mode: LabelMode = "hard",  # hard or soft; teacher labels are per-run (sequential)
+    vectorise: Vectorise = "auto",  # auto: vectorised on GPUs only (module docstring)
+) -> list[dict[str, float]]:
+    """`fit_artifact(arch, artifact, ipc, real, recipe, seed, "fixed", ...)` top1 for each of
+    `eval_seeds`, every seed on its own fixed draw, vectorised when `use_vectorised` says so."""
+    if label_mode == "teacher":
+        raise ValueError("teacher labels are regenerated per run: train those seeds one by one")
+    data = [fixed_data(artifact, ipc, real, seed, label_mode) for seed in eval_seeds]
+    return fit_and_test_seeds(
+        arch, real, data, recipe, eval_seeds, device, arch_kwargs, vectorise=vectorise
+    )

@@ -176,7 +176,7 @@ def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
     subsets: dict[tuple[int, ...], None] = {}
     for espec, eparams in zip(loaded.suite.evals, loaded.eval_params, strict=True):
         evaluator = EVALS.get(espec.name)()
-        for cell in evaluator.cells(eparams):
+        for cell in evaluator.cells(eparams, loaded.suite.resources.eval.device):
             subsets.update(dict.fromkeys(evaluator.inputs(cell, eparams).values()))
     return list(subsets)
 
@@ -213,7 +213,7 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
             evaluator = EVALS.get(espec.name)()
             eval_params = eparams.model_dump(mode="json")
             for eval_ipc in job.eval_ipcs:
-                for cell in evaluator.cells(eparams):
+                for cell in evaluator.cells(eparams, suite.resources.eval.device):
                     key = to_json([espec.name, evaluator.version, eval_params, eval_ipc, cell])
                     inputs = tuple(
                         (name, inputs_of[job.job_id][classes])

@@ -526,7 +526,7 @@ def run_ray(
     cell_task = ray.remote(_cell_task).options(
         num_cpus=res.eval.cpus, num_gpus=res.eval.gpus, max_retries=1
     )
-    device = "cuda" if res.eval.gpus > 0 else "cpu"
+    device = res.eval.device
     if force:
         for job in plan.jobs:
             store.delete(artifact_rel(job.job_id))

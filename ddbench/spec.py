@@ -80,6 +80,12 @@ class EvalResources(Strict):
     cpus: float = Field(1.0, gt=0)  # per eval cell (one network trained from scratch)
     gpus: float = Field(0.0, ge=0)  # fractional GPUs pack several small nets on one device
 
+    @property
+    def device(self) -> str:
+        """The device class eval cells run on: the plan's cell layout and the Ray runner's
+        device follow the suite's declaration, not the driver's hardware."""
+        return "cuda" if self.gpus > 0 else "cpu"
+
 
 class Resources(Strict):
     distill: DistillResources = Field(default_factory=DistillResources)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real digits data (loaded once), quiet Ray / MLflow settings, CLI runner."""
+"""Shared fixtures: the real digits data (loaded once), quiet Ray / MLflow settings, CLI runner,
+a tiny untrained generator artifact."""
 
 from __future__ import annotations
 
@@ -6,13 +7,41 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ddbench.artifact import GeneratorSet
+    from ddbench.data import RealData
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+TINY_GENERATOR = {"noise_dim": 8, "width": 8}  # generator params that run in milliseconds
+
+
+def tiny_generator_set(real: RealData, seed: int = 0) -> GeneratorSet:
+    """An untrained `TINY_GENERATOR` GeneratorSet for `real`'s shapes, initialised from `seed`."""
+    import torch
+
+    from ddbench.artifact import GeneratorSet
+    from ddbench.generators import build_generator, generator_config
+
+    config = generator_config(
+        real.channels,
+        real.image_size,
+        real.num_classes,
+        mean=real.mean,
+        std=real.std,
+        **TINY_GENERATOR,
+    )
+    torch.manual_seed(seed)
+    net = build_generator(config)
+    return GeneratorSet({k: v.clone() for k, v in net.state_dict().items()}, config)
 
 
 @pytest.fixture(scope="session")

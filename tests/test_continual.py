@@ -108,7 +108,9 @@ def test_continual_run_on_digits(tmp_path, digits, monkeypatch):
 
     rows = pl.read_parquet(str(tmp_path / "runs" / "results" / "**" / "*.parquet"))
     assert (rows["status"] == "ok").all()
-    per_step = rows.filter(pl.col("step").is_not_null() & (pl.col("split") == "test"))
+    stepped = rows.filter(pl.col("step").is_not_null())
+    assert set(stepped.filter(pl.col("metric") == "precision_bits")["value"]) <= {16.0, 32.0}
+    per_step = stepped.filter((pl.col("split") == "test") & (pl.col("metric") == "top1"))
     assert (
         per_step.group_by("method_label").agg(pl.col("step").sort())["step"].to_list()
         == [[0, 1, 2, 3, 4]] * 2

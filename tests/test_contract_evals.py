@@ -16,6 +16,7 @@ def test_eval_contract(name, digits):
     params = evaluator.Params.model_validate(evaluator.smoke)
     cells = evaluator.cells(params)
     assert cells and all(isinstance(c, dict) for c in cells)
+    assert evaluator.cells(params, "cuda")  # the layout may depend on the eval device class
     random_real = get_method("random_real")
     artifact = random_real.distill(digits, 2, None, Context(0))
     inputs = {  # the class-subset distillates the cell asks for (continual learning)
@@ -31,6 +32,9 @@ def test_eval_contract(name, digits):
         assert row["split"] in ("val", "test")
         if row["metric"] == "top1":
             assert 0.0 <= row["value"] <= 1.0
+    # every evaluator records the precision its training resolved to (16 = bf16, 32 = fp32)
+    assert {r["value"] for r in rows if r["metric"] == "precision_bits"} <= {16.0, 32.0}
+    assert any(r["metric"] == "precision_bits" for r in rows)
     assert isinstance(evaluator.reduce([], params), list)
 
 

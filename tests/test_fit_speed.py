@@ -68,8 +68,9 @@ def test_vectorised_matches_sequential(digits, digits_ipc5):
     x, y = digits_ipc5
     recipe = Recipe(epochs=4, batch_size=32, precision="fp32", compile="off")  # 2 steps / epoch
     seeds = [0, 1, 2]
-    sequential = fit_and_test_seeds("convnet", digits, x, y, recipe, seeds, vectorise="off")
-    vectorised = fit_and_test_seeds("convnet", digits, x, y, recipe, seeds, vectorise="on")
+    data = [(x, y)] * len(seeds)
+    sequential = fit_and_test_seeds("convnet", digits, data, recipe, seeds, vectorise="off")
+    vectorised = fit_and_test_seeds("convnet", digits, data, recipe, seeds, vectorise="on")
     one_image = 1.0 / len(digits.test_y)
     for seq, vec in zip(sequential, vectorised, strict=True):
         assert seq["test"] == pytest.approx(vec["test"], abs=one_image + 1e-9)
@@ -88,3 +89,59 @@ def test_cross_arch_records_resolved_precision(digits):
     rows = evaluator.run({"arch": "mlp", "eval_seed": 0}, job, params, Context(1))
     bits = [r["value"] for r in rows if r["metric"] == "precision_bits"]
     assert bits == [32.0]  # mlp: auto resolves to fp32
+
+
+def test_cross_arch_groups_seeds_only_where_vectorised():
+    from ddbench.evals import get_eval
+
+    evaluator = get_eval("cross_arch")
+    params = evaluator.Params(archs=["convnet", "mlp"], seeds=3)
+    per_seed = [{"arch": a, "eval_seed": s} for a in ("convnet", "mlp") for s in range(3)]
+    assert evaluator.cells(params, "cpu") == per_seed  # CPUs: one Ray task per seed
+    assert evaluator.cells(params, "cuda") == [
+        {"arch": "convnet", "eval_seeds": [0, 1, 2]},
+        *per_seed[3:],  # mlp is not a ConvNet: never vectorised
+    ]
+    teacher = evaluator.Params(archs=["convnet"], seeds=3, labels="teacher")
+    assert len(evaluator.cells(teacher, "cuda")) == 3  # teacher labels are per run
+    off = evaluator.Params(archs=["convnet"], seeds=3, vectorise="off")
+    assert len(evaluator.cells(off, "cuda")) == 3
+    with pytest.raises(ValueError, match="vectorise: on needs sampling: fixed"):
+        evaluator.Params(vectorise="on", sampling="fresh")
+
+
+@pytest.mark.parametrize("artifact_kind", ["image_set", "generator"])
+def test_vectorised_cell_writes_the_per_seed_rows(digits, artifact_kind):
+    """A grouped cell (forced on the CPU) writes the rows of its per-seed cells; a generator's
+    seeds each train on their own fixed draw."""
+    from ddbench.evals import EvalJob, get_eval
+    from tests.conftest import tiny_generator_set
+
+    if artifact_kind == "generator":
+        artifact = tiny_generator_set(digits)
+    else:
+        artifact = get_method("random_real").distill(digits, 3, None, Context(0))
+    evaluator = get_eval("cross_arch")
+    common = {"archs": ["convnet"], "seeds": 2, "epochs": 3, "precision": "fp32"}
+    grouped = evaluator.Params(**common, vectorise="on")
+    (cell,) = evaluator.cells(grouped, "cpu")
+    job = EvalJob(artifact, digits, 3, "digits")
+    vectorised = evaluator.run(cell, job, grouped, Context(1))
+    sequential_params = evaluator.Params(**common, vectorise="off")
+    sequential = [
+        row
+        for seed_cell in evaluator.cells(sequential_params, "cpu")
+        for row in evaluator.run(seed_cell, job, sequential_params, Context(1))
+    ]
+
+    def keyed(rows):
+        return {(r["eval_seed"], r["split"], r["metric"]): r["value"] for r in rows}
+
+    vec, seq = keyed(vectorised), keyed(sequential)
+    top1 = {k for k in seq if k[2] == "top1"}
+    assert {k for k in vec if k[2] == "top1"} == top1 and len(top1) == 4  # 2 seeds x val/test
+    for key in top1:
+        assert vec[key] == pytest.approx(seq[key], abs=1.0 / len(digits.test_y) + 1e-9)
+    assert vec[(0, "test", "precision_bits")] == vec[(1, "test", "precision_bits")] == 32.0
+    if artifact_kind == "generator":  # costs: measured once per grouped cell, per seed otherwise
+        assert (0, "test", "gen_ms_per_image") in vec and (1, "test", "gen_ms_per_image") not in vec

@@ -23,8 +23,7 @@ from ddbench.generators import (
     load_generator_checkpoint,
 )
 from ddbench.methods import get_method
-
-TINY = {"noise_dim": 8, "width": 8}  # a generator that runs in milliseconds
+from tests.conftest import TINY_GENERATOR, tiny_generator_set
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +36,6 @@ class Payload:
     """An arbitrary pickled object: loading with weights_only=True must refuse it."""
 
 
-def tiny_generator_set(real: RealData, seed: int = 0) -> GeneratorSet:
-    config = generator_config(
-        real.channels, real.image_size, real.num_classes, mean=real.mean, std=real.std, **TINY
-    )
-    torch.manual_seed(seed)
-    net = build_generator(config)
-    return GeneratorSet({k: v.clone() for k, v in net.state_dict().items()}, config)
-
-
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -55,7 +45,7 @@ def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 @pytest.mark.parametrize("size, channels", [(8, 1), (16, 3), (28, 1), (32, 3), (64, 3)])
 def test_networks_at_every_size(size: int, channels: int) -> None:
-    config = generator_config(channels, size, 10, **TINY)
+    config = generator_config(channels, size, 10, **TINY_GENERATOR)
     gen, disc = build_generator(config), build_discriminator(config)
     x = gen(torch.randn(3, 8), torch.tensor([0, 4, 9]))
     assert x.shape == (3, channels, size, size)
@@ -209,11 +199,11 @@ def run_twice(method: str, params: dict, real: RealData, dependencies: dict | No
 @pytest.mark.parametrize(
     "method, params",
     [
-        ("cgan", {**TINY, "epochs": 3, "batch_size": 512, "checkpoint_every": 1}),
+        ("cgan", {**TINY_GENERATOR, "epochs": 3, "batch_size": 512, "checkpoint_every": 1}),
         (
             "dim",
             {
-                **TINY,
+                **TINY_GENERATOR,
                 "gan_epochs": 1,
                 "match_epochs": 2,
                 "batch_size": 512,
@@ -238,7 +228,10 @@ def test_resume_continues_from_the_saved_epoch(method: str, params: dict, real: 
 
 def test_d2m_resumes_and_starts_from_the_cgan_dependency(real: RealData, tmp_path: Path) -> None:
     cgan = get_method("cgan").distill(
-        real, 0, get_method("cgan").Params(**TINY, epochs=1, batch_size=512), LocalContext(0)
+        real,
+        0,
+        get_method("cgan").Params(**TINY_GENERATOR, epochs=1, batch_size=512),
+        LocalContext(0),
     )
     cgan.save(tmp_path / "cgan")
     params = {"epochs": 3, "batch_size": 512, "checkpoint_every": 1, "pool": ["mlp"]}

@@ -92,3 +92,18 @@ def test_plan_counts_cells():
     assert len(plan.cells) == per_job * n_groups
     only = make_plan(load_suite(QUICK), only="herd*")
     assert {j.method for j in only.jobs} == {"herding"}
+
+
+def test_plan_groups_convnet_seeds_when_eval_cells_get_a_gpu():
+    """`cross_arch` under `vectorise: auto`: per-seed cells on CPUs, one vectorised ConvNet cell
+    per (job, ipc) when the suite gives eval cells a GPU; the other archs keep per-seed cells."""
+    cpu = make_plan(load_suite(QUICK))
+    gpu = make_plan(load_suite(QUICK, ["resources.eval.gpus=1"]))
+    seeds = cpu.loaded.eval_params[0].seeds
+    assert all("eval_seed" in c.cell for c in cpu.cells)
+    grouped = [c for c in gpu.cells if "eval_seeds" in c.cell]
+    assert grouped and {c.cell["arch"] for c in grouped} == {"convnet"}
+    assert all(c.cell["eval_seeds"] == list(range(seeds)) for c in grouped)
+    convnet_cells = [c for c in cpu.cells if c.cell["arch"] == "convnet"]
+    assert len(convnet_cells) == seeds * len(grouped)
+    assert len(gpu.cells) == len(cpu.cells) - len(grouped) * (seeds - 1)

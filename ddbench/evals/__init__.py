@@ -4,11 +4,13 @@ An evaluator measures what a distillate is worth. It declares `Params` (pydantic
 commented), splits its work into independent cells (each a Ray task) and turns each cell into
 result rows::
 
-    def cells(self, params) -> list[dict]            # e.g. [{"arch": "convnet", "eval_seed": 0}]
+    def cells(self, params, device) -> list[dict]    # e.g. [{"arch": "convnet", "eval_seed": 0}]
     def run(self, cell, job, params, ctx) -> list[dict]   # partial rows: metric, value, split ...
     def reduce(self, rows, params) -> list[dict]     # job-level rows from all cell rows (optional)
     def inputs(self, cell, params) -> dict[str, tuple[int, ...]]  # class subsets (optional)
 
+`device` is the device class the suite gives eval cells (`resources.eval.device`: "cuda" or
+"cpu"), for evaluators whose cell layout depends on it (`cross_arch` groups seeds on GPUs).
 `job` is an `EvalJob` carrying the artifact, the real data and the IPC. Partial rows hold only the
 evaluator's columns (arch, eval_seed, step, split, metric, value, higher_is_better); the runner
 adds provenance. Register with `@register_eval` on a class with a unique `name`.
@@ -55,7 +57,7 @@ class Evaluator:
     Params: ClassVar[type[EvalParams]] = EvalParams
     smoke: ClassVar[dict[str, Any]] = {}
 
-    def cells(self, params: Any) -> list[dict[str, Any]]:
+    def cells(self, params: Any, device: str = "cpu") -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def run(

@@ -17,8 +17,9 @@ Cells are (order_seed, step, model): one network each, the unit of work the eval
 sized for, so every step of every order trains in parallel. A cell hangs off the method's
 normal job at the IPC (rows carry its job id and label) and lists the subset jobs of its steps
 so far; it runs once they are all distilled. Rows: top1 on val and test (the seen classes'
-images of each split) with `step` = the 0-based increment and `eval_seed` = order_seed x models
-+ model (a unique run id; the order seed is eval_seed // models). `reduce` writes, per run
+images of each split) and `precision_bits` (16 = bf16 autocast, 32 = fp32, as resolved) with
+`step` = the 0-based increment and `eval_seed` = order_seed x models + model (a unique run
+id; the order seed is eval_seed // models). `reduce` writes, per run
 (eval_seed) and split, `avg_inc_top1` (mean top1 over the steps) and the final `top1` (after the
 last step), with `step` empty.
 
@@ -39,7 +40,7 @@ from pydantic import Field, model_validator
 from ddbench.archs import ArchName
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, draw_generator, fit_and_test, select_labels
+from ddbench.fit import Recipe, draw_generator, fit_and_test, precision_bits, select_labels
 
 
 class ContinualParams(EvalParams, Recipe):
@@ -82,7 +83,7 @@ class Continual(Evaluator):
     # seconds per cell on digits: 5 steps of 2 classes, one order, one model, a short recipe
     smoke = {"num_classes": 10, "steps": 5, "orders": 1, "models": 1, "epochs": 20}
 
-    def cells(self, params: ContinualParams) -> list[dict[str, Any]]:
+    def cells(self, params: ContinualParams, device: str = "cpu") -> list[dict[str, Any]]:
         return [
             {
                 "arch": params.arch,
@@ -134,17 +135,21 @@ class Continual(Evaluator):
             cell["eval_seed"],
             ctx.device,
         )
+        bits = precision_bits(recipe.precision, params.arch, ctx.device)
         return [
             {
                 "arch": params.arch,
                 "eval_seed": cell["eval_seed"],
                 "step": cell["step"],
                 "split": split,
-                "metric": "top1",
+                "metric": metric,
                 "value": value,
-                "higher_is_better": True,
+                "higher_is_better": metric == "top1",
             }
-            for split, value in top1.items()
+            for split, metric, value in [
+                *[(split, "top1", value) for split, value in top1.items()],
+                ("test", "precision_bits", bits),
+            ]
         ]
 
     def reduce(self, rows: list[dict[str, Any]], params: ContinualParams) -> list[dict[str, Any]]:

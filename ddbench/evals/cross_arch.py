@@ -1,9 +1,13 @@
 """`cross_arch`: train each architecture from scratch on the distillate, report top1.
 
 Cells are (arch, eval_seed). Each trains one network with the shared recipe of `fit.py` and
-writes top1 on the val and test splits. The whole-dataset reference (`whole_dataset` method,
-ipc 0) is trained for `whole_set_epochs` instead of `epochs`, since a full split needs far
-fewer passes than a ten-image set.
+writes top1 on the val and test splits. Where `vectorise` says so (`auto`: the suite gives eval
+cells a GPU, the arch is a ConvNet, fixed sampling without a teacher; `ddbench.fit_vmap`) an
+arch's seeds form one cell `{"arch", "eval_seeds"}` trained in one vectorised run, which writes
+the same rows, one per seed; the cost rows of a generator are measured once per such cell.
+
+The whole-dataset reference (`whole_dataset` method, ipc 0) is trained for `whole_set_epochs`
+instead of `epochs`, since a full split needs far fewer passes than a ten-image set.
 
 `sampling` says how a generator artifact (cgan, dim, d2m) is turned into training data
 (`fixed` | `fresh` | `time_matched`, see `ddbench.fit`); it is part of `eval_params`, so every
@@ -30,12 +34,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ddbench.archs import ArchName, ArchNames
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator, resolve_precision
+from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator, precision_bits
+from ddbench.fit_vmap import use_vectorised
 
 
 class CrossArchParams(EvalParams, Recipe):
@@ -56,6 +61,18 @@ class CrossArchParams(EvalParams, Recipe):
     # whole-split epochs of the teacher: a confident teacher matters (on digits a 60-epoch
     # ConvNet's soft labels are near-uniform and students learn little from them)
     teacher_epochs: int = Field(300, ge=1)
+    # train an arch's seeds at once with torch.func.vmap: auto = on GPUs only (faster there,
+    # slower on this CPU: benchmarks/RESULTS.md); on = also on CPUs; off = one cell per seed
+    vectorise: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _vectorise_needs_fixed_runs(self) -> CrossArchParams:
+        if self.vectorise == "on" and (self.labels == "teacher" or self.sampling != "fixed"):
+            raise ValueError(
+                "vectorise: on needs sampling: fixed and labels hard or soft "
+                "(fresh draws, time budgets and teacher labels are per run)"
+            )
+        return self
 
 
 @register_eval
@@ -65,14 +82,28 @@ class CrossArch(Evaluator):
     Params = CrossArchParams
     smoke = {"epochs": 20, "seeds": 2, "whole_set_epochs": 3}  # seconds per cell on digits
 
-    def cells(self, params: CrossArchParams) -> list[dict[str, Any]]:
-        return [{"arch": a, "eval_seed": s} for a in params.archs for s in range(params.seeds)]
+    def cells(self, params: CrossArchParams, device: str = "cpu") -> list[dict[str, Any]]:
+        cells: list[dict[str, Any]] = []
+        for arch in params.archs:
+            if self._vectorised(params, arch, device):
+                cells.append({"arch": arch, "eval_seeds": list(range(params.seeds))})
+            else:
+                cells += [{"arch": arch, "eval_seed": s} for s in range(params.seeds)]
+        return cells
+
+    @staticmethod
+    def _vectorised(params: CrossArchParams, arch: str, device: str) -> bool:
+        """Whether an arch's seeds form one vectorised cell (module docstring)."""
+        per_run = params.labels == "teacher" or params.sampling != "fixed"
+        return not per_run and use_vectorised(params.vectorise, arch, device, params.seeds)
 
     def run(
         self, cell: dict[str, Any], job: EvalJob, params: CrossArchParams, ctx: Context
     ) -> list[dict[str, Any]]:
         epochs = params.whole_set_epochs if job.ipc == 0 else params.epochs
         recipe = Recipe.of(params, epochs=epochs)
+        if "eval_seeds" in cell:
+            return self._run_vectorised(cell, job, params, recipe, ctx)
         arch, seed = cell["arch"], cell["eval_seed"]
         labeler = None
         if params.labels == "teacher":
@@ -99,30 +130,72 @@ class CrossArch(Evaluator):
             label_mode=params.labels,
             labeler=labeler,
         )
-        rows = [
-            {
-                "arch": arch,
-                "eval_seed": seed,
-                "split": split,
-                "metric": "top1",
-                "value": value,
-                "higher_is_better": True,
-            }
-            for split, value in top1.items()
-        ]
         if is_generator(job.artifact):
             extra = {**generator_costs(arch, job.artifact, job.real, recipe, ctx.device), **extra}
-        precision = resolve_precision(recipe.precision, arch, ctx.device)
-        extra["precision_bits"] = 16.0 if precision == "bf16" else 32.0
-        rows += [
-            {
-                "arch": arch,
-                "eval_seed": seed,
-                "split": "test",
-                "metric": metric,
-                "value": value,
-                "higher_is_better": False,
-            }
-            for metric, value in extra.items()
-        ]
+        return _seed_rows(arch, seed, top1, extra, recipe, ctx.device)
+
+    def _run_vectorised(
+        self,
+        cell: dict[str, Any],
+        job: EvalJob,
+        params: CrossArchParams,
+        recipe: Recipe,
+        ctx: Context,
+    ) -> list[dict[str, Any]]:
+        from ddbench.fit_vmap import fit_artifact_seeds
+
+        arch, seeds = cell["arch"], cell["eval_seeds"]
+        top1s = fit_artifact_seeds(
+            arch,
+            job.artifact,
+            job.ipc,
+            job.real,
+            recipe,
+            seeds,
+            ctx.device,
+            label_mode=params.labels,
+            # auto trains one by one where the cell's device turns out not to be a GPU
+            vectorise=params.vectorise,
+        )
+        costs = {}
+        if is_generator(job.artifact):
+            costs = generator_costs(arch, job.artifact, job.real, recipe, ctx.device)
+        rows = []
+        for i, (seed, top1) in enumerate(zip(seeds, top1s, strict=True)):
+            rows += _seed_rows(arch, seed, top1, costs if i == 0 else {}, recipe, ctx.device)
         return rows
+
+
+def _seed_rows(
+    arch: str,
+    seed: int,
+    top1: dict[str, float],
+    extra: dict[str, float],
+    recipe: Recipe,
+    device: str,
+) -> list[dict[str, Any]]:
+    """One eval seed's rows: top1 per split, then `extra` measurements and `precision_bits`."""
+    rows = [
+        {
+            "arch": arch,
+            "eval_seed": seed,
+            "split": split,
+            "metric": "top1",
+            "value": value,
+            "higher_is_better": True,
+        }
+        for split, value in top1.items()
+    ]
+    extra = {**extra, "precision_bits": precision_bits(recipe.precision, arch, device)}
+    rows += [
+        {
+            "arch": arch,
+            "eval_seed": seed,
+            "split": "test",
+            "metric": metric,
+            "value": value,
+            "higher_is_better": False,
+        }
+        for metric, value in extra.items()
+    ]
+    return rows
