@@ -171,10 +171,10 @@ def time_vmap(batch: int, device: str, rounds: int, steps: int, k: int) -> dict[
             train_model(model, x, y, recipe, DATASET, seed, device, arch="convnet")
 
     def vectorised() -> None:
-        train_vectorised(models(), x, y, recipe, DATASET, list(range(k)), device, "convnet")
+        train_vectorised(models(), [(x, y)] * k, recipe, DATASET, list(range(k)), device, "convnet")
 
     warm = recipe.model_copy(update={"epochs": 1})
-    train_vectorised(models()[:2], x, y, warm, DATASET, [0, 1], device, "convnet")
+    train_vectorised(models()[:2], [(x, y)] * 2, warm, DATASET, [0, 1], device, "convnet")
     times: dict[str, list[float]] = {f"seq_k{k}": [], f"vmap_k{k}": []}
     for _ in range(rounds):
         times[f"seq_k{k}"].append(_seconds(sequential, device) / steps)

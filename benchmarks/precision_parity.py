@@ -1,14 +1,16 @@
-"""Parity of bf16 and fp32 evaluation training: final top1 on `digits`, same seeds, both precisions.
+"""Parity of the fast evaluation paths with fp32 eager: final top1 on `digits`, same seeds.
 
 For each IPC, a `random_real` distillate of digits (distill seed 0) is evaluated with the shared
-recipe (`ddbench.fit.fit_artifact`, DSA on) under `precision: fp32` and `precision: bf16` for the
-same eval seeds, so both paths see identical initialisations, data orders and augmentations. It
-prints, per IPC, mean +- std (n) of test top1 for each precision, the mean difference and whether
-it lies within one standard deviation of the fp32 runs (the rule `precision: auto` relies on), and
-the seconds each precision took in this run. Final JSON line: the same figures.
+recipe (`ddbench.fit.fit_artifact`, DSA on) along each training path of `PATHS` — fp32 eager (the
+reference), bf16 autocast eager, bf16 autocast compiled (`compile: on`, what `compile: auto`
+picks for long CIFAR-size runs) — for the same eval seeds, so every path sees identical
+initialisations, data orders and augmentations. It prints, per IPC and path, mean +- std (n) of
+test top1, the mean difference to fp32 and whether it lies within one standard deviation of the
+fp32 runs (the rule `precision: auto` relies on), and the seconds each path took in this run.
+Final JSON line: the same figures, per-seed values included.
 
     python benchmarks/precision_parity.py                       # IPC 1 10 50, 5 seeds, 300 epochs
-    python benchmarks/precision_parity.py --ipcs 10 --seeds 3 --epochs 100 --arch convnet
+    python benchmarks/precision_parity.py --ipcs 10 --seeds 3 --epochs 100 --paths fp32 bf16
 
 Extending: another architecture is `--arch NAME`; another dataset needs only its registry name in
 `--dataset` (it must load without downloading, or have its data under $DDBENCH_DATA).
@@ -22,9 +24,19 @@ import statistics
 import time
 from typing import Any
 
+# path name -> the `ddbench.fit.Recipe` fields that select it; "fp32" is the reference
+PATHS = {
+    "fp32": {"precision": "fp32", "compile": "off"},
+    "bf16": {"precision": "bf16", "compile": "off"},
+    "bf16_compiled": {"precision": "bf16", "compile": "on"},
+}
 
-def parity(dataset: str, arch: str, ipc: int, seeds: int, epochs: int) -> dict[str, Any]:
-    """fp32 and bf16 test top1 for eval seeds 0..seeds-1 at `ipc`, with their wall times."""
+
+def parity(
+    dataset: str, arch: str, ipc: int, seeds: int, epochs: int, paths: list[str]
+) -> dict[str, Any]:
+    """Test top1 for eval seeds 0..seeds-1 at `ipc` along each of `paths` (fp32 first), with
+    each path's wall time and its mean difference to fp32."""
     from ddbench.context import Context
     from ddbench.data import load_dataset
     from ddbench.fit import Recipe, fit_artifact
@@ -33,18 +45,20 @@ def parity(dataset: str, arch: str, ipc: int, seeds: int, epochs: int) -> dict[s
     real = load_dataset(dataset)
     artifact = get_method("random_real").distill(real, ipc, None, Context(0))
     out: dict[str, Any] = {"ipc": ipc}
-    for precision in ("fp32", "bf16"):
-        recipe = Recipe(epochs=epochs, precision=precision, compile="off")
+    for path in paths:
+        recipe = Recipe(epochs=epochs, **PATHS[path])
         tic = time.perf_counter()
         top1 = [
             fit_artifact(arch, artifact, ipc, real, recipe, seed)[0]["test"]
             for seed in range(seeds)
         ]
-        out[precision] = top1
-        out[f"{precision}_s"] = round(time.perf_counter() - tic, 2)
+        out[path] = top1
+        out[f"{path}_s"] = round(time.perf_counter() - tic, 2)
     fp32_std = statistics.stdev(out["fp32"]) if seeds > 1 else 0.0
-    out["diff"] = statistics.mean(out["bf16"]) - statistics.mean(out["fp32"])
-    out["within_1std"] = abs(out["diff"]) <= fp32_std
+    for path in paths[1:]:
+        diff = statistics.mean(out[path]) - statistics.mean(out["fp32"])
+        out[f"{path}_diff"] = diff
+        out[f"{path}_within_1std"] = abs(diff) <= fp32_std
     return out
 
 
@@ -63,19 +77,26 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", type=int, default=300
     )  # < DC's 1000 (CPU budget); digits converges
     parser.add_argument("--threads", type=int, default=2)  # torch threads (this machine: 2)
+    # paths compared with fp32 eager (always run first, as the reference)
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["bf16"])
     args = parser.parse_args(argv)
+    paths = ["fp32", *[p for p in args.paths if p != "fp32"]]
     import torch
 
     torch.set_num_threads(args.threads)
-    results = [parity(args.dataset, args.arch, ipc, args.seeds, args.epochs) for ipc in args.ipcs]
+    results = [
+        parity(args.dataset, args.arch, ipc, args.seeds, args.epochs, paths) for ipc in args.ipcs
+    ]
     print(f"{args.dataset}, {args.arch}, {args.epochs} epochs, test top1 mean ± std (n)")
-    print("| IPC | fp32 | bf16 | bf16 − fp32 | within 1 std | fp32 s | bf16 s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| IPC | path | test top1 | − fp32 | within 1 std of fp32 | s |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        print(
-            f"| {r['ipc']} | {_fmt(r['fp32'])} | {_fmt(r['bf16'])} | {r['diff']:+.4f} "
-            f"| {'yes' if r['within_1std'] else 'no'} | {r['fp32_s']} | {r['bf16_s']} |"
-        )
+        for path in paths:
+            diff = f"{r[f'{path}_diff']:+.4f}" if path != "fp32" else "—"
+            within = {True: "yes", False: "no"}.get(r.get(f"{path}_within_1std"), "—")
+            print(
+                f"| {r['ipc']} | {path} | {_fmt(r[path])} | {diff} | {within} | {r[f'{path}_s']} |"
+            )
     summary = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs}
     summary["results"] = results
     print(json.dumps(summary))
