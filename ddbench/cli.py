@@ -110,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ddbench.runner import artifact_done, cell_done
     from ddbench.spec import load_suite
     from ddbench.storage import Store
+    from ddbench.tuning import trial_count
 
     log = _log_fn()
     loaded = load_suite(args.suite, args.set)
@@ -122,9 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             cells = plan.cells_of(job)
             done = sum(cell_done(suite_dir, c) for c in cells)
             cached = artifact_done(suite_dir, job.job_id)
+            tuned = f" tune: {trial_count(job.tune)} trials" if job.tune else ""
             print(
                 f"{job.job_id} {job.label:16s} ipc={job.ipc} seed={job.distill_seed} "
-                f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done"
+                f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done{tuned}"
             )
         return EXIT_OK
     suite = loaded.suite

@@ -7,6 +7,9 @@ a local directory or a URI) and writes `<out_dir>/README.md` (markdown tables: t
 test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]). Add a section
 by adding a function that takes the rows DataFrame and returns markdown lines.
 
+Ray Tune's selection rows (evaluator `tune`, split `val`) get their own section
+(`ddbench.report_tune`) and never enter the test tables.
+
 Rows with a `step` (continual learning) stay out of the method x arch tables: they get their own
 section (`continual_section`: a method x step table and an accuracy-vs-classes plot per
 evaluator config and IPC); such an evaluator keeps its latest config per number of steps (a
@@ -431,7 +434,13 @@ def write_grids(run: Store, rows: pl.DataFrame, out_dir: Path) -> list[str]:
 
 
 def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
-    rows, left_out = latest_config(load_rows(run))
+    from ddbench.report_tune import tune_section
+    from ddbench.tuning import SELECTION
+
+    loaded = load_rows(run)
+    # Tune's selection rows differ in eval params per trial: shown apart, never "left out"
+    selection = loaded.filter(pl.col("evaluator") == SELECTION)
+    rows, left_out = latest_config(loaded.filter(pl.col("evaluator") != SELECTION))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     suite = rows["suite"].drop_nulls().first() or PurePosixPath(run.uri).name
@@ -460,6 +469,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
+    lines += tune_section(selection, out_dir)
     grids = write_grids(run, rows, out_dir)
     if grids:
         lines += ["## Distilled images", ""] + grids

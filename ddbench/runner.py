@@ -8,7 +8,12 @@
 - Each eval cell is a `ray.remote` task with the suite's eval resources; it writes its own Parquet
   file atomically, so a killed driver loses nothing finished. The driver drains them with
   `ray.wait` while later distill jobs run.
-- `mode="local"` runs the same plan in-process without Ray (debugging, unit tests).
+- A job with a `tune:` block runs as a Ray Tune experiment (a driver task, `_tune_task`) once
+  its prerequisites are distilled: each trial is the Train driver of its own trial job (Train V2
+  idiom), scores it with selection cells as Ray tasks, and the chosen trial's artifact is
+  published as the job's (`ddbench.tuning`).
+- `mode="local"` runs the same plan in-process without Ray (debugging, unit tests); it refuses
+  tuned jobs.
 
 A rerun skips every job whose artifact exists and every cell whose file holds `ok` rows; failed
 cells are retried. `force=True` recomputes everything.
@@ -25,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddbench import __version__
 from ddbench.artifact import META_FILE, load_artifact
@@ -36,6 +41,9 @@ from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import Store
 from ddbench.viz import GRID_FILE, grid_png
+
+if TYPE_CHECKING:
+    from ddbench.evals import Evaluator
 
 Log = Callable[[str], None]
 # Ray Train V2 blocks ~2 s per report at its default health-check interval (ENVIRONMENT.md).
@@ -132,12 +140,18 @@ def full_rows(
     return [make_row(**{**base, "status": "ok", "error": None, **p}) for p in partial]
 
 
+def evaluator_of(name: str) -> Evaluator:
+    """The evaluator of a cell: a registered one, or Tune's selection (`ddbench.tuning`)."""
+    from ddbench.evals import EVALS
+    from ddbench.tuning import SELECTION, TuneSelection
+
+    return TuneSelection() if name == SELECTION else EVALS.get(name)()
+
+
 def failed_rows(
     cell: EvalCell, error: str, meta: dict[str, Any], sha: str, node: str | None = None
 ) -> list[dict[str, Any]]:
-    from ddbench.evals import EVALS
-
-    metric = getattr(EVALS.get(cell.evaluator), "primary_metric", "top1")
+    metric = getattr(evaluator_of(cell.evaluator), "primary_metric", "top1")
     partial = {
         "arch": cell.cell.get("arch"),
         "eval_seed": cell.cell.get("eval_seed"),
@@ -225,7 +239,7 @@ def run_cell(
     """
     import json
 
-    from ddbench.evals import EVALS, EvalJob
+    from ddbench.evals import EvalJob
     from ddbench.fit import set_threads
 
     set_threads(cpus)
@@ -235,7 +249,7 @@ def run_cell(
         adir = local_artifact(store, cell.job.job_id)
         meta = json.loads((adir / META_FILE).read_text())
         artifact = load_artifact(adir)
-        evaluator = EVALS.get(cell.evaluator)()
+        evaluator = evaluator_of(cell.evaluator)
         params = evaluator.Params.model_validate(cell.eval_params)
         seed = derive_seed(cell.job.suite_seed, "eval", cell.job.job_id, cell.cell_id)
         ctx = Context(seed, device=device)
@@ -301,6 +315,9 @@ def run_local(
 ) -> RunSummary:
     """The same plan in-process: jobs then their cells, one at a time, `cpus` torch threads
     (default: every core)."""
+    tuned = sorted({j.label for j in plan.jobs if j.tune})
+    if tuned:
+        raise UserError(f"methods {tuned} have a tune: block, which runs on Ray: drop --local")
     summary = RunSummary()
     sha = git_sha()
     device = pick_device()
@@ -473,15 +490,17 @@ def read_failure(store: Store, job: DistillJob) -> str | None:
     return store.read_text(rel) if store.exists(rel) else None
 
 
-def _distill_group_task(
+def _fit_distill(
     jobs: list[DistillJob],
-    real_refs: list[Any],
+    real_ref: Any,
     store: Store,
     suite: str,
     resources: Any,
     max_failures: int,
+    name: str,
 ) -> None:
-    """A Ray task that drives one TorchTrainer run over a group of distill jobs."""
+    """One TorchTrainer run (Train run `name`) over `jobs`, from wherever it is called: the
+    group driver task or a Tune trial (the Train V2 idiom: the trial is the Train driver)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -493,7 +512,7 @@ def _distill_group_task(
         _train_loop,
         train_loop_config={
             "jobs": jobs,
-            "real_ref": real_refs[0],  # a list, so Ray passes the ref rather than the data
+            "real_ref": real_ref,
             "store": store,
             "suite": suite,
             "use_gpu": use_gpu,
@@ -503,7 +522,7 @@ def _distill_group_task(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
-            name="distill-" + content_hash("".join(j.job_id for j in jobs)),
+            name=name,
             storage_path=store.path("ray_train"),  # checkpoints go where the outputs go
             storage_filesystem=store.filesystem,
             failure_config=FailureConfig(max_failures=max_failures),
@@ -511,6 +530,221 @@ def _distill_group_task(
         ),
     )
     trainer.fit()
+
+
+def _distill_group_task(
+    jobs: list[DistillJob],
+    real_refs: list[Any],
+    store: Store,
+    suite: str,
+    resources: Any,
+    max_failures: int,
+) -> None:
+    """A Ray task that drives one TorchTrainer run over a group of distill jobs (`real_refs`: a
+    list, so Ray passes the reference rather than the data)."""
+    name = "distill-" + content_hash("".join(j.job_id for j in jobs))
+    _fit_distill(jobs, real_refs[0], store, suite, resources, max_failures, name)
+
+
+# --------------------------------------------------------------------------- Ray Tune
+
+
+def _search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A suite's `tune.space` as Ray Tune search-space objects."""
+    from ray import tune
+
+    makers = {
+        "grid": tune.grid_search,
+        "choice": tune.choice,
+        "uniform": lambda v: tune.uniform(*v),
+        "loguniform": lambda v: tune.loguniform(*v),
+        "randint": lambda v: tune.randint(*v),
+    }
+    return {
+        key: makers[kind](values) for key, dist in space.items() for kind, values in dist.items()
+    }
+
+
+def _concurrent_trials(spec: dict[str, Any], resources: Any) -> int:
+    """`max_concurrent_trials`, or as many trials as the cluster holds distill runs of the
+    suite's resources (its CPUs and, for GPU workers, its GPUs)."""
+    import ray
+
+    if spec["max_concurrent_trials"]:
+        return int(spec["max_concurrent_trials"])
+    cluster = ray.cluster_resources()
+    n = cluster.get("CPU", 1.0) // (resources.workers * resources.cpus_per_worker)
+    if resources.gpus_per_worker > 0:
+        n = min(n, cluster.get("GPU", 0.0) // (resources.workers * resources.gpus_per_worker))
+    return max(1, int(n))
+
+
+def _tune_task(
+    job: DistillJob,
+    real_refs: list[Any],
+    store: Store,
+    suite: Any,
+    max_failures: int,
+    has_driver: bool,
+    sha: str,
+) -> None:
+    """A Ray task running the Tune experiment of a tuned job (`ddbench.tuning`), then
+    publishing the chosen trial's artifact as the job's (or a failure marker)."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ddbench.tuning import TrialScore, choose
+
+    spec = job.tune
+    assert spec is not None, "_tune_task of a job without a tune block"
+    scheduler = None
+    if spec["scheduler"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        # a trial reports once per scored model: ASHA drops weak trials after their first
+        # models instead of scoring all `eval_seeds` (distillation itself is not cut short)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=spec["eval_seeds"], grace_period=1
+        )
+    trainable = tune.with_parameters(
+        _tune_trial,
+        job=job,
+        real_refs=real_refs,
+        store=store,
+        suite=suite,
+        max_failures=max_failures,
+        sha=sha,
+    )
+    # the trial only drives: Tune needs a non-empty bundle, and 1 MiB of memory holds nothing
+    # back (plus the head's `driver` resource on a cluster that has one, as for the group run)
+    held = {"cpu": 0, "memory": 2**20, **({"driver": 0.01} if has_driver else {})}
+    seed = derive_seed(job.suite_seed, "tune", job.job_id) % 2**32
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, held),
+        param_space=_search_space(spec["space"]),
+        tune_config=tune.TuneConfig(
+            metric=spec["metric"],
+            mode=spec["mode"],
+            num_samples=spec["num_samples"],
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=seed),  # seeded samples, not the clock
+            max_concurrent_trials=_concurrent_trials(spec, suite.resources.distill),
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{job.job_id}",
+            storage_path=store.path("ray_tune"),  # TensorBoard / CSV / JSON per trial
+            storage_filesystem=store.filesystem,
+            verbose=0,
+        ),
+    )
+    tic = time.perf_counter()
+    grid = tuner.fit()
+    trials = [
+        TrialScore(
+            r.metrics["trial_job_id"],
+            {key: r.config[key] for key in spec["space"]},
+            float(r.metrics[spec["metric"]]),
+            int(r.metrics["models"]),
+        )
+        for r in grid
+        if r.metrics and "trial_job_id" in r.metrics
+    ]
+    best = choose(trials, spec["eval_seeds"], spec["mode"])
+    if best is None:
+        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
+        write_failure(store, job, f"tune: no trial of {len(grid)} finished: {errors[:3]}")
+        return
+    _publish_choice(store, job, best, len(grid), time.perf_counter() - tic)
+
+
+def _publish_choice(
+    store: Store, job: DistillJob, best: Any, n_trials: int, sweep_seconds: float
+) -> None:
+    """The chosen trial's artifact becomes the tuned job's, its meta naming the choice."""
+    import json
+    import shutil
+
+    from ddbench.tuning import trial_job
+
+    src = local_artifact(store, best.trial_job_id)
+    meta = json.loads((src / META_FILE).read_text())
+    meta.update(
+        {
+            "job_id": job.job_id,
+            "chosen_params_json": trial_job(job, best.config).params_json,
+            "tune": {
+                "config": best.config,
+                "trial_job_id": best.trial_job_id,
+                "val_top1": best.val_top1,
+                "trials": n_trials,
+                "sweep_seconds": sweep_seconds,
+            },
+        }
+    )
+    with store.staged_dir(artifact_rel(job.job_id), marker=META_FILE) as adir:
+        shutil.copytree(src, adir)
+        (adir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _tune_trial(
+    config: dict[str, Any],
+    job: DistillJob,
+    real_refs: list[Any],
+    store: Store,
+    suite: Any,
+    max_failures: int,
+    sha: str,
+) -> None:
+    """One Tune trial: distil the trial job in a Train run (skipped when its artifact exists),
+    then score it with the selection cells as Ray tasks, reporting the running mean val top1
+    after each model."""
+    import statistics
+
+    import ray
+    from ray import tune
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from ddbench.tuning import selection_cells, trial_job
+
+    trial = trial_job(job, config)
+    if not artifact_done(store, trial.job_id):
+        store.delete(failure_rel(trial))
+        name = f"trial-{trial.job_id}"
+        _fit_distill(
+            [trial], real_refs[0], store, suite.name, suite.resources.distill, max_failures, name
+        )
+    if not artifact_done(store, trial.job_id):
+        error = read_failure(store, trial) or "the Train run ended without an artifact"
+        raise RuntimeError(f"trial {trial.job_id} {config}: {error.strip().splitlines()[-1]}")
+    res = suite.resources.eval
+    task = ray.remote(_cell_task).options(
+        num_cpus=res.cpus,
+        num_gpus=res.gpus,
+        max_retries=1,
+        # outside the trial's placement group, which holds no CPU for them
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    )
+    values: list[float] = []
+    pending: dict[Any, EvalCell] = {}
+    for cell in selection_cells(job, trial, config, suite.ipc):
+        if cell_done(store, cell):
+            values += [r["value"] for r in read_rows(store, cell.relpath)]
+        else:
+            pending[task.remote(cell, real_refs[0], store, res.device, res.cpus, sha)] = cell
+
+    def report() -> None:
+        mean = statistics.mean(values) if values else float("nan")
+        tune.report({"val_top1": mean, "models": len(values), "trial_job_id": trial.job_id})
+
+    if values:
+        report()
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        cell = pending.pop(ref)
+        status, _ = ray.get(ref)
+        if status == "ok":  # a failed model is a failed row; the trial scores fewer models
+            values += [r["value"] for r in read_rows(store, cell.relpath)]
+        report()
 
 
 def run_ray(
@@ -534,20 +768,45 @@ def run_ray(
     for job in todo:
         store.delete(failure_rel(job))
     summary.distill_cached = len(plan.jobs) - len(todo)
-    driver = None
-    if todo:
+    # On a cluster whose head carries the custom resource `driver` (cluster/), driver tasks run
+    # there and never hold a GPU node's CPU.
+    has_driver = "driver" in ray.cluster_resources()
+    on_head = {"num_cpus": 0, "resources": {"driver": 0.01} if has_driver else None}
+    drivers: list[Any] = []  # the group's Train run and the tuned jobs' Tune experiments
+    group = [j for j in todo if not j.tune]
+    if group:
         log(
-            f"distilling {len(todo)} jobs in one Ray Train run: "
-            + ", ".join(f"{j.label}/ipc{j.ipc}" for j in todo)
+            f"distilling {len(group)} jobs in one Ray Train run: "
+            + ", ".join(f"{j.label}/ipc{j.ipc}" for j in group)
         )
-        # On a cluster whose head carries the custom resource `driver` (cluster/), the driver task
-        # runs there and never holds a GPU node's CPU.
-        has_driver = "driver" in ray.cluster_resources()
-        driver = (
+        drivers.append(
             ray.remote(_distill_group_task)
-            .options(num_cpus=0, resources={"driver": 0.01} if has_driver else None)
-            .remote(todo, [real_ref], store, plan.suite, res.distill, max_failures)
+            .options(**on_head)
+            .remote(group, [real_ref], store, plan.suite, res.distill, max_failures)
         )
+    untuned = [j for j in todo if j.tune]  # tuned jobs whose Tune experiment has not started
+    job_of = {j.job_id: j for j in plan.jobs}
+
+    def start_tunes() -> None:
+        """Start the Tune experiment of each tuned job whose prerequisites are distilled."""
+        for job in list(untuned):
+            deps = [job_of[dep_id] for _, dep_id in job.depends]
+            if all(artifact_done(store, d.job_id) for d in deps):
+                untuned.remove(job)
+                log(f"tuning {job.label} ipc={job.ipc}: a Ray Tune experiment [{job.job_id}]")
+                drivers.append(
+                    ray.remote(_tune_task)
+                    .options(**on_head)
+                    .remote(
+                        job, [real_ref], store, plan.loaded.suite, max_failures, has_driver, sha
+                    )
+                )
+                continue
+            error = next(filter(None, (read_failure(store, d) for d in deps)), None)
+            if error is not None or not drivers:
+                untuned.remove(job)
+                write_failure(store, job, error or "its prerequisite jobs were not distilled")
+
     waiting = list(plan.jobs)  # jobs whose cells are not submitted yet
     pending: dict[Any, EvalCell] = {}
     cells_of = {job.job_id: plan.cells_of(job) for job in plan.jobs}
@@ -584,15 +843,16 @@ def run_ray(
                 )
 
     while waiting or pending:
-        refs = list(pending) + ([driver] if driver is not None else [])
+        start_tunes()
+        refs = list(pending) + drivers
         ready, _ = ray.wait(refs, num_returns=1, timeout=1.0) if refs else ([], [])
         for ref in ready:
-            if ref is driver:
-                driver = None
+            if ref in drivers:
+                drivers.remove(ref)
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    log(f"Ray Train run failed: {str(exc).strip().splitlines()[-1]}")
+                    log(f"a Ray Train / Tune driver failed: {str(exc).strip().splitlines()[-1]}")
                 continue
             cell = pending.pop(ref)
             try:
@@ -602,7 +862,7 @@ def run_ray(
                 write_rows(store, cell.relpath, rows)
                 status, n = "failed", len(rows)
             _count(summary, cell, status, n, log)
-        submit_ready(driver_done=driver is None)
+        submit_ready(driver_done=not drivers and not untuned)
     write_reduce(plan, store, sha)
     return summary
 

@@ -36,21 +36,47 @@ class DatasetSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")  # Ray Tune search spaces
+
+
 class TuneSpec(Strict):
-    metric: str = "val_top1"  # selection is on the val split only (DESIGN.md §6)
-    mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(1, ge=1)  # samples per point of the grid
-    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials early
-    max_concurrent_trials: int | None = Field(None, ge=1)  # None = as many as resources allow
+    """A Ray Tune sweep of one method entry (`ddbench.tuning`, run by `ddbench.runner`)."""
+
+    metric: Literal["val_top1"] = "val_top1"  # selection is on the val split only (DESIGN.md §6)
+    mode: Literal["max"] = "max"  # val_top1 is maximised (the field mirrors Ray Tune's)
+    num_samples: int = Field(1, ge=1)  # samples per point of the grid (Tune's num_samples)
+    # param -> {kind: values}: grid / choice [v, ...], uniform / loguniform [low, high],
+    # randint [low, high) (Ray Tune's search spaces)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict, min_length=1)
+    scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials' selection early
+    # None = as many as the cluster's CPUs (GPUs) hold distill runs of the suite's resources
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    # how a trial is scored: `eval_arch` trained `eval_seeds` times for `eval_epochs` on the
+    # trial's distillate (the shared recipe of ddbench.fit otherwise), top1 on the val split
+    eval_arch: str = "convnet"  # the architecture the methods distil for (DC protocol)
+    eval_seeds: int = Field(2, ge=1)  # models per trial: 2 halve the seed noise of one
+    eval_epochs: int = Field(300, ge=1)  # DC's 1000 cost 3x more; 300 converge on small sets
+    # IPC a trial of an IPC-independent method (generators) is scored at; None = the suite's
+    # first IPC. Methods distilled per IPC are scored at their job's IPC.
+    eval_ipc: int | None = Field(None, ge=1)
 
     @field_validator("space")
     @classmethod
     def _space_kinds(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        kinds = {"grid", "choice", "uniform", "loguniform", "randint"}
         for key, dist in space.items():
-            if len(dist) != 1 or next(iter(dist)) not in kinds:
-                raise ValueError(f"space.{key} must be one of {sorted(kinds)} with its values")
+            if len(dist) != 1 or next(iter(dist)) not in SPACE_KINDS:
+                raise ValueError(f"space.{key} must be one of {list(SPACE_KINDS)} with its values")
+            kind, values = next(iter(dist.items()))
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"space.{key}.{kind} needs a non-empty list")
+            if kind in ("uniform", "loguniform", "randint"):
+                if len(values) != 2 or not all(isinstance(v, int | float) for v in values):
+                    raise ValueError(f"space.{key}.{kind} needs [low, high]")
+                if values[0] >= values[1] or (kind == "loguniform" and values[0] <= 0):
+                    raise ValueError(
+                        f"space.{key}.{kind}: need 0 < low < high for loguniform, "
+                        "low < high otherwise"
+                    )
         return space
 
 
@@ -391,6 +417,32 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) else None
 
 
+def _check_tune(
+    m: MethodSpec, tune: TuneSpec, i: int, params_model: type[BaseModel], add: Any
+) -> None:
+    """A tune block's names: space keys are the method's params, every grid / choice value
+    validates as that param, `eval_arch` is a registered architecture."""
+    from ddbench.archs import ARCHS
+
+    if tune.eval_arch not in ARCHS:
+        hint = did_you_mean(tune.eval_arch, ARCHS.names())
+        add(("methods", i, "tune", "eval_arch"), f"unknown architecture {tune.eval_arch!r}{hint}")
+    for key, dist in tune.space.items():
+        loc: Loc = ("methods", i, "tune", "space", key)
+        if key not in params_model.model_fields:
+            hint = did_you_mean(key, list(params_model.model_fields))
+            add(loc, f"{m.name} has no parameter {key!r}{hint}")
+            continue
+        kind, values = next(iter(dist.items()))
+        for j, value in enumerate(values if kind in ("grid", "choice") else []):
+            try:
+                params_model.model_validate({**m.params, key: value})
+            except ValidationError as exc:
+                errors = [e["msg"] for e in exc.errors() if e["loc"][:1] == (key,)]
+                if errors:
+                    add((*loc, kind, j), f"{value!r}: {errors[0]}")
+
+
 def _validate_plugins(suite: Suite, add: Any) -> tuple[list[BaseModel], list[BaseModel], BaseModel]:
     """Check plugin names against the registries and their params against each Params model."""
     from ddbench.data import DATASETS, DatasetParams, dataset_params_model
@@ -436,13 +488,7 @@ def _validate_plugins(suite: Suite, add: Any) -> tuple[list[BaseModel], list[Bas
         params = check(("methods", i, "params"), method.Params, m.params)
         method_params.append(params if params is not None else method.Params.model_construct())
         if m.tune is not None:
-            for key in m.tune.space:
-                if key not in method.Params.model_fields:
-                    hint = did_you_mean(key, list(method.Params.model_fields))
-                    add(
-                        ("methods", i, "tune", "space", key),
-                        f"{m.name} has no parameter {key!r}{hint}",
-                    )
+            _check_tune(m, m.tune, i, method.Params, add)
 
     eval_params: list[BaseModel] = []
     for i, e in enumerate(suite.evals):

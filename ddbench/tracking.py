@@ -1,5 +1,10 @@
 """MLflow tracking: an experiment per suite, a parent run per invocation, a child run per job.
 
+A tuned job (`tune:` in the suite, `ddbench.tuning`) logs its chosen params as its own (`p.`),
+the chosen config as `tune.<param>` params and one nested run per Tune trial under its run
+(tag `ddbench.kind` = `trial`: the trial's config as params, its mean val top1, the models it
+scored and whether it was chosen).
+
 The child run of a job holds its params (method params prefixed `p.`), its metrics (test top1
 mean per evaluator / ipc / arch, artifact bytes, distill seconds), tags (job_id, method, label,
 dataset, ipc, suite) and artifacts (the job's Parquet rows and the image grid). A job is logged
@@ -12,10 +17,11 @@ mlflow is imported here and nowhere else.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -66,6 +72,7 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
     all_files = result_files(suite_dir)
     if not todo:
         return 0
+    selection = _selection_rows(suite_dir, all_files)
     if mlflow.get_experiment_by_name(plan.suite) is None:
         mlflow.create_experiment(plan.suite, artifact_location=_artifact_location(uri, plan.suite))
     mlflow.set_experiment(plan.suite)
@@ -87,11 +94,14 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
             if not files:
                 continue
             rows = pl.from_arrow(suite_dir.read_table(files, RESULT_SCHEMA))
+            meta_file = f"artifacts/{job.job_id}/meta.json"
+            meta = json.loads(suite_dir.read_text(meta_file)) if suite_dir.exists(meta_file) else {}
+            chosen = meta.get("tune")
             with mlflow.start_run(
                 run_name=f"{job.label} [{job.job_id}]",
                 nested=True,
                 parent_run_id=parent.info.run_id,
-            ):
+            ) as job_run:
                 mlflow.set_tags(
                     {
                         "ddbench.kind": "job",
@@ -110,7 +120,10 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
                     "distill_seed": job.distill_seed,
                     "dataset": job.dataset,
                 }
-                params.update({f"p.{k}": v for k, v in job.params.items()})
+                job_params = json.loads(meta.get("chosen_params_json", job.params_json))
+                params.update({f"p.{k}": v for k, v in job_params.items()})
+                if chosen:
+                    params.update({f"tune.{k}": v for k, v in chosen["config"].items()})
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
                 mlflow.log_metrics(_job_metrics(rows))
                 for f in files:
@@ -121,9 +134,47 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
                 if suite_dir.exists(grid):
                     with suite_dir.local_file(grid) as path:
                         mlflow.log_artifact(str(path), artifact_path="images")
+                if job.tune:
+                    trials = selection.filter(pl.col("tuned_job") == job.job_id)
+                    _log_trials(mlflow, trials, job_run.info.run_id, chosen, plan.suite)
             suite_dir.write_text(f"{markers}/{job.job_id}", "")
             logged += 1
     return logged
+
+
+def _selection_rows(suite_dir: Store, files: list[str]) -> pl.DataFrame:
+    """The Tune selection rows of the run (`results/tune/`), with their tuned job's id."""
+    from ddbench.tuning import SELECTION
+
+    tune_files = [f for f in files if PurePosixPath(f).parent.parent.name == SELECTION]
+    if not tune_files:
+        return pl.DataFrame(schema={"tuned_job": pl.String})
+    rows = pl.from_arrow(suite_dir.read_table(tune_files, RESULT_SCHEMA))
+    return rows.with_columns(tuned_job=pl.col("eval_params").str.json_path_match("$.tuned_job"))
+
+
+def _log_trials(
+    mlflow: Any, trials: pl.DataFrame, parent_id: str, chosen: dict | None, suite: str
+) -> None:
+    """One nested run per trial of a tuned job, under the job's run."""
+    ok = trials.filter(pl.col("status") == "ok")
+    for (trial_id,), rows in ok.group_by("job_id", maintain_order=True):
+        config = json.loads(rows["eval_params"][0])["config"]
+        with mlflow.start_run(
+            run_name=f"trial {trial_id} {config}", nested=True, parent_run_id=parent_id
+        ):
+            mlflow.set_tags(
+                {
+                    "ddbench.kind": "trial",
+                    "trial_job_id": str(trial_id),
+                    "suite": suite,
+                    "chosen": str(bool(chosen) and chosen["trial_job_id"] == trial_id),
+                }
+            )
+            mlflow.log_params({k: str(v)[:500] for k, v in config.items()})
+            mlflow.log_metrics(
+                {"val_top1": float(rows["value"].mean()), "models": float(rows.height)}
+            )
 
 
 def _artifact_location(uri: str, suite: str) -> str | None:

@@ -1,0 +1,162 @@
+"""Ray Tune sweeps of a method entry (`tune:` in a suite): trials, their scoring and the choice.
+
+A method entry with a `tune:` block (`ddbench.spec.TuneSpec`) is one *tuned job* per (IPC,
+distill seed), like any other job. `ddbench.runner` runs it as a Ray Tune experiment whose trial
+is the Ray Train driver of one distill job (the Train V2 idiom): the trial's config (a point of
+`space`) overrides the entry's params, giving a *trial job* (`trial_job`) with its own content-hash
+id, distilled and saved like any job, so a rerun skips finished trials. The trial is scored on
+the **val split only**: `selection_cells` are `eval_seeds` cells of the `TuneSelection`
+evaluator (`eval_arch` trained for `eval_epochs` with the shared recipe of `ddbench.fit`), each
+writing one val top1 row (`results/tune/<trial job id>/`, `eval_params` naming the tuned job and
+the config). `choose` picks the trial with the best mean val top1 among those with every model
+scored (ties: the smaller trial job id); the runner then publishes that trial's artifact as the
+tuned job's own, with `chosen_params_json` and `tune` in its meta, so every evaluator of the
+suite evaluates the chosen config, and its rows carry the chosen params (`method_params`).
+
+This module is plain Python / PyTorch (no Ray): the runner builds the Tune experiment, the report
+(`ddbench.report.tune_section`) and MLflow (`ddbench.tracking`, a child run per trial) read the
+selection rows. Extending: another selection score is another evaluator class here with
+`metric` in `TuneSpec` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from pydantic import Field
+
+from ddbench.context import Context
+from ddbench.evals import EvalJob, EvalParams, Evaluator
+from ddbench.fit import Recipe, fit_artifact
+from ddbench.plan import DistillJob, EvalCell
+from ddbench.schema import to_json
+from ddbench.seeding import content_hash
+
+SELECTION = "tune"  # the `evaluator` column of selection rows; results/tune/<trial job id>/
+
+
+class SelectionParams(EvalParams):
+    tuned_job: str  # job id of the tuned job the trial belongs to
+    config: dict[str, Any]  # the trial's point of the search space
+    arch: str = "convnet"  # TuneSpec.eval_arch
+    seeds: int = Field(2, ge=1)  # TuneSpec.eval_seeds
+    epochs: int = Field(300, ge=1)  # TuneSpec.eval_epochs
+
+
+class TuneSelection(Evaluator):
+    """Scores a trial's distillate: one model per cell, top1 on the val split only."""
+
+    name = SELECTION
+    version = 1
+    Params = SelectionParams
+
+    def cells(self, params: SelectionParams, device: str = "cpu") -> list[dict[str, Any]]:
+        return [{"arch": params.arch, "eval_seed": s} for s in range(params.seeds)]
+
+    def run(
+        self, cell: dict[str, Any], job: EvalJob, params: SelectionParams, ctx: Context
+    ) -> list[dict[str, Any]]:
+        real = job.real.subset(cell["classes"]) if "classes" in cell else job.real
+        top1, _ = fit_artifact(
+            cell["arch"],
+            job.artifact,
+            job.ipc,
+            real,
+            Recipe(epochs=params.epochs),
+            cell["eval_seed"],
+            device=ctx.device,
+        )
+        return [
+            {
+                "arch": cell["arch"],
+                "eval_seed": cell["eval_seed"],
+                "split": "val",  # never test: this row selects a config
+                "metric": "top1",
+                "value": top1["val"],
+                "higher_is_better": True,
+            }
+        ]
+
+
+def trial_job(job: DistillJob, config: dict[str, Any]) -> DistillJob:
+    """The distill job of one trial: `job` with `config` over its params, no tune block, and an
+    id hashing the tuned job's id and the config (equal trials share artifacts across reruns)."""
+    from ddbench.methods import METHODS
+
+    params = METHODS.get(job.method).Params.model_validate({**job.params, **config})
+    identity = {"tuned_job": job.job_id, "config": config}
+    return dataclasses.replace(
+        job,
+        job_id=content_hash(to_json(identity)),
+        params=params.model_dump(mode="json"),
+        eval_ipcs=(),
+        tune=None,
+    )
+
+
+def trial_count(tune: dict[str, Any]) -> int:
+    """Trials of a tune block: grid points (product of the grids' lengths) x num_samples."""
+    return (
+        math.prod(
+            len(values)
+            for dist in tune["space"].values()
+            for kind, values in dist.items()
+            if kind == "grid"
+        )
+        * tune["num_samples"]
+    )
+
+
+def selection_ipc(job: DistillJob, suite_ipcs: list[int]) -> int:
+    """The IPC a trial of `job` is scored at (TuneSpec.eval_ipc)."""
+    assert job.tune is not None, "selection_ipc of a job without a tune block"
+    return job.ipc or job.tune.get("eval_ipc") or suite_ipcs[0]
+
+
+def selection_cells(
+    job: DistillJob, trial: DistillJob, config: dict[str, Any], suite_ipcs: list[int]
+) -> list[EvalCell]:
+    """The cells scoring `trial` (a trial job of the tuned `job`) on the val split."""
+    assert job.tune is not None, "selection_cells of a job without a tune block"
+    params = SelectionParams(
+        tuned_job=job.job_id,
+        config=config,
+        arch=job.tune["eval_arch"],
+        seeds=job.tune["eval_seeds"],
+        epochs=job.tune["eval_epochs"],
+    )
+    eval_params = params.model_dump(mode="json")
+    ipc = selection_ipc(job, suite_ipcs)
+    cells = []
+    for cell in TuneSelection().cells(params):
+        if trial.classes is not None:  # a class-subset job (continual) is scored on its classes
+            cell = {**cell, "classes": list(trial.classes)}
+        key = to_json([SELECTION, TuneSelection.version, eval_params, ipc, cell])
+        cells.append(
+            EvalCell(
+                trial, SELECTION, TuneSelection.version, eval_params, ipc, cell, content_hash(key)
+            )
+        )
+    return cells
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialScore:
+    """What a trial reported: its job id, config, mean val top1 and how many models scored."""
+
+    trial_job_id: str
+    config: dict[str, Any]
+    val_top1: float
+    models: int
+
+
+def choose(trials: list[TrialScore], models: int, mode: str) -> TrialScore | None:
+    """The best trial with all `models` scored (mean val top1; `mode` max or min; ties: the
+    smaller trial job id), or None when no trial finished."""
+    complete = [t for t in trials if t.models >= models and not math.isnan(t.val_top1)]
+    if not complete:
+        return None
+    sign = -1.0 if mode == "max" else 1.0
+    return min(complete, key=lambda t: (sign * t.val_top1, t.trial_job_id))

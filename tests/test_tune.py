@@ -1,0 +1,127 @@
+"""Ray Tune sweeps (`tune:` blocks): validation, trial jobs and the choice rule, and a tuned
+suite run on embedded Ray against a separately started MLflow server, whose leaderboard (read
+over HTTP) finds the tuned method with its chosen config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from ddbench.plan import make_plan
+from ddbench.spec import load_suite
+from ddbench.tuning import TrialScore, choose, selection_cells, trial_job
+from tests.conftest import MlflowServer, run_cli
+
+TUNED = """\
+name: tuned
+dataset: {name: digits}
+ipc: [1]
+methods:
+  - name: dm
+    params: {iterations: 20, batch_real: 32}
+    tune:
+      space: {lr_img: {grid: [0.1, 10.0]}}
+      scheduler: asha
+      eval_seeds: 2
+      eval_epochs: 20
+  - name: random_real
+evals:
+  - name: cross_arch
+    params: {archs: [convnet], seeds: 1, epochs: 20}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_tune_blocks_are_validated_with_lines(tmp_path):
+    bad_names = TUNED.replace(
+        "space: {lr_img: {grid: [0.1, 10.0]}}",
+        "space: {lr_imgg: {grid: [1.0]}, momentum: {grid: [0.5, 2.0]}}\n      eval_arch: convnett",
+    )
+    path = write(tmp_path / "names.yaml", bad_names)
+    proc = run_cli("validate", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{path}:8: methods.dm.tune.space.lr_imgg: dm has no parameter 'lr_imgg'" in proc.stderr
+    assert "did you mean 'lr_img'" in proc.stderr
+    assert "methods.dm.tune.space.momentum.grid.1: 2.0: Input should be less than 1" in proc.stderr
+    assert "methods.dm.tune.eval_arch: unknown architecture 'convnett'" in proc.stderr
+    bad_range = TUNED.replace("{grid: [0.1, 10.0]}", "{loguniform: [0.0, 1.0]}")
+    proc = run_cli("validate", str(write(tmp_path / "range.yaml", bad_range)))
+    assert proc.returncode == 2 and "need 0 < low < high for loguniform" in proc.stderr
+
+
+def test_trial_jobs_and_the_choice(tmp_path):
+    plan = make_plan(load_suite(write(tmp_path / "s.yaml", TUNED)))
+    (job,) = [j for j in plan.jobs if j.tune]
+    low, high = trial_job(job, {"lr_img": 0.1}), trial_job(job, {"lr_img": 10.0})
+    assert low.job_id != high.job_id != job.job_id
+    assert low.job_id == trial_job(job, {"lr_img": 0.1}).job_id  # a rerun finds its trials
+    assert (low.params["lr_img"], high.params["lr_img"]) == (0.1, 10.0)
+    assert low.params["iterations"] == 20 and low.tune is None and low.eval_ipcs == ()
+    cells = selection_cells(job, low, {"lr_img": 0.1}, [1])
+    assert [c.cell["eval_seed"] for c in cells] == [0, 1]
+    assert all(c.evaluator == "tune" and c.eval_params["tuned_job"] == job.job_id for c in cells)
+    trials = [
+        TrialScore("b", {"lr_img": 0.1}, 0.6, 2),
+        TrialScore("a", {"lr_img": 1.0}, 0.6, 2),  # a tie: the smaller trial id wins
+        TrialScore("c", {"lr_img": 10.0}, 0.9, 1),  # stopped early (ASHA): not eligible
+    ]
+    assert choose(trials, models=2, mode="max").trial_job_id == "a"
+    assert choose(trials[2:], models=2, mode="max") is None
+
+
+def test_tune_needs_ray(tmp_path):
+    path = write(tmp_path / "s.yaml", TUNED)
+    proc = run_cli("run", str(path), "--local", "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert "['dm'] have a tune: block, which runs on Ray: drop --local" in proc.stderr
+
+
+def test_tuned_suite_against_an_mlflow_server(tmp_path):
+    """Trials distil as Train runs inside Tune trials; the chosen config is evaluated; MLflow
+    (a real server) holds a child run per trial; the leaderboard finds the tuned method."""
+    suite = write(tmp_path / "s.yaml", TUNED)
+    out = tmp_path / "runs"
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        proc = run_cli("run", str(suite), "--out", str(out), "--tracking-uri", server.uri)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "tuning dm ipc=1: a Ray Tune experiment" in proc.stdout
+        board = run_cli(
+            "leaderboard", "--tracking-uri", server.uri, "--suite", "tuned", "--format", "json"
+        )
+        assert board.returncode == 0, board.stderr[-2000:]
+        entries = {(r["method"], r["arch"]): r for r in json.loads(board.stdout)}
+        assert entries[("dm", "convnet")]["n"] == 1 and 0.0 <= entries[("dm", "convnet")]["mean"]
+
+        import mlflow
+
+        mlflow.set_tracking_uri(server.uri)
+        runs = mlflow.search_runs(experiment_names=["tuned"])
+        trials = runs[runs["tags.ddbench.kind"] == "trial"]
+        assert sorted(trials["params.lr_img"]) == ["0.1", "10.0"]
+        assert (trials["tags.chosen"] == "True").sum() == 1
+        chosen = trials[trials["tags.chosen"] == "True"]["params.lr_img"].iloc[0]
+        job_run = runs[(runs["tags.ddbench.kind"] == "job") & (runs["tags.method"] == "dm")]
+        assert job_run["params.tune.lr_img"].iloc[0] == chosen
+        assert set(trials["tags.mlflow.parentRunId"]) == {job_run["run_id"].iloc[0]}
+    finally:
+        server.stop()
+
+    rows = pl.read_parquet(str(out / "tuned" / "results" / "**" / "*.parquet"))
+    selection = rows.filter(pl.col("evaluator") == "tune")
+    assert set(selection["split"]) == {"val"}  # trials never see the test split
+    final = rows.filter((pl.col("evaluator") == "cross_arch") & (pl.col("method") == "dm"))
+    assert {json.loads(p)["lr_img"] for p in final["method_params"]} == {float(chosen)}
+    events = list((out / "tuned" / "ray_tune").glob("tune-*/*/events.out.tfevents.*"))
+    assert len(events) == 2  # one TensorBoard file per trial
+    report = run_cli("report", str(out / "tuned"), "--out", str(tmp_path / "reports"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "reports" / "tuned" / "README.md").read_text()
+    assert "## Ray Tune sweeps (selection on the val split)" in text
+    assert f"| **{chosen}** |" in text and "_parallel.png" in text
