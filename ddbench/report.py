@@ -7,6 +7,8 @@ a local directory or a URI) and writes `<out_dir>/README.md` (markdown tables: t
 test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]). Add a section
 by adding a function that takes the rows DataFrame and returns markdown lines.
 
+`cross_arch_section` adds `cross_arch_heatmap.png`: top1 per method x arch, a panel per IPC.
+
 Rows with a `step` (continual learning) stay out of the method x arch tables: they get their own
 section (`continual_section`: a method x step table and an accuracy-vs-classes plot per
 evaluator config and IPC); such an evaluator keeps its latest config per number of steps (a
@@ -237,6 +239,61 @@ def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
     )
 
 
+def cross_arch_section(summary: pl.DataFrame, out_dir: Path) -> list[str]:
+    """`cross_arch_heatmap.png` under a heading; empty with fewer than two architectures."""
+    plot = plot_cross_arch_heatmap(summary, out_dir / "cross_arch_heatmap.png")
+    if plot is None:
+        return []
+    return [
+        "## Cross-architecture heatmap",
+        "",
+        "Test top-1 (%) per method and architecture (the means of the tables above), one panel "
+        "per IPC on one colour scale.",
+        "",
+        f"![cross-architecture heatmap]({plot.name})",
+        "",
+    ]
+
+
+def plot_cross_arch_heatmap(summary: pl.DataFrame, path: Path) -> Path | None:
+    """Mean test top1 (%) of each method (rows, the reference last) x arch (columns), values
+    written in the cells, one panel per IPC. None with fewer than two archs or no IPC > 0."""
+    import numpy as np
+
+    archs = sorted(summary["arch"].unique().to_list())
+    ipcs = sorted(i for i in summary["ipc"].unique().to_list() if i != 0)
+    if len(archs) < 2 or not ipcs:
+        return None
+    labels = sorted(summary.filter(pl.col("ipc") != 0)["method_label"].unique().to_list())
+    reference = summary.filter(pl.col("method") == REFERENCE)
+    rows = labels + ([f"{REFERENCE} (reference)"] if len(reference) else [])
+    low, high = 100 * summary["mean"].min(), 100 * summary["mean"].max()
+    fig, axes = _pyplot().subplots(
+        1,
+        len(ipcs),
+        figsize=(2.8 + 0.9 * len(archs) * len(ipcs), 1.2 + 0.4 * len(rows)),
+        dpi=110,
+        squeeze=False,
+        sharey=True,
+    )
+    for ax, ipc in zip(axes.flat, ipcs, strict=True):
+        grid = np.full((len(rows), len(archs)), np.nan)
+        part = pl.concat([summary.filter(pl.col("ipc") == ipc), reference])
+        for r in part.iter_rows(named=True):
+            row = len(labels) if r["method"] == REFERENCE else labels.index(r["method_label"])
+            grid[row, archs.index(r["arch"])] = 100 * r["mean"]
+        ax.imshow(grid, cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            missing = np.isnan(value)
+            light = missing or (value - low) / (high - low or 1) > 0.6  # viridis: bright on top
+            text, ink = "–" if missing else f"{value:.1f}", "black" if light else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=ink)
+        ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(f"IPC {ipc}", fontsize=9)
+    return _save(fig, path)
+
+
 def continual_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
     """Per evaluator config and IPC: test top1 per method x step (mean ± std (n) over class
     orders, models and distill seeds), the reduce rows' average incremental and final top1, and
@@ -458,6 +515,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
     if plot is not None:
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
+    lines += cross_arch_section(summary, out_dir)
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
     grids = write_grids(run, rows, out_dir)
