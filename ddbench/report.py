@@ -8,6 +8,8 @@ test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]
 by adding a function that takes the rows DataFrame and returns markdown lines.
 
 `cross_arch_section` adds `cross_arch_heatmap.png`: top1 per method x arch, a panel per IPC.
+With `html` in `formats`, `ddbench.report_html` writes the same markdown as one self-contained
+`report.html` (a new section needs no HTML code).
 
 Rows with a `step` (continual learning) stay out of the method x arch tables: they get their own
 section (`continual_section`: a method x step table and an accuracy-vs-classes plot per
@@ -22,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from ddbench.errors import UserError
+from ddbench.report_html import write_html
 from ddbench.schema import read_results
 from ddbench.storage import Store
 from ddbench.viz import GRID_FILE
@@ -532,4 +535,6 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     path.write_text("\n".join(lines))
     if "csv" in formats:
         summary.write_csv(out_dir / "summary.csv")
+    if "html" in formats:
+        write_html("\n".join(lines), out_dir)
     return path
