@@ -1,14 +1,17 @@
 # Two commands do all the set-up on a fresh machine: `make quickstart` and `make test`.
 # Both create .venv when it is missing, install ddbench into it (pip; torch comes from the
-# pinned wheels), then run. The install step reruns only when pyproject.toml changes.
+# pinned wheels), then run. The install step reruns only when pyproject.toml changes. `make test`
+# also installs Chromium (apt) when no chromium or google-chrome is on PATH.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ddbench-installed
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
+# tests/test_report_html.py renders the HTML report in headless Chromium (Debian package, as root)
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
-.PHONY: install quickstart test lint clean
+.PHONY: install browser quickstart test lint clean
 
 install: $(STAMP)
 
@@ -19,11 +22,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import ddbench.cli, torch, ray, mlflow, polars"  # fail loudly if broken
 	@touch $(STAMP)
 
+browser:
+	@command -v chromium || command -v chromium-browser || command -v google-chrome \
+	  || $(APT_CHROMIUM) || (apt-get update -q && $(APT_CHROMIUM)) \
+	  || { echo "make test needs Chromium: install chromium (or google-chrome)"; exit 1; }
+
 quickstart: install
 	$(BIN)/ddbench run suites/quickstart.yaml
-	$(BIN)/ddbench report quickstart
+	$(BIN)/ddbench report quickstart --format md,html
 
-test: install
+test: install browser
 	$(BIN)/ruff check ddbench tests benchmarks
 	$(BIN)/python -m pytest -q --durations=15
 

@@ -181,12 +181,13 @@ def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ddbench.report import write_report
+    from ddbench.report_html import HTML_FILE
     from ddbench.storage import Store, is_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    unknown = sorted(set(formats) - {"md", "csv"})
+    unknown = sorted(set(formats) - {"md", "csv", "html"})
     if unknown:
-        raise UserError(f"--format: unknown or unsupported format(s) {unknown}; use md, csv")
+        raise UserError(f"--format: unknown or unsupported format(s) {unknown}; use md, csv, html")
     given = args.target.rstrip("/").removesuffix("/results")
     if is_uri(given) or Path(given).is_dir():
         run = Store(given)
@@ -195,6 +196,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) / PurePosixPath(run.uri).name
     path = write_report(run, out_dir, formats)
     print(f"report written to {path}")
+    if "html" in formats:
+        print(f"HTML report written to {path.with_name(HTML_FILE)}")
     return EXIT_OK
 
 
@@ -278,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("target", help="suite name (under --runs), or a run directory or URI")
     rep.add_argument("--runs", default="runs", help="output root the suite ran into (path or URI)")
     rep.add_argument("--out", default="reports", help="report root (default reports/)")
-    rep.add_argument("--format", default="md", help="comma list of md, csv")
+    rep.add_argument(
+        "--format",
+        default="md",
+        help="comma list of md, csv, html (README.md is always written; html: report.html)",
+    )
     rep.set_defaults(func=cmd_report)
 
     lb = sub.add_parser("leaderboard", help="best-known results from MLflow")

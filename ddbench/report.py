@@ -7,6 +7,10 @@ a local directory or a URI) and writes `<out_dir>/README.md` (markdown tables: t
 test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]). Add a section
 by adding a function that takes the rows DataFrame and returns markdown lines.
 
+`cross_arch_section` adds `cross_arch_heatmap.png`: top1 per method x arch, a panel per IPC.
+With `html` in `formats`, `ddbench.report_html` writes the same markdown as one self-contained
+`report.html` (a new section needs no HTML code).
+
 Ray Tune's selection rows (evaluator `tune`, split `val`) get their own section
 (`ddbench.report_tune`) and never enter the test tables.
 
@@ -23,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from ddbench.errors import UserError
+from ddbench.report_html import write_html
 from ddbench.schema import read_results
 from ddbench.storage import Store
 from ddbench.viz import GRID_FILE
@@ -238,6 +243,61 @@ def plot_accuracy_vs_ipc(summary: pl.DataFrame, path: Path) -> Path | None:
         log_x=True,
         reference=ref["mean"].mean() if len(ref) else None,
     )
+
+
+def cross_arch_section(summary: pl.DataFrame, out_dir: Path) -> list[str]:
+    """`cross_arch_heatmap.png` under a heading; empty with fewer than two architectures."""
+    plot = plot_cross_arch_heatmap(summary, out_dir / "cross_arch_heatmap.png")
+    if plot is None:
+        return []
+    return [
+        "## Cross-architecture heatmap",
+        "",
+        "Test top-1 (%) per method and architecture (the means of the tables above), one panel "
+        "per IPC on one colour scale.",
+        "",
+        f"![cross-architecture heatmap]({plot.name})",
+        "",
+    ]
+
+
+def plot_cross_arch_heatmap(summary: pl.DataFrame, path: Path) -> Path | None:
+    """Mean test top1 (%) of each method (rows, the reference last) x arch (columns), values
+    written in the cells, one panel per IPC. None with fewer than two archs or no IPC > 0."""
+    import numpy as np
+
+    archs = sorted(summary["arch"].unique().to_list())
+    ipcs = sorted(i for i in summary["ipc"].unique().to_list() if i != 0)
+    if len(archs) < 2 or not ipcs:
+        return None
+    labels = sorted(summary.filter(pl.col("ipc") != 0)["method_label"].unique().to_list())
+    reference = summary.filter(pl.col("method") == REFERENCE)
+    rows = labels + ([f"{REFERENCE} (reference)"] if len(reference) else [])
+    low, high = 100 * summary["mean"].min(), 100 * summary["mean"].max()
+    fig, axes = _pyplot().subplots(
+        1,
+        len(ipcs),
+        figsize=(2.8 + 0.9 * len(archs) * len(ipcs), 1.2 + 0.4 * len(rows)),
+        dpi=110,
+        squeeze=False,
+        sharey=True,
+    )
+    for ax, ipc in zip(axes.flat, ipcs, strict=True):
+        grid = np.full((len(rows), len(archs)), np.nan)
+        part = pl.concat([summary.filter(pl.col("ipc") == ipc), reference])
+        for r in part.iter_rows(named=True):
+            row = len(labels) if r["method"] == REFERENCE else labels.index(r["method_label"])
+            grid[row, archs.index(r["arch"])] = 100 * r["mean"]
+        ax.imshow(grid, cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            missing = np.isnan(value)
+            light = missing or (value - low) / (high - low or 1) > 0.6  # viridis: bright on top
+            text, ink = "–" if missing else f"{value:.1f}", "black" if light else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=ink)
+        ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(f"IPC {ipc}", fontsize=9)
+    return _save(fig, path)
 
 
 def continual_section(rows: pl.DataFrame, out_dir: Path) -> list[str]:
@@ -467,6 +527,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
     if plot is not None:
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
+    lines += cross_arch_section(summary, out_dir)
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
     lines += tune_section(selection, out_dir)
@@ -484,4 +545,6 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     path.write_text("\n".join(lines))
     if "csv" in formats:
         summary.write_csv(out_dir / "summary.csv")
+    if "html" in formats:
+        write_html("\n".join(lines), out_dir)
     return path
