@@ -56,6 +56,10 @@ def tune_section(selection: pl.DataFrame, out_dir: Path) -> list[str]:
     ):
         configs = [json.loads(c) for c in job_trials["config"]]
         keys = sorted({k for c in configs for k in c})
+        order = sorted(
+            range(len(configs)), key=lambda i: [_sort_key(configs[i].get(k)) for k in keys]
+        )
+        job_trials, configs = job_trials[order], [configs[i] for i in order]
         scores = [
             TrialScore(r["job_id"], c, r["mean"], r["n"])
             for r, c in zip(job_trials.iter_rows(named=True), configs, strict=True)
@@ -69,13 +73,20 @@ def tune_section(selection: pl.DataFrame, out_dir: Path) -> list[str]:
         title = f"{label}, IPC {ipc}, distill seed {seed} (job {job_id})"
         lines += [f"### {title}", ""] + _markdown_table([*keys, "val top-1 %"], body) + [""]
         stem = out_dir / f"tune_{label}_{job_id}"
-        means = job_trials["mean"].to_list()
-        curves = plot_tune_curves(configs, means, keys, title, Path(f"{stem}_curves.png"))
+        means, stds = job_trials["mean"].to_list(), job_trials["std"].to_list()
+        curves = plot_tune_curves(configs, means, stds, keys, title, Path(f"{stem}_curves.png"))
         lines += [f"![{label} val top-1 per parameter]({curves.name})", ""]
         if len(configs) > 1:
             parallel = plot_parallel(configs, means, keys, title, Path(f"{stem}_parallel.png"))
             lines += [f"![{label} trials, parallel coordinates]({parallel.name})", ""]
     return lines
+
+
+def _sort_key(value: object) -> tuple[int, float, str]:
+    """Numbers in numeric order first, then anything else by its text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
 
 
 def _numbers(values: list[object]) -> list[float] | None:
@@ -99,15 +110,28 @@ def _positions(values: list[object]) -> tuple[list[float], list[str], bool]:
 
 
 def plot_tune_curves(
-    configs: list[dict], val_top1: list[float], keys: list[str], title: str, path: Path
+    configs: list[dict],
+    val_top1: list[float],
+    val_std: list[float],
+    keys: list[str],
+    title: str,
+    path: Path,
 ) -> Path:
-    """Val top1 (%) against each tuned parameter: every trial a dot, the mean per value a line."""
+    """Val top1 (%) against each tuned parameter: every trial a dot with its std over models as
+    an error bar, the mean per parameter value a line."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    width = max(6.0, 4.2 * len(keys))  # room for the title under a single panel
+    fig, axes = plt.subplots(1, len(keys), figsize=(width, 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        points = [(c[key], 100 * v) for c, v in zip(configs, val_top1, strict=True) if key in c]
+        trials = [
+            (c[key], 100 * v, 100 * sd)
+            for c, v, sd in zip(configs, val_top1, val_std, strict=True)
+            if key in c
+        ]
+        points = [(x, y) for x, y, _ in trials]
         xs, labels, log = _positions([x for x, _ in points])
         ys = [y for _, y in points]
+        ax.errorbar(xs, ys, yerr=[sd for _, _, sd in trials], fmt="none", alpha=0.4, capsize=3)
         ax.scatter(xs, ys, s=16, alpha=0.6)
         means: dict[float, list[float]] = {}
         for x, y in zip(xs, ys, strict=True):
