@@ -142,7 +142,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from ddbench.runner import init_ray, run_ray
 
-        init_ray(args.address)
+        url = init_ray(args.address, dashboard=args.dashboard)
+        if url:
+            log(
+                f"Ray dashboard (Tune trials, tasks, actors) at {url}; "
+                "`ray get-auth-token` prints its token"
+            )
         import ray
 
         try:
@@ -264,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
     run.add_argument("--local", action="store_true", help="run in-process without Ray")
     run.add_argument("--force", action="store_true", help="recompute even what is done")
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start the Ray dashboard with the embedded Ray (127.0.0.1; needs ray[default])",
+    )
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check suites; every located error at once")

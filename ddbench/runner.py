@@ -374,8 +374,12 @@ def _fail_cells(
 # --------------------------------------------------------------------------- Ray mode
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join a cluster at `address`, or start a private embedded one on 127.0.0.1.
+def init_ray(
+    address: str | None, num_cpus: int | None = None, dashboard: bool = False
+) -> str | None:
+    """Join a cluster at `address`, or start a private embedded one on 127.0.0.1; returns the
+    Ray dashboard's URL when `dashboard` asks the embedded cluster for one (a cluster's own
+    dashboard is the cluster's business).
 
     The environment is set before ray is imported: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
     once, at import. The embedded cluster sets it to 0 (single-node mode), without which Ray
@@ -398,16 +402,20 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                 log_to_driver=True,
             )
         else:
-            ray.init(
+            context = ray.init(
                 address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 _node_ip_address="127.0.0.1",
-                include_dashboard=False,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",  # loopback only, like every process of the run
                 runtime_env=runtime_env,
                 logging_level="WARNING",
             )
+            if dashboard:
+                return f"http://{context.dashboard_url}"
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot start or join Ray at {address or 'local'}: {exc}") from None
+    return None
 
 
 def _train_loop(config: dict[str, Any]) -> None:

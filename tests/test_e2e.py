@@ -207,14 +207,21 @@ def test_missing_data_is_exit_2_without_traceback(tmp_path):
 
 
 def test_embedded_ray_stays_on_loopback():
-    """The embedded cluster advertises 127.0.0.1, not the machine's network address."""
+    """The embedded cluster advertises 127.0.0.1, not the machine's network address, and so
+    does its dashboard (`ddbench run --dashboard`), which answers there to Ray's token."""
     import subprocess
     import sys
 
     code = (
+        "import subprocess, sys, urllib.request\n"
         "from ddbench.runner import init_ray\n"
-        "init_ray(None, num_cpus=1)\n"
+        "url = init_ray(None, num_cpus=1, dashboard=True)\n"
         "import ray\n"
+        "ray_cli = sys.executable.replace('python', 'ray')\n"
+        "token = subprocess.run([ray_cli, 'get-auth-token'], capture_output=True, text=True)\n"
+        "request = urllib.request.Request(url + '/api/version', headers={\n"
+        "    'Authorization': 'Bearer ' + token.stdout.strip()})\n"
+        "print(url, urllib.request.urlopen(request, timeout=30).status)\n"
         "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}))\n"
         "ray.shutdown()\n"
     )
@@ -222,4 +229,6 @@ def test_embedded_ray_stays_on_loopback():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
+    dashboard, nodes = proc.stdout.strip().splitlines()[-2:]
+    assert dashboard.startswith("http://127.0.0.1:") and dashboard.endswith(" 200")
+    assert nodes == "['127.0.0.1']"
