@@ -595,9 +595,11 @@ def _tune_task(
     max_failures: int,
     has_driver: bool,
     sha: str,
+    force: bool,
 ) -> None:
     """A Ray task running the Tune experiment of a tuned job (`ddbench.tuning`), then
-    publishing the chosen trial's artifact as the job's (or a failure marker)."""
+    publishing the chosen trial's artifact as the job's (or a failure marker); `force`
+    recomputes every trial."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -622,6 +624,7 @@ def _tune_task(
         suite=suite,
         max_failures=max_failures,
         sha=sha,
+        force=force,
     )
     # the trial only drives: Tune needs a non-empty bundle, and 1 MiB of memory holds nothing
     # back (plus the head's `driver` resource on a cluster that has one, as for the group run)
@@ -702,10 +705,11 @@ def _tune_trial(
     suite: Any,
     max_failures: int,
     sha: str,
+    force: bool,
 ) -> None:
-    """One Tune trial: distil the trial job in a Train run (skipped when its artifact exists),
-    then score it with the selection cells as Ray tasks, reporting the running mean val top1
-    after each model."""
+    """One Tune trial: distil the trial job in a Train run (skipped when its artifact exists,
+    unless `force`), then score it with the selection cells as Ray tasks, reporting the running
+    mean val top1 after each model."""
     import statistics
 
     import ray
@@ -715,6 +719,8 @@ def _tune_trial(
     from ddbench.tuning import selection_cells, trial_job
 
     trial = trial_job(job, config)
+    if force:
+        store.delete(artifact_rel(trial.job_id))
     if not artifact_done(store, trial.job_id):
         store.delete(failure_rel(trial))
         name = f"trial-{trial.job_id}"
@@ -735,7 +741,7 @@ def _tune_trial(
     values: list[float] = []
     pending: dict[Any, EvalCell] = {}
     for cell in selection_cells(job, trial, config, suite.ipc):
-        if cell_done(store, cell):
+        if not force and cell_done(store, cell):
             values += [r["value"] for r in read_rows(store, cell.relpath)]
         else:
             pending[task.remote(cell, real_refs[0], store, res.device, res.cpus, sha)] = cell
@@ -806,7 +812,14 @@ def run_ray(
                     ray.remote(_tune_task)
                     .options(**on_head)
                     .remote(
-                        job, [real_ref], store, plan.loaded.suite, max_failures, has_driver, sha
+                        job,
+                        [real_ref],
+                        store,
+                        plan.loaded.suite,
+                        max_failures,
+                        has_driver,
+                        sha,
+                        force,
                     )
                 )
                 continue

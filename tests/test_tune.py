@@ -5,6 +5,7 @@ over HTTP) finds the tuned method with its chosen config."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -31,6 +32,16 @@ evals:
   - name: cross_arch
     params: {archs: [convnet], seeds: 1, epochs: 20}
 """
+
+
+def trials_eval_params(out: Path) -> list[str]:
+    rows = pl.read_parquet(str(out / "tuned" / "results" / "tune" / "**" / "*.parquet"))
+    return rows["eval_params"].to_list()
+
+
+def server_db(tmp_path: Path) -> str:
+    """A second tracking store for reruns once the server is stopped."""
+    return f"sqlite:///{tmp_path / 'rerun.db'}"
 
 
 def write(path: Path, text: str) -> Path:
@@ -113,13 +124,35 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
     finally:
         server.stop()
 
+    # a rerun that lost the tuned job's artifact re-runs Tune on the finished trials: no trial
+    # distils or scores again (their artifacts and rows are kept), the same config is chosen
+    (tuned_job,) = {json.loads(p)["tuned_job"] for p in trials_eval_params(out)}
+    kept = [
+        *(out / "tuned" / "artifacts").glob("*/meta.json"),  # trial artifacts
+        *(out / "tuned" / "results" / "tune").glob("*/*.parquet"),  # their selection rows
+    ]
+    stamps = {path: path.stat().st_mtime_ns for path in kept}
+    shutil.rmtree(out / "tuned" / "artifacts" / tuned_job)
+    again = run_cli("run", str(suite), "--out", str(out), "--tracking-uri", server_db(tmp_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "tuning dm ipc=1" in again.stdout
+    after = [
+        *(out / "tuned" / "results" / "tune").glob("*/*.parquet"),
+        *[p for p in (out / "tuned" / "artifacts").glob("*/meta.json") if tuned_job not in str(p)],
+    ]
+    assert {p: p.stat().st_mtime_ns for p in after} == {
+        p: t for p, t in stamps.items() if tuned_job not in str(p)
+    }
+    meta = json.loads((out / "tuned" / "artifacts" / tuned_job / "meta.json").read_text())
+    assert meta["tune"]["config"] == {"lr_img": float(chosen)}
+
     rows = pl.read_parquet(str(out / "tuned" / "results" / "**" / "*.parquet"))
     selection = rows.filter(pl.col("evaluator") == "tune")
     assert set(selection["split"]) == {"val"}  # trials never see the test split
     final = rows.filter((pl.col("evaluator") == "cross_arch") & (pl.col("method") == "dm"))
     assert {json.loads(p)["lr_img"] for p in final["method_params"]} == {float(chosen)}
     events = list((out / "tuned" / "ray_tune").glob("tune-*/*/events.out.tfevents.*"))
-    assert len(events) == 2  # one TensorBoard file per trial
+    assert len(events) == 4  # one TensorBoard file per trial and run (two runs of two trials)
     report = run_cli("report", str(out / "tuned"), "--out", str(tmp_path / "reports"))
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "reports" / "tuned" / "README.md").read_text()
