@@ -35,13 +35,17 @@ def load_rows(run: Store) -> pl.DataFrame:
     return rows
 
 
-def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+def latest_config(
+    rows: pl.DataFrame,
+    by: tuple[str, ...] = (),  # columns whose every value keeps its own latest config
+) -> tuple[pl.DataFrame, int]:
     """Keep, per evaluator, the rows of its most recently used eval params.
 
     Changing an evaluator's params (more epochs, another sampling mode) makes new cells beside
     the old ones; averaging across configs would mix protocols. Returns the kept rows and the
     number of rows left out. An evaluator with per-step rows keeps its latest config per number
-    of steps (a continual suite runs 5 and 10 steps side by side; they are shown apart).
+    of steps (a continual suite runs 5 and 10 steps side by side; they are shown apart), and one
+    per value of the `by` columns (DD-Ranking: per label mode and augmentation).
     """
     depth = rows.group_by("evaluator", "eval_params").agg(
         pl.col("step").max().fill_null(-1).alias("last_step")  # -1: an evaluator without steps
@@ -49,10 +53,10 @@ def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     keyed = rows.join(depth, on=["evaluator", "eval_params"])
     latest = (
         keyed.sort("created_at")
-        .group_by("evaluator", "last_step")
+        .group_by("evaluator", "last_step", *by)
         .agg(pl.col("eval_params").last().alias("latest_params"))
     )
-    kept = keyed.join(latest, on=["evaluator", "last_step"]).filter(
+    kept = keyed.join(latest, on=["evaluator", "last_step", *by]).filter(
         pl.col("eval_params") == pl.col("latest_params")
     )
     return kept.drop("latest_params", "last_step"), rows.height - kept.height
