@@ -435,7 +435,8 @@ def write_grids(run: Store, rows: pl.DataFrame, out_dir: Path) -> list[str]:
 
 
 def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
-    rows, left_out = latest_config(load_rows(run))
+    every = load_rows(run)  # the DD-Ranking section reads every config
+    rows, left_out = latest_config(every)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     suite = rows["suite"].drop_nulls().first() or PurePosixPath(run.uri).name
@@ -450,8 +451,9 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     ]
     if left_out:
         lines += [
-            f"{left_out} rows measured with earlier evaluation params are left out (each "
-            "evaluator is shown with the params of its latest run).",
+            f"{left_out} rows measured with other evaluation params (an earlier run, or another "
+            "entry of the same evaluator) are left out (each evaluator is shown with the params "
+            "of its latest run).",
             "",
         ]
     if not summary.is_empty():  # a continual-only suite has just its own section
@@ -464,6 +466,9 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
+    from ddbench.ddranking import dd_ranking_section  # imported here: it imports this module
+
+    lines += dd_ranking_section(every)
     grids = write_grids(run, rows, out_dir)
     if grids:
         lines += ["## Distilled images", ""] + grids
