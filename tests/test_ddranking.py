@@ -1,17 +1,20 @@
-"""DD-Ranking scores: the formulas against hand-computed values, and the report's section built
-from result rows of whole_dataset, random_real and a method in three cross_arch settings."""
+"""DD-Ranking scores: the formulas against hand-computed values, the report's section built from
+result rows of whole_dataset, random_real and a method in three cross_arch settings, and the
+smoke profile of suites/dd_ranking.yaml end to end (in-process runner, about a minute)."""
 
 from __future__ import annotations
 
 import math
 from datetime import timedelta
 
+import polars as pl
 import pytest
 
 from ddbench.ddranking import ars, dd_ranking_section, hlr, ior, lrs, normalise
 from ddbench.report import load_rows, write_report
 from ddbench.schema import now_utc, to_json, write_rows
 from ddbench.storage import Store
+from tests.conftest import REPO, run_cli
 from tests.test_schema_plan import row
 
 HARD = {"labels": "hard", "augment": True, "epochs": 300}
@@ -128,3 +131,47 @@ def test_no_section_without_a_score(tmp_path):
     # random_real and whole_dataset alone score nothing: they are the references
     only_references = [r for r in result_rows() if r["method"] != "dm"]
     assert section(tmp_path / "refs", only_references) == ""
+
+
+def test_smoke_suite_reports_the_scores(tmp_path):
+    out, reports = tmp_path / "runs", tmp_path / "reports"
+    suite = str(REPO / "suites" / "dd_ranking.yaml")
+    proc = run_cli("run", suite, "--set", "profile=smoke", "--local", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = run_cli("report", "dd_ranking", "--runs", str(out), "--out", str(reports))
+    assert rep.returncode == 0, rep.stderr
+    text = (reports / "dd_ranking" / "README.md").read_text()
+    assert "## DD-Ranking scores" in text and "No rows of" not in text
+    # every score from the rows themselves: means per method and setting over the eval seeds
+    top1 = pl.read_parquet(str(out / "dd_ranking" / "results" / "**" / "*.parquet")).filter(
+        (pl.col("metric") == "top1") & (pl.col("split") == "test")
+    )
+    means = {
+        (r["method"], r["eval_params"]): r["value"]
+        for r in top1.group_by("method", "eval_params").agg(pl.col("value").mean()).to_dicts()
+    }
+
+    def acc(method: str, labels: str, augment: bool) -> float:
+        (value,) = [
+            v
+            for (m, params), v in means.items()
+            if m == method
+            and f'"labels":"{labels}"' in params
+            and f'"augment":{str(augment).lower()}' in params
+        ]
+        return value
+
+    for method in ("dm", "dsa", "datadam", "d4m"):
+        recovery = hlr(acc("whole_dataset", "hard", True), acc(method, "hard", True))
+        gain = ior(acc(method, "teacher", True), acc("random_real", "teacher", True))
+        robust = ars(
+            acc(method, "hard", True),
+            acc("random_real", "hard", True),
+            acc(method, "hard", False),
+            acc("random_real", "hard", False),
+        )
+        scores = f"| {recovery:+.3f} | {gain:+.3f} | {lrs(recovery, gain):.3f} |"
+        lines = [line for line in text.splitlines() if line.startswith(f"| {method} | 1 | convnet")]
+        assert (
+            len(lines) == 2 and lines[0].endswith(scores) and lines[1].endswith(f"| {robust:.3f} |")
+        )
