@@ -43,13 +43,17 @@ def load_rows(run: Store) -> pl.DataFrame:
     return rows
 
 
-def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+def latest_config(
+    rows: pl.DataFrame,
+    by: tuple[str, ...] = (),  # columns whose every value keeps its own latest config
+) -> tuple[pl.DataFrame, int]:
     """Keep, per evaluator, the rows of its most recently used eval params.
 
     Changing an evaluator's params (more epochs, another sampling mode) makes new cells beside
     the old ones; averaging across configs would mix protocols. Returns the kept rows and the
     number of rows left out. An evaluator with per-step rows keeps its latest config per number
-    of steps (a continual suite runs 5 and 10 steps side by side; they are shown apart).
+    of steps (a continual suite runs 5 and 10 steps side by side; they are shown apart), and one
+    per value of the `by` columns (DD-Ranking: per label mode and augmentation).
     """
     depth = rows.group_by("evaluator", "eval_params").agg(
         pl.col("step").max().fill_null(-1).alias("last_step")  # -1: an evaluator without steps
@@ -57,10 +61,10 @@ def latest_config(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     keyed = rows.join(depth, on=["evaluator", "eval_params"])
     latest = (
         keyed.sort("created_at")
-        .group_by("evaluator", "last_step")
+        .group_by("evaluator", "last_step", *by)
         .agg(pl.col("eval_params").last().alias("latest_params"))
     )
-    kept = keyed.join(latest, on=["evaluator", "last_step"]).filter(
+    kept = keyed.join(latest, on=["evaluator", "last_step", *by]).filter(
         pl.col("eval_params") == pl.col("latest_params")
     )
     return kept.drop("latest_params", "last_step"), rows.height - kept.height
@@ -494,13 +498,15 @@ def write_grids(run: Store, rows: pl.DataFrame, out_dir: Path) -> list[str]:
 
 
 def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) -> Path:
+    from ddbench.ddranking import dd_ranking_section  # imported here: it imports this module
     from ddbench.report_tune import tune_section
     from ddbench.tuning import SELECTION
 
     loaded = load_rows(run)
     # Tune's selection rows differ in eval params per trial: shown apart, never "left out"
     selection = loaded.filter(pl.col("evaluator") == SELECTION)
-    rows, left_out = latest_config(loaded.filter(pl.col("evaluator") != SELECTION))
+    every = loaded.filter(pl.col("evaluator") != SELECTION)  # DD-Ranking reads every config
+    rows, left_out = latest_config(every)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     suite = rows["suite"].drop_nulls().first() or PurePosixPath(run.uri).name
@@ -515,8 +521,9 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     ]
     if left_out:
         lines += [
-            f"{left_out} rows measured with earlier evaluation params are left out (each "
-            "evaluator is shown with the params of its latest run).",
+            f"{left_out} rows measured with other evaluation params (an earlier run, or another "
+            "entry of the same evaluator) are left out (each evaluator is shown with the params "
+            "of its latest run).",
             "",
         ]
     if not summary.is_empty():  # a continual-only suite has just its own section
@@ -530,6 +537,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     lines += cross_arch_section(summary, out_dir)
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
+    lines += dd_ranking_section(every)
     lines += tune_section(selection, out_dir)
     grids = write_grids(run, rows, out_dir)
     if grids:

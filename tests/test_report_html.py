@@ -183,7 +183,7 @@ def test_html_report_is_self_contained_and_renders(tmp_path, browser, capsys) ->
         (str(len(marks)), text) for marks, text in headings
     ]
     tables = len(re.findall(r"^\|---", markdown, flags=re.M))
-    assert html.count("<table>") == tables == 5  # IPC 1, IPC 10, gain, cost, NAS
+    assert html.count("<table>") == tables == 6  # IPC 1, IPC 10, gain, cost, NAS, DD-Ranking
     assert "ValueError: &lt;b&gt;x&lt;/b&gt; &amp; y" in html  # the failed cell, escaped
 
     # self-contained: no link, script or remote URL; every PNG of the report embedded once
