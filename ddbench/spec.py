@@ -5,8 +5,9 @@ and the suite's profile when `profile=NAME` is set, applies `--set KEY=VALUE` ov
 validates everything — the suite's own keys and every plugin's `Params` — collecting all errors
 before raising one `SuiteError` whose lines read `file:line: dotted.path: message`.
 
-Precedence, lowest first: defaults in code < suite YAML < plugin `smoke` params (profile `smoke`
-only) < the suite's profile < `--set`. Methods and evaluators are addressed by name in dotted
+Precedence, lowest first: defaults in code < plugin `smoke` params (profile `smoke` only) < suite
+YAML < the suite's profile < `--set`. A plugin's smoke params only fill what the suite leaves
+unset: a suite that sets paper-scale params shrinks them in its own `smoke` profile. Methods and evaluators are addressed by name in dotted
 paths (`methods.datadam.params.iterations`), or by label when two entries share a method.
 """
 

@@ -78,6 +78,11 @@ def test_set_overrides_by_name_and_profiles():
     # --set wins over the profile
     both = load_suite(quick, ["profile=smoke", "evals.cross_arch.params.seeds=3"])
     assert both.eval_params[0].seeds == 3
+    # a paper-scale suite's smoke profile shrinks what the suite sets (smoke params fill gaps)
+    paper = load_suite(REPO / "suites" / "cross_arch.yaml", ["profile=smoke"])
+    budgets = {s.name: p for s, p in zip(paper.suite.methods, paper.method_params, strict=True)}
+    assert budgets["dm"].iterations == budgets["datadam"].iterations == 100
+    assert budgets["dc"].iterations == 2  # dc's own smoke params: the suite leaves it unset
 
 
 def test_bad_overrides_are_located():
