@@ -7,8 +7,9 @@ before raising one `SuiteError` whose lines read `file:line: dotted.path: messag
 
 Precedence, lowest first: defaults in code < plugin `smoke` params (profile `smoke` only) < suite
 YAML < the suite's profile < `--set`. A plugin's smoke params only fill what the suite leaves
-unset: a suite that sets paper-scale params shrinks them in its own `smoke` profile. Methods and evaluators are addressed by name in dotted
-paths (`methods.datadam.params.iterations`), or by label when two entries share a method.
+unset: a suite that sets paper-scale params shrinks them in its own `smoke` profile. Methods
+and evaluators are addressed by name in dotted paths (`methods.datadam.params.iterations`), or
+by label when two entries share a method.
 """
 
 from __future__ import annotations
