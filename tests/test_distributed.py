@@ -82,7 +82,12 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
     def killer() -> None:
         deadline = time.monotonic() + 240
         while not stop.is_set() and time.monotonic() < deadline:
-            ckpts = list((tmp_path / "runs").glob("**/ray_train/**/checkpoint_*"))
+            # a registered checkpoint: Train writes its manager snapshot after registering one
+            # (a bare checkpoint_* directory may still be in flight, and a worker killed then
+            # restarts from nothing)
+            ckpts = list(
+                (tmp_path / "runs").glob("**/ray_train/**/checkpoint_manager_snapshot.json")
+            )
             pids = _train_worker_pids()
             if ckpts and pids:
                 os.kill(pids[0], signal.SIGKILL)
