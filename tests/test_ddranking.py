@@ -136,7 +136,14 @@ def test_no_section_without_a_score(tmp_path):
 def test_smoke_suite_reports_the_scores(tmp_path):
     out, reports = tmp_path / "runs", tmp_path / "reports"
     suite = str(REPO / "suites" / "dd_ranking.yaml")
-    proc = run_cli("run", suite, "--set", "profile=smoke", "--local", "--out", str(out))
+    # the plumbing only (scores recomputed from the rows): one short model per setting
+    faster = [
+        f"evals.{i}.params.{key}={value}"
+        for i in range(3)
+        for key, value in (("seeds", 1), ("epochs", 30), ("whole_set_epochs", 5))
+    ] + ["evals.0.params.teacher_epochs=20"]
+    sets = [arg for pair in faster for arg in ("--set", pair)]
+    proc = run_cli("run", suite, "--set", "profile=smoke", *sets, "--local", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = run_cli("report", "dd_ranking", "--runs", str(out), "--out", str(reports))
     assert rep.returncode == 0, rep.stderr
