@@ -573,9 +573,10 @@ def _search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _concurrent_trials(spec: dict[str, Any], resources: Any) -> int:
-    """`max_concurrent_trials`, or as many trials as the cluster holds distill runs of the
-    suite's resources (its CPUs and, for GPU workers, its GPUs)."""
+def _concurrent_trials(spec: dict[str, Any], resources: Any, experiments: int) -> int:
+    """`max_concurrent_trials`, or this experiment's share of the distill runs of the suite's
+    resources the cluster holds (its CPUs and, for GPU workers, its GPUs), split between the
+    `experiments` Tune experiments of the run, which all start together."""
     import ray
 
     if spec["max_concurrent_trials"]:
@@ -584,7 +585,7 @@ def _concurrent_trials(spec: dict[str, Any], resources: Any) -> int:
     n = cluster.get("CPU", 1.0) // (resources.workers * resources.cpus_per_worker)
     if resources.gpus_per_worker > 0:
         n = min(n, cluster.get("GPU", 0.0) // (resources.workers * resources.gpus_per_worker))
-    return max(1, int(n))
+    return max(1, int(n // experiments))
 
 
 def _tune_task(
@@ -596,6 +597,7 @@ def _tune_task(
     has_driver: bool,
     sha: str,
     force: bool,
+    experiments: int,
 ) -> None:
     """A Ray task running the Tune experiment of a tuned job (`ddbench.tuning`), then
     publishing the chosen trial's artifact as the job's (or a failure marker); `force`
@@ -639,7 +641,7 @@ def _tune_task(
             num_samples=spec["num_samples"],
             scheduler=scheduler,
             search_alg=BasicVariantGenerator(random_state=seed),  # seeded samples, not the clock
-            max_concurrent_trials=_concurrent_trials(spec, suite.resources.distill),
+            max_concurrent_trials=_concurrent_trials(spec, suite.resources.distill, experiments),
         ),
         run_config=tune.RunConfig(
             name=f"tune-{job.job_id}",
@@ -798,7 +800,8 @@ def run_ray(
             .options(**on_head)
             .remote(group, [real_ref], store, plan.suite, res.distill, max_failures)
         )
-    untuned = [j for j in todo if j.tune]  # tuned jobs whose Tune experiment has not started
+    tuned = [j for j in todo if j.tune]
+    untuned = list(tuned)  # tuned jobs whose Tune experiment has not started
     job_of = {j.job_id: j for j in plan.jobs}
 
     def start_tunes() -> None:
@@ -820,6 +823,7 @@ def run_ray(
                         has_driver,
                         sha,
                         force,
+                        len(tuned),
                     )
                 )
                 continue

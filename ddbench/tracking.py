@@ -72,7 +72,8 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
     all_files = result_files(suite_dir)
     if not todo:
         return 0
-    selection = _selection_rows(suite_dir, all_files)
+    tuned = any(job.tune for job in todo)  # selection rows are read only when they are needed
+    selection = _selection_rows(suite_dir, all_files) if tuned else None
     if mlflow.get_experiment_by_name(plan.suite) is None:
         mlflow.create_experiment(plan.suite, artifact_location=_artifact_location(uri, plan.suite))
     mlflow.set_experiment(plan.suite)
