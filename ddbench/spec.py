@@ -61,6 +61,13 @@ class TuneSpec(Strict):
     # IPC a trial of an IPC-independent method (generators) is scored at; None = the suite's
     # first IPC. Methods distilled per IPC are scored at their job's IPC.
     eval_ipc: int | None = Field(None, ge=1)
+    # what the selection models learn: hard labels, or the soft labels of a teacher trained on
+    # the whole train split (D4M's training-time matching; cross_arch's labels: teacher with the
+    # same temperature / arch / epochs shares its cached teacher)
+    eval_labels: Literal["hard", "teacher"] = "hard"
+    eval_temperature: float = Field(20.0, gt=0)  # KD temperature T (cross_arch's default)
+    eval_teacher_arch: str = "convnet"  # teacher network (cross_arch's default)
+    eval_teacher_epochs: int = Field(300, ge=1)  # teacher's whole-split epochs (cross_arch's)
 
     @field_validator("space")
     @classmethod
@@ -423,12 +430,14 @@ def _check_tune(
     m: MethodSpec, tune: TuneSpec, i: int, params_model: type[BaseModel], add: Any
 ) -> None:
     """A tune block's names: space keys are the method's params, every grid / choice value
-    validates as that param, `eval_arch` is a registered architecture."""
+    validates as that param, `eval_arch` and `eval_teacher_arch` are registered architectures."""
     from ddbench.archs import ARCHS
 
-    if tune.eval_arch not in ARCHS:
-        hint = did_you_mean(tune.eval_arch, ARCHS.names())
-        add(("methods", i, "tune", "eval_arch"), f"unknown architecture {tune.eval_arch!r}{hint}")
+    for arch_field in ("eval_arch", "eval_teacher_arch"):
+        arch = getattr(tune, arch_field)
+        if arch not in ARCHS:
+            hint = did_you_mean(arch, ARCHS.names())
+            add(("methods", i, "tune", arch_field), f"unknown architecture {arch!r}{hint}")
     for key, dist in tune.space.items():
         loc: Loc = ("methods", i, "tune", "space", key)
         if key not in params_model.model_fields:

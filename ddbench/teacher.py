@@ -11,7 +11,9 @@
   Hinton et al.'s scaling, which keeps the gradient magnitude independent of T.
 - `TeacherLabels`: the per-batch labeller `ddbench.fit.train_model` calls *after* each batch's
   augmentation, so the soft labels are regenerated every epoch under that epoch's augmentation
-  (D4M Eq. 8; FKD regenerates them per crop).
+  (D4M Eq. 8; FKD regenerates them per crop). `teacher_labels(...)` builds one from the cached
+  teacher; evaluators (`cross_arch`, Tune's selection in `ddbench.tuning`) go through it, so
+  equal settings share one teacher.
 
 To use another target (e.g. an ensemble), write an object with `targets(x)` and
 `loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
@@ -169,6 +171,20 @@ def kd_loss(student_logits: Tensor, targets: Tensor, temperature: float) -> Tens
     """KL(targets ‖ softmax(student / T)) · T², averaged over the batch."""
     log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     return F.kl_div(log_student, targets, reduction="batchmean") * temperature**2
+
+
+def teacher_labels(
+    real: RealData,
+    arch: str,
+    recipe: Recipe,
+    temperature: float,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> TeacherLabels:
+    """Soft labels at `temperature` from the (cached) teacher of `arch` trained with `recipe`."""
+    return TeacherLabels(
+        teacher_model(real, arch, recipe, cache_dir=cache_dir, device=device), temperature
+    )
 
 
 class TeacherLabels:

@@ -6,7 +6,9 @@ is the Ray Train driver of one distill job (the Train V2 idiom): the trial's con
 `space`) overrides the entry's params, giving a *trial job* (`trial_job`) with its own content-hash
 id, distilled and saved like any job, so a rerun skips finished trials. The trial is scored on
 the **val split only**: `selection_cells` are `eval_seeds` cells of the `TuneSelection`
-evaluator (`eval_arch` trained for `eval_epochs` with the shared recipe of `ddbench.fit`), each
+evaluator (`eval_arch` trained for `eval_epochs` with the shared recipe of `ddbench.fit`, on hard
+labels or, with `eval_labels: teacher`, on the soft labels of the teacher `cross_arch` would use
+for the same settings: select under the protocol the method is evaluated with), each
 writing one val top1 row (`results/tune/<trial job id>/`, `eval_params` naming the tuned job and
 the config). `choose` picks the trial with the best mean val top1 among those with every model
 scored (ties: the smaller trial job id); the runner then publishes that trial's artifact as the
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -43,6 +45,10 @@ class SelectionParams(EvalParams):
     arch: str = "convnet"  # TuneSpec.eval_arch
     seeds: int = Field(2, ge=1)  # TuneSpec.eval_seeds
     epochs: int = Field(300, ge=1)  # TuneSpec.eval_epochs
+    labels: Literal["hard", "teacher"] = "hard"  # TuneSpec.eval_labels
+    temperature: float = Field(20.0, gt=0)  # TuneSpec.eval_temperature
+    teacher_arch: str = "convnet"  # TuneSpec.eval_teacher_arch
+    teacher_epochs: int = Field(300, ge=1)  # TuneSpec.eval_teacher_epochs
 
 
 class TuneSelection(Evaluator):
@@ -59,6 +65,18 @@ class TuneSelection(Evaluator):
         self, cell: dict[str, Any], job: EvalJob, params: SelectionParams, ctx: Context
     ) -> list[dict[str, Any]]:
         real = job.real.subset(cell["classes"]) if "classes" in cell else job.real
+        labeler = None
+        if params.labels == "teacher":
+            from ddbench.teacher import teacher_labels
+
+            labeler = teacher_labels(
+                real,
+                params.teacher_arch,
+                Recipe(epochs=params.teacher_epochs),
+                params.temperature,
+                ctx.cache_dir,
+                ctx.device,
+            )
         top1, _ = fit_artifact(
             cell["arch"],
             job.artifact,
@@ -67,6 +85,8 @@ class TuneSelection(Evaluator):
             Recipe(epochs=params.epochs),
             cell["eval_seed"],
             device=ctx.device,
+            label_mode=params.labels,
+            labeler=labeler,
         )
         return [
             {
@@ -126,6 +146,10 @@ def selection_cells(
         arch=job.tune["eval_arch"],
         seeds=job.tune["eval_seeds"],
         epochs=job.tune["eval_epochs"],
+        labels=job.tune["eval_labels"],
+        temperature=job.tune["eval_temperature"],
+        teacher_arch=job.tune["eval_teacher_arch"],
+        teacher_epochs=job.tune["eval_teacher_epochs"],
     )
     eval_params = params.model_dump(mode="json")
     ipc = selection_ipc(job, suite_ipcs)

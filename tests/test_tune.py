@@ -9,10 +9,25 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import pytest
+import torch
 
+from ddbench.artifact import ImageSet
+from ddbench.context import Context
+from ddbench.evals import EvalJob
+from ddbench.evals.cross_arch import CrossArch
+from ddbench.fit import Recipe, fit_artifact
 from ddbench.plan import make_plan
 from ddbench.spec import load_suite
-from ddbench.tuning import TrialScore, choose, selection_cells, trial_job
+from ddbench.teacher import teacher_labels
+from ddbench.tuning import (
+    SelectionParams,
+    TrialScore,
+    TuneSelection,
+    choose,
+    selection_cells,
+    trial_job,
+)
 from tests.conftest import MlflowServer, run_cli
 
 TUNED = """\
@@ -84,6 +99,43 @@ def test_trial_jobs_and_the_choice(tmp_path):
     ]
     assert choose(trials, models=2, mode="max").trial_job_id == "a"
     assert choose(trials[2:], models=2, mode="max") is None
+
+
+def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_path, monkeypatch):
+    idx = torch.cat([digits.class_indices(c)[:3] for c in digits.classes])
+    job = EvalJob(ImageSet(digits.train_x[idx], digits.train_y[idx]), digits, 3, "digits")
+    teacher = {"temperature": 4.0, "teacher_arch": "mlp", "teacher_epochs": 2}
+    ctx = Context(0)
+    ctx.cache_dir = str(tmp_path)
+    cell = {"arch": "mlp", "eval_seed": 0}
+
+    def val_top1(labels: str) -> float:
+        params = SelectionParams(
+            tuned_job="t", config={}, arch="mlp", epochs=30, labels=labels, **teacher
+        )
+        (row,) = TuneSelection().run(cell, job, params, ctx)
+        assert row["split"] == "val"
+        return row["value"]
+
+    soft = val_top1("teacher")
+    assert len(list((tmp_path / "teachers").glob("mlp-*.safetensors"))) == 1
+    labeler = teacher_labels(digits, "mlp", Recipe(epochs=2), 4.0, tmp_path)
+    top1, _ = fit_artifact(
+        "mlp", job.artifact, 3, digits, Recipe(epochs=30), 0, label_mode="teacher", labeler=labeler
+    )
+    assert soft == top1["val"]  # the selection trained on that teacher's labels
+    assert val_top1("hard") != soft
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("cross_arch trained a second teacher")
+
+    monkeypatch.setattr("ddbench.teacher._train", no_training)
+    cross = CrossArch.Params(archs=["mlp"], seeds=1, epochs=30, labels="teacher", **teacher)
+    rows = CrossArch().run(cell, job, cross, ctx)
+    assert {r["split"] for r in rows if r["metric"] == "top1"} == {"val", "test"}
+    bad = TUNED.replace("eval_epochs: 20", "eval_epochs: 20\n      eval_teacher_arch: convnett")
+    with pytest.raises(Exception, match="eval_teacher_arch: unknown architecture 'convnett'"):
+        load_suite(write(tmp_path / "bad.yaml", bad))
 
 
 def test_tune_needs_ray(tmp_path):

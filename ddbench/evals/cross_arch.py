@@ -107,17 +107,16 @@ class CrossArch(Evaluator):
         arch, seed = cell["arch"], cell["eval_seed"]
         labeler = None
         if params.labels == "teacher":
-            from ddbench.teacher import TeacherLabels, teacher_model
+            from ddbench.teacher import teacher_labels
 
-            teacher_recipe = recipe.model_copy(update={"epochs": params.teacher_epochs})
-            teacher = teacher_model(
+            labeler = teacher_labels(
                 job.real,
                 params.teacher_arch,
-                teacher_recipe,
-                cache_dir=getattr(ctx, "cache_dir", None),
-                device=ctx.device,
+                recipe.model_copy(update={"epochs": params.teacher_epochs}),
+                params.temperature,
+                ctx.cache_dir,
+                ctx.device,
             )
-            labeler = TeacherLabels(teacher, params.temperature)
         top1, extra = fit_artifact(
             arch,
             job.artifact,
