@@ -640,8 +640,12 @@ def _tune_task(
             mode=spec["mode"],
             num_samples=spec["num_samples"],
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=seed),  # seeded samples, not the clock
-            max_concurrent_trials=_concurrent_trials(spec, suite.resources.distill, experiments),
+            # seeded samples, not the clock; the concurrency limit goes here, since Tune ignores
+            # max_concurrent_trials beside a SearchGenerator (it warns and runs every trial)
+            search_alg=BasicVariantGenerator(
+                random_state=seed,
+                max_concurrent=_concurrent_trials(spec, suite.resources.distill, experiments),
+            ),
         ),
         run_config=tune.RunConfig(
             name=f"tune-{job.job_id}",

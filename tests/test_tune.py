@@ -40,6 +40,7 @@ methods:
     tune:
       space: {lr_img: {grid: [0.1, 10.0]}}
       scheduler: asha
+      max_concurrent_trials: 1
       eval_seeds: 2
       eval_epochs: 20
   - name: random_real
@@ -52,6 +53,15 @@ evals:
 def trials_eval_params(out: Path) -> list[str]:
     rows = pl.read_parquet(str(out / "tuned" / "results" / "tune" / "**" / "*.parquet"))
     return rows["eval_params"].to_list()
+
+
+def trial_windows(out: Path) -> list[tuple[float, float]]:
+    """(start, end) in unix seconds of every Tune trial, from its result.json lines."""
+    windows = []
+    for path in (out / "tuned" / "ray_tune").glob("tune-*/*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        windows.append((lines[0]["timestamp"] - lines[0]["time_total_s"], lines[-1]["timestamp"]))
+    return sorted(windows)
 
 
 def server_db(tmp_path: Path) -> str:
@@ -155,6 +165,8 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
         proc = run_cli("run", str(suite), "--out", str(out), "--tracking-uri", server.uri)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "tuning dm ipc=1: a Ray Tune experiment" in proc.stdout
+        (_, first_end), (second_start, _) = trial_windows(out)  # max_concurrent_trials: 1
+        assert second_start >= first_end - 1.0  # timestamps are whole seconds
         board = run_cli(
             "leaderboard", "--tracking-uri", server.uri, "--suite", "tuned", "--format", "json"
         )
