@@ -47,8 +47,12 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 # Ray Train V2 blocks ~2 s per report at its default health-check interval (ENVIRONMENT.md).
+# Train runs queue for CPUs behind eval cells and each other (Tune trials): at the default 60 s
+# a waiting controller gives up, logs WorkerGroupStartupTimeoutError and starts over (without a
+# limit, so only the churn changes; an infeasible request waits either way).
 RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_V2_ENABLED": "1",
 }
