@@ -632,6 +632,10 @@ def _tune_task(
         sha=sha,
         force=force,
     )
+    # Tune registers a trainable under its name in a registry shared by the whole Ray job: the
+    # tuned jobs' experiments run side by side, so each needs its own name, or their trials
+    # run one another's jobs
+    trainable.__name__ = f"ddbench_trial_{job.job_id}"
     # the trial only drives: Tune needs a non-empty bundle, and 1 MiB of memory holds nothing
     # back (plus the head's `driver` resource on a cluster that has one, as for the group run)
     held = {"cpu": 0, "memory": 2**20, **({"driver": 0.01} if has_driver else {})}

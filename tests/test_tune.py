@@ -43,6 +43,13 @@ methods:
       max_concurrent_trials: 1
       eval_seeds: 2
       eval_epochs: 20
+  - name: herding
+    params: {embed_epochs: 1}
+    tune:
+      space: {embedding: {grid: [random, trained]}}
+      max_concurrent_trials: 1
+      eval_seeds: 1
+      eval_epochs: 20
   - name: random_real
 evals:
   - name: cross_arch
@@ -50,15 +57,14 @@ evals:
 """
 
 
-def trials_eval_params(out: Path) -> list[str]:
-    rows = pl.read_parquet(str(out / "tuned" / "results" / "tune" / "**" / "*.parquet"))
-    return rows["eval_params"].to_list()
+def selection_rows(out: Path) -> pl.DataFrame:
+    return pl.read_parquet(str(out / "tuned" / "results" / "tune" / "**" / "*.parquet"))
 
 
-def trial_windows(out: Path) -> list[tuple[float, float]]:
-    """(start, end) in unix seconds of every Tune trial, from its result.json lines."""
+def trial_windows(out: Path, tuned_job: str) -> list[tuple[float, float]]:
+    """(start, end) in unix seconds of every trial of `tuned_job`, from its result.json lines."""
     windows = []
-    for path in (out / "tuned" / "ray_tune").glob("tune-*/*/result.json"):
+    for path in (out / "tuned" / "ray_tune").glob(f"tune-{tuned_job}/*/result.json"):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         windows.append((lines[0]["timestamp"] - lines[0]["time_total_s"], lines[-1]["timestamp"]))
     return sorted(windows)
@@ -165,8 +171,16 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
         proc = run_cli("run", str(suite), "--out", str(out), "--tracking-uri", server.uri)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "tuning dm ipc=1: a Ray Tune experiment" in proc.stdout
-        (_, first_end), (second_start, _) = trial_windows(out)  # max_concurrent_trials: 1
-        assert second_start >= first_end - 1.0  # timestamps are whole seconds
+        # the two sweeps ran side by side, each trial on its own job with its own space's config
+        selection = selection_rows(out)
+        space_of = {"dm": {"lr_img"}, "herding": {"embedding"}}
+        tuned_of = {}
+        for method, params in zip(selection["method"], selection["eval_params"], strict=True):
+            assert set(json.loads(params)["config"]) == space_of[method]
+            tuned_of[method] = json.loads(params)["tuned_job"]
+        for tuned in tuned_of.values():  # max_concurrent_trials: 1
+            (_, first_end), (second_start, _) = trial_windows(out, tuned)
+            assert second_start >= first_end - 1.0  # timestamps are whole seconds
         board = run_cli(
             "leaderboard", "--tracking-uri", server.uri, "--suite", "tuned", "--format", "json"
         )
@@ -178,7 +192,7 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
 
         mlflow.set_tracking_uri(server.uri)
         runs = mlflow.search_runs(experiment_names=["tuned"])
-        trials = runs[runs["tags.ddbench.kind"] == "trial"]
+        trials = runs[(runs["tags.ddbench.kind"] == "trial") & runs["params.lr_img"].notna()]
         assert sorted(trials["params.lr_img"]) == ["0.1", "10.0"]
         assert (trials["tags.chosen"] == "True").sum() == 1
         chosen = trials[trials["tags.chosen"] == "True"]["params.lr_img"].iloc[0]
@@ -190,7 +204,7 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
 
     # a rerun that lost the tuned job's artifact re-runs Tune on the finished trials: no trial
     # distils or scores again (their artifacts and rows are kept), the same config is chosen
-    (tuned_job,) = {json.loads(p)["tuned_job"] for p in trials_eval_params(out)}
+    tuned_job = tuned_of["dm"]
     kept = [
         *(out / "tuned" / "artifacts").glob("*/meta.json"),  # trial artifacts
         *(out / "tuned" / "results" / "tune").glob("*/*.parquet"),  # their selection rows
@@ -216,7 +230,8 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
     final = rows.filter((pl.col("evaluator") == "cross_arch") & (pl.col("method") == "dm"))
     assert {json.loads(p)["lr_img"] for p in final["method_params"]} == {float(chosen)}
     events = list((out / "tuned" / "ray_tune").glob("tune-*/*/events.out.tfevents.*"))
-    assert len(events) == 4  # one TensorBoard file per trial and run (two runs of two trials)
+    # one TensorBoard file per trial and run: two sweeps of two trials, then dm's again
+    assert len(events) == 6
     report = run_cli("report", str(out / "tuned"), "--out", str(tmp_path / "reports"))
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "reports" / "tuned" / "README.md").read_text()
