@@ -99,7 +99,7 @@ def test_tune_blocks_are_validated_with_lines(tmp_path):
 
 def test_trial_jobs_and_the_choice(tmp_path):
     plan = make_plan(load_suite(write(tmp_path / "s.yaml", TUNED)))
-    (job,) = [j for j in plan.jobs if j.tune]
+    (job,) = [j for j in plan.jobs if j.tune and j.method == "dm"]
     low, high = trial_job(job, {"lr_img": 0.1}), trial_job(job, {"lr_img": 10.0})
     assert low.job_id != high.job_id != job.job_id
     assert low.job_id == trial_job(job, {"lr_img": 0.1}).job_id  # a rerun finds its trials
@@ -158,7 +158,7 @@ def test_tune_needs_ray(tmp_path):
     path = write(tmp_path / "s.yaml", TUNED)
     proc = run_cli("run", str(path), "--local", "--out", str(tmp_path / "runs"))
     assert proc.returncode == 2
-    assert "['dm'] have a tune: block, which runs on Ray: drop --local" in proc.stderr
+    assert "['dm', 'herding'] have a tune: block, which runs on Ray: drop --local" in proc.stderr
 
 
 def test_tuned_suite_against_an_mlflow_server(tmp_path):
