@@ -17,7 +17,8 @@ What lives here
   `vae/`, `unet/`, `scheduler/`, optionally `tokenizer/` + `text_encoder/`), loaded offline
   (`local_files_only=True`). Conditioning, in order of preference:
   1. `tokenizer/` + `text_encoder/`: the class-name text, `prompt.format(class_name)` (needs the
-     `transformers` package; the null row is the empty prompt, as in Stable Diffusion);
+     `transformers` package, the `sd` extra; the null row is the empty prompt, as in Stable
+     Diffusion);
   2. a class-conditional UNet (`num_class_embeds >= classes + 1`): class id `c` for class `c`,
      id `classes` as the null class; `encoder_hidden_states` are zeros.
   Anything else (missing folders, unreadable configs, a text encoder without `transformers`, an
@@ -413,7 +414,7 @@ def _text_conditioning(root: Path, real: RealData, prompt: str, unet: Any) -> Co
     except ImportError:
         raise UserError(
             f"d4m: {root} conditions on text (tokenizer/ + text_encoder/), which needs the "
-            f"`transformers` package; it is not installed"
+            f"`transformers` package; it is not installed (pip install 'ddbench[sd]')"
         ) from None
     try:
         tokenizer = CLIPTokenizer.from_pretrained(
