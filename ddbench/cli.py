@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         summary = run_local(plan, real, suite_dir, args.force, log)
     else:
-        from ddbench.runner import init_ray, run_ray
+        from ddbench.runner import check_resources, init_ray, run_ray
 
         url = init_ray(args.address, dashboard=args.dashboard)
         if url:
@@ -151,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         import ray
 
         try:
+            check_resources(loaded, embedded=not args.address, log=log)
             summary = run_ray(plan, real, suite_dir, args.force, log)
         finally:
             ray.shutdown()

@@ -44,6 +44,7 @@ from ddbench.viz import GRID_FILE, grid_png
 
 if TYPE_CHECKING:
     from ddbench.evals import Evaluator
+    from ddbench.spec import LoadedSuite
 
 Log = Callable[[str], None]
 # Ray Train V2 blocks ~2 s per report at its default health-check interval (ENVIRONMENT.md).
@@ -420,6 +421,71 @@ def init_ray(
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot start or join Ray at {address or 'local'}: {exc}") from None
     return None
+
+
+# suite field of each resource a distill worker / an eval cell asks Ray for
+RESOURCE_FIELDS = {
+    "distill": {"CPU": "cpus_per_worker", "GPU": "gpus_per_worker"},
+    "eval": {"CPU": "cpus", "GPU": "gpus"},
+}
+
+
+def unplaceable(resources: Any, nodes: list[dict[str, float]]) -> list[tuple[tuple[str, ...], str]]:
+    """(suite location, message) of each request of `resources` (a suite's `Resources`) that no
+    node of `nodes` (each node's total resources, as `ray.nodes()` reports) can ever hold: one
+    distill worker, the distill run's `workers` together, one eval cell."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for part, fields in RESOURCE_FIELDS.items():
+        spec = getattr(resources, part)
+        want = {key: getattr(spec, name) for key, name in fields.items()}
+        want = {key: amount for key, amount in want.items() if amount > 0}
+        if any(all(node.get(k, 0.0) >= v for k, v in want.items()) for node in nodes):
+            continue
+        # the request no node meets on its own (else the first: they only fail together)
+        short = [k for k in want if not any(node.get(k, 0.0) >= want[k] for node in nodes)]
+        key = (short or list(want))[0]
+        largest = max((node.get(key, 0.0) for node in nodes), default=0.0)
+        problems.append(
+            (
+                ("resources", part, fields[key]),
+                f"{want[key]:g} {key} per {'distill worker' if part == 'distill' else 'eval cell'}"
+                f", but no node has that many (the largest has {largest:g})",
+            )
+        )
+    distill = resources.distill
+    per_worker = {"CPU": distill.cpus_per_worker, "GPU": distill.gpus_per_worker}
+    fit = sum(
+        min(int(node.get(k, 0.0) // v) for k, v in per_worker.items() if v > 0) for node in nodes
+    )
+    if not problems and fit < distill.workers:
+        problems.append(
+            (
+                ("resources", "distill", "workers"),
+                f"{distill.workers} workers, but the cluster holds {fit} of "
+                f"{distill.cpus_per_worker:g} CPU / {distill.gpus_per_worker:g} GPU",
+            )
+        )
+    return problems
+
+
+def check_resources(loaded: LoadedSuite, embedded: bool, log: Log) -> None:
+    """Stop before any work when Ray can never place what the suite asks for (`unplaceable`).
+    Nothing joins the embedded Ray, so there it is a `UserError` naming the suite's field; a
+    cluster's autoscaler may still add such a node, so there it is a warning."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problems = [
+        f"{loaded.where(loc)}: {'.'.join(loc)}: {message}"
+        for loc, message in unplaceable(loaded.suite.resources, nodes)
+    ]
+    if not problems:
+        return
+    if embedded:
+        problems.append("lower them, or run on a cluster that has such nodes with --address")
+        raise UserError("\n".join(problems))
+    for problem in problems:
+        log(f"warning: {problem}; the run waits until the cluster has such a node")
 
 
 def _train_loop(config: dict[str, Any]) -> None:

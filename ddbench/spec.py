@@ -157,6 +157,23 @@ class LoadedSuite:
     dataset_params: BaseModel
     profile: str | None = None
     overrides: list[str] = field(default_factory=list)
+    lines: dict[Loc, int] = field(default_factory=dict)  # YAML line of each key / item
+    set_locs: dict[Loc, str] = field(default_factory=dict)  # keys a --set override wrote
+
+    def where(self, loc: Loc) -> str:
+        """Where the value at `loc` comes from (`locate`), for errors found after loading."""
+        return locate(self.path, self.lines, self.set_locs, loc)
+
+
+def locate(path: str, lines: dict[Loc, int], set_locs: dict[Loc, str], loc: Loc) -> str:
+    """Where the value at `loc` comes from: `file:line` of it (or of its nearest parent in the
+    file), or the `--set` override that wrote it."""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in set_locs:
+            return set_locs[loc[:n]]
+        if loc[:n] in lines:
+            return f"{path}:{lines[loc[:n]]}"
+    return path
 
 
 class SuiteError(UserError):
@@ -351,12 +368,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSu
         raise SuiteError(problems)
 
     def where(loc: Loc) -> str:
-        for n in range(len(loc), -1, -1):
-            if loc[:n] in set_locs:
-                return set_locs[loc[:n]]
-            if loc[:n] in lines:
-                return f"{path}:{lines[loc[:n]]}"
-        return str(path)
+        return locate(str(path), lines, set_locs, loc)
 
     def pretty(loc: Loc, items: dict[str, Any]) -> str:
         """Dotted path with list entries shown by name (methods.datadam.params.x)."""
@@ -387,7 +399,15 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSu
     if problems:
         raise SuiteError(problems)
     return LoadedSuite(
-        suite, str(path), method_params, eval_params, dataset_params, profile, overrides or []
+        suite,
+        str(path),
+        method_params,
+        eval_params,
+        dataset_params,
+        profile,
+        overrides or [],
+        lines,
+        set_locs,
     )
 
 

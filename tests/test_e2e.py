@@ -206,6 +206,36 @@ def test_missing_data_is_exit_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and str(tmp_path / "none") in proc.stderr
 
 
+def test_resources_no_node_can_hold():
+    from ddbench.runner import unplaceable
+    from ddbench.spec import Resources
+
+    cpu_node, gpu_node = {"CPU": 2.0, "memory": 1e9}, {"CPU": 8.0, "GPU": 1.0}
+    assert unplaceable(Resources(), [cpu_node]) == []
+    gpu_eval = Resources.model_validate({"eval": {"gpus": 1}})
+    ((loc, message),) = unplaceable(gpu_eval, [cpu_node])
+    assert loc == ("resources", "eval", "gpus") and message.startswith("1 GPU per eval cell")
+    assert unplaceable(gpu_eval, [cpu_node, gpu_node]) == []
+    wide = Resources.model_validate({"distill": {"workers": 3, "cpus_per_worker": 2}})
+    assert [loc for loc, _ in unplaceable(wide, [cpu_node])] == [
+        ("resources", "distill", "workers")
+    ]
+    assert unplaceable(wide, [cpu_node, gpu_node]) == []  # 1 + 4 workers fit
+
+
+def test_unplaceable_resources_stop_the_embedded_run(tmp_path):
+    """Before any work, with the suite's line; on the embedded Ray nothing could ever join."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: gpu\ndataset: {name: digits}\nipc: [1]\nmethods: [{name: random_real}]\n"
+        "evals: [{name: cross_arch}]\nresources:\n  eval:\n    gpus: 1\n"
+    )
+    proc = run_cli("run", str(suite), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{suite}:8: resources.eval.gpus: 1 GPU per eval cell" in proc.stderr
+    assert not (tmp_path / "runs" / "gpu" / "artifacts").exists()
+
+
 def test_embedded_ray_stays_on_loopback():
     """The embedded cluster advertises 127.0.0.1, not the machine's network address, and so
     does its dashboard (`ddbench run --dashboard`), which answers there to Ray's token."""
