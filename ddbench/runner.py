@@ -44,7 +44,7 @@ from ddbench.viz import GRID_FILE, grid_png
 
 if TYPE_CHECKING:
     from ddbench.evals import Evaluator
-    from ddbench.spec import LoadedSuite
+    from ddbench.spec import LoadedSuite, Resources
 
 Log = Callable[[str], None]
 # Ray Train V2 blocks ~2 s per report at its default health-check interval (ENVIRONMENT.md).
@@ -430,8 +430,10 @@ RESOURCE_FIELDS = {
 }
 
 
-def unplaceable(resources: Any, nodes: list[dict[str, float]]) -> list[tuple[tuple[str, ...], str]]:
-    """(suite location, message) of each request of `resources` (a suite's `Resources`) that no
+def unplaceable(
+    resources: Resources, nodes: list[dict[str, float]]
+) -> list[tuple[tuple[str, ...], str]]:
+    """(suite location, message) of each request of a suite's `resources` that no
     node of `nodes` (each node's total resources, as `ray.nodes()` reports) can ever hold: one
     distill worker, the distill run's `workers` together, one eval cell."""
     problems: list[tuple[tuple[str, ...], str]] = []
