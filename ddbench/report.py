@@ -7,6 +7,8 @@ a local directory or a URI) and writes `<out_dir>/README.md` (markdown tables: t
 test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]). Add a section
 by adding a function that takes the rows DataFrame and returns markdown lines.
 
+`other_configs_section` shows the rows of the eval params left out of the main tables (only the
+latest config of an evaluator is there) one table per config.
 `cross_arch_section` adds `cross_arch_heatmap.png`: top1 per method x arch, a panel per IPC.
 With `html` in `formats`, `ddbench.report_html` writes the same markdown as one self-contained
 `report.html` (a new section needs no HTML code).
@@ -22,6 +24,7 @@ suite runs 5 and 10 steps side by side; the tables never mix them).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 
 import polars as pl
@@ -68,6 +71,36 @@ def latest_config(
         pl.col("eval_params") == pl.col("latest_params")
     )
     return kept.drop("latest_params", "last_step"), rows.height - kept.height
+
+
+def other_configs_section(every: pl.DataFrame, shown: pl.DataFrame) -> list[str]:
+    """Top-1 tables of the eval params `latest_config` left out of the main tables (an earlier
+    run, or the same suite run again with, say, `labels: teacher`), one per config, titled by
+    the params that differ from the shown config of that evaluator."""
+    kept = shown.select("evaluator", "eval_params").unique()
+    left = every.join(kept, on=["evaluator", "eval_params"], how="anti")
+    lines: list[str] = []
+    for (evaluator, params), group in sorted(
+        left.group_by("evaluator", "eval_params"), key=lambda g: (str(g[0][0]), str(g[0][1]))
+    ):
+        summary = summarise(group)
+        if summary.is_empty():  # per-step (continual) or NAS-only rows: their own sections
+            continue
+        reference = json.loads(kept.filter(pl.col("evaluator") == evaluator)["eval_params"][0])
+        differs = {k: v for k, v in json.loads(params).items() if reference.get(k) != v}
+        title = ", ".join(f"{k}: {v}" for k, v in sorted(differs.items())) or "same params"
+        lines += [f"### {evaluator} with {title}", ""]
+        lines += ["#" + line if line.startswith("### ") else line for line in pivot_tables(summary)]
+    if lines:
+        lines = [
+            "## Other evaluation configs",
+            "",
+            "The rows left out of the tables above, one table per config, titled by what differs "
+            "from the config shown there.",
+            "",
+            *lines,
+        ]
+    return lines
 
 
 def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> pl.DataFrame:
@@ -522,8 +555,8 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     if left_out:
         lines += [
             f"{left_out} rows measured with other evaluation params (an earlier run, or another "
-            "entry of the same evaluator) are left out (each evaluator is shown with the params "
-            "of its latest run).",
+            "entry of the same evaluator) are left out of the main tables (each evaluator is "
+            "shown with the params of its latest run); they are under Other evaluation configs.",
             "",
         ]
     if not summary.is_empty():  # a continual-only suite has just its own section
@@ -534,6 +567,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
     if plot is not None:
         lines += ["## Accuracy against IPC", "", f"![accuracy vs ipc]({plot.name})", ""]
+    lines += other_configs_section(every, rows)
     lines += cross_arch_section(summary, out_dir)
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)

@@ -80,6 +80,23 @@ def section(tmp_path, rows: list[dict]) -> str:
     return "\n".join(dd_ranking_section(load_rows(run)))
 
 
+def test_report_tables_the_left_out_configs_apart(tmp_path):
+    """The main table shows the latest config (teacher labels); the earlier hard-label run gets
+    its own table, titled by what differs, rather than vanishing or being averaged in."""
+    yesterday = now_utc() - timedelta(days=1)
+    rows = [
+        {**r, "created_at": yesterday} if '"hard"' in r["eval_params"] else r
+        for r in result_rows(("hard", "teacher"))
+    ]
+    run = Store(tmp_path / "run")
+    write_rows(run, "results/cross_arch/rows.parquet", rows)
+    text = write_report(run, tmp_path / "report").read_text()
+    main, others = text.split("## Other evaluation configs")
+    assert "| dm | 70.0 ± 2.8 (2) |" in main and "| dm | 60.0 ± 7.1 (2) |" not in main
+    assert "### cross_arch with labels: hard\n\n#### IPC 1" in others
+    assert "| dm | 60.0 ± 7.1 (2) |" in others and "*whole_dataset* (reference)" in others
+
+
 def test_report_shows_the_scores_with_their_accuracies(tmp_path):
     rows = result_rows()
     # an earlier run of the hard setting with other params: left out, the latest config counts
