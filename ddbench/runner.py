@@ -44,7 +44,7 @@ from ddbench.viz import GRID_FILE, grid_png
 
 if TYPE_CHECKING:
     from ddbench.evals import Evaluator
-    from ddbench.spec import LoadedSuite, Resources
+    from ddbench.spec import DistillResources, LoadedSuite, Resources
 
 Log = Callable[[str], None]
 # Ray Train V2 blocks ~2 s per report at its default health-check interval (ENVIRONMENT.md).
@@ -455,10 +455,7 @@ def unplaceable(
             )
         )
     distill = resources.distill
-    per_worker = {"CPU": distill.cpus_per_worker, "GPU": distill.gpus_per_worker}
-    fit = sum(
-        min(int(node.get(k, 0.0) // v) for k, v in per_worker.items() if v > 0) for node in nodes
-    )
+    fit = worker_slots(distill, nodes)
     if not problems and fit < distill.workers:
         problems.append(
             (
@@ -470,16 +467,29 @@ def unplaceable(
     return problems
 
 
+def worker_slots(distill: DistillResources, nodes: list[dict[str, float]]) -> int:
+    """How many distill workers of `distill` the `nodes` hold at once (a worker sits on one
+    node: each node's CPUs and, for GPU workers, GPUs are divided separately)."""
+    per_worker = {"CPU": distill.cpus_per_worker, "GPU": distill.gpus_per_worker}
+    return sum(
+        min(int(node.get(k, 0.0) // v) for k, v in per_worker.items() if v > 0) for node in nodes
+    )
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Total resources of each live node of the Ray cluster."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
 def check_resources(loaded: LoadedSuite, embedded: bool, log: Log) -> None:
     """Stop before any work when Ray can never place what the suite asks for (`unplaceable`).
     Nothing joins the embedded Ray, so there it is a `UserError` naming the suite's field; a
     cluster's autoscaler may still add such a node, so there it is a warning."""
-    import ray
-
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     problems = [
         f"{loaded.where(loc)}: {'.'.join(loc)}: {message}"
-        for loc, message in unplaceable(loaded.suite.resources, nodes)
+        for loc, message in unplaceable(loaded.suite.resources, alive_nodes())
     ]
     if not problems:
         return
@@ -645,19 +655,14 @@ def _search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _concurrent_trials(spec: dict[str, Any], resources: Any, experiments: int) -> int:
+def _concurrent_trials(spec: dict[str, Any], resources: DistillResources, experiments: int) -> int:
     """`max_concurrent_trials`, or this experiment's share of the distill runs of the suite's
-    resources the cluster holds (its CPUs and, for GPU workers, its GPUs), split between the
+    resources the cluster holds (`worker_slots` // workers per run), split between the
     `experiments` Tune experiments of the run, which all start together."""
-    import ray
-
     if spec["max_concurrent_trials"]:
         return int(spec["max_concurrent_trials"])
-    cluster = ray.cluster_resources()
-    n = cluster.get("CPU", 1.0) // (resources.workers * resources.cpus_per_worker)
-    if resources.gpus_per_worker > 0:
-        n = min(n, cluster.get("GPU", 0.0) // (resources.workers * resources.gpus_per_worker))
-    return max(1, int(n // experiments))
+    runs = worker_slots(resources, alive_nodes()) // resources.workers
+    return max(1, runs // experiments)
 
 
 def _tune_task(

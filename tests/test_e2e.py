@@ -207,8 +207,8 @@ def test_missing_data_is_exit_2_without_traceback(tmp_path):
 
 
 def test_resources_no_node_can_hold():
-    from ddbench.runner import unplaceable
-    from ddbench.spec import Resources
+    from ddbench.runner import unplaceable, worker_slots
+    from ddbench.spec import DistillResources, Resources
 
     cpu_node, gpu_node = {"CPU": 2.0, "memory": 1e9}, {"CPU": 8.0, "GPU": 1.0}
     assert unplaceable(Resources(), [cpu_node]) == []
@@ -221,6 +221,10 @@ def test_resources_no_node_can_hold():
         ("resources", "distill", "workers")
     ]
     assert unplaceable(wide, [cpu_node, gpu_node]) == []  # 1 + 4 workers fit
+    # the same count sizes Tune's concurrent trials: a worker sits on one node
+    assert worker_slots(wide.distill, [cpu_node, gpu_node]) == 5
+    gpu_workers = DistillResources(gpus_per_worker=1)
+    assert worker_slots(gpu_workers, [cpu_node, gpu_node, {"CPU": 3.0, "GPU": 0.5}]) == 1
 
 
 def test_unplaceable_resources_stop_the_embedded_run(tmp_path):
