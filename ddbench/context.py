@@ -68,6 +68,23 @@ class Context:
 
         return torch.Generator(device=device).manual_seed(self.stream_seed(name, per_rank))
 
+    def shard(self, n: int) -> range:
+        """The indices of `n` items (classes, rows of a global batch) this rank works on:
+        contiguous, balanced blocks in rank order (sizes differ by at most one; a rank beyond
+        `n` gets none). The blocks of all ranks together are range(n) in order, so a sum over
+        shards is the one-worker sum."""
+        start = self.rank * n // self.world_size
+        return range(start, (self.rank + 1) * n // self.world_size)
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` in place across data-parallel workers (no-op with one worker): each rank
+        holds the gradient of its shard of one loss, the sum is the one-worker gradient."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
     def all_reduce_mean_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average `tensor` in place across data-parallel workers."""
         if self.world_size > 1:
