@@ -7,8 +7,10 @@ Methods and evaluators are plain PyTorch. They receive a `Context` that gives th
 - `report(**metrics)`: progress (iteration, loss, images/s), throttled;
 - `save_checkpoint(step, state)` / `load_checkpoint()`: resume after a lost worker.
 
-`LocalContext` runs in-process (unit tests, `--local`). The runner builds its Ray Train flavour by
-passing `report_fn` / checkpoint callbacks; this module never imports ray.
+Where progress and checkpoints go is the flavour's business: a subclass overrides `_emit` (a
+progress line and, when given, a checkpoint state) and `load_checkpoint`. `LocalContext` runs
+in-process (unit tests, `--local`) and keeps checkpoints in memory; the runner's `RayContext`
+(`ddbench.runner.train`) sends them through Ray Train. This module never imports ray.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from ddbench.seeding import derive_seed
 if TYPE_CHECKING:
     import torch
 
-ReportFn = Callable[[dict[str, float], dict[str, Any] | None], None]
-LoadFn = Callable[[], dict[str, Any] | None]
-
 
 class Context:
     """Execution context of one distill job or eval cell."""
@@ -36,8 +35,6 @@ class Context:
         device: str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        report_fn: ReportFn | None = None,
-        load_fn: LoadFn | None = None,
         report_every_s: float = 5.0,  # seconds between progress lines; keeps logs readable
         log: Callable[[str], None] | None = None,
         dependencies: dict[str, str] | None = None,
@@ -48,8 +45,6 @@ class Context:
         self.device = device
         self.rank = rank
         self.world_size = world_size
-        self._report_fn = report_fn
-        self._load_fn = load_fn
         self._report_every_s = report_every_s
         self._last_report = float("-inf")
         self._log = log
@@ -131,9 +126,12 @@ class Context:
         if checkpoint is None and not force and now - self._last_report < self._report_every_s:
             return
         self._last_report = now
-        if self._report_fn is not None:
-            self._report_fn(metrics, checkpoint)
-        elif self._log is not None and self.is_main:
+        self._emit(metrics, checkpoint)
+
+    def _emit(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+        """Pass on one progress event (and a checkpoint state, which this base flavour cannot
+        keep): a log line from the main rank."""
+        if self._log is not None and self.is_main:
             self._log(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
 
     def save_checkpoint(self, state: dict[str, Any], **metrics: float) -> None:
@@ -142,7 +140,7 @@ class Context:
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last saved state of this job, or None on a fresh start."""
-        return self._load_fn() if self._load_fn is not None else None
+        return None
 
 
 class LocalContext(Context):
@@ -156,22 +154,14 @@ class LocalContext(Context):
         dependencies: dict[str, str] | None = None,
     ):
         self.checkpoints: list[dict[str, Any]] = []
-        super().__init__(
-            seed,
-            device=device,
-            report_fn=self._keep,
-            load_fn=self._last,
-            log=log,
-            dependencies=dependencies,
-        )
+        super().__init__(seed, device=device, log=log, dependencies=dependencies)
 
-    def _keep(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+    def _emit(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
         if checkpoint is not None:  # a snapshot: CPU tensors may alias the live training state
             self.checkpoints.append(copy.deepcopy(checkpoint))
-        if self._log is not None:
-            self._log(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+        super()._emit(metrics, None)
 
-    def _last(self) -> dict[str, Any] | None:
+    def load_checkpoint(self) -> dict[str, Any] | None:
         return self.checkpoints[-1] if self.checkpoints else None
 
 

@@ -180,8 +180,8 @@ class _CopyingContext(LocalContext):
     """Keeps a deep copy of each checkpoint, as a real checkpoint store (a file) would: on the CPU
     `distill_pixels`' state aliases the live images and optimiser buffers."""
 
-    def _keep(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
-        super()._keep(metrics, copy.deepcopy(checkpoint))
+    def _emit(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+        super()._emit(metrics, copy.deepcopy(checkpoint))
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(digits_data: RealData) -> None:

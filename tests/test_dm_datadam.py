@@ -30,8 +30,8 @@ def one_thread():
 class SnapshotContext(LocalContext):
     """Keeps a deep copy of each checkpoint as it was when saved (see test_resume)."""
 
-    def _keep(self, metrics, checkpoint):
-        super()._keep(metrics, copy.deepcopy(checkpoint))
+    def _emit(self, metrics, checkpoint):
+        super()._emit(metrics, copy.deepcopy(checkpoint))
 
 
 def _params(name: str, **overrides):
