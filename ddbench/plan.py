@@ -30,7 +30,7 @@ from typing import Any
 
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash
-from ddbench.spec import LoadedSuite
+from ddbench.spec import LoadedSuite, TuneSpec
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class DistillJob:
     eval_ipcs: tuple[int, ...]
     distill_seed: int
     suite_seed: int
-    tune: dict[str, Any] | None = None
+    tune: TuneSpec | None = None  # a Ray Tune sweep picks this job's params (ddbench.tuning)
     depends: tuple[tuple[str, str], ...] = ()  # (key, job_id) of prerequisite jobs
     classes: tuple[int, ...] | None = None  # distil on these classes only (None: all classes)
 
@@ -98,7 +98,7 @@ def _make_job(
     params: dict[str, Any],
     ipc: int | None,
     distill_seed: int,
-    tune: dict[str, Any] | None,
+    tune: TuneSpec | None,
     plan: Plan,
     evaluate: bool,
     classes: tuple[int, ...] | None = None,
@@ -138,7 +138,7 @@ def _make_job(
         "ipc": ipc,
         "distill_seed": distill_seed,
         "suite_seed": suite.seed,
-        "tune": tune,
+        "tune": _tune_identity(tune),
         "depends": depends,
     }
     if classes is not None:  # absent otherwise, so jobs on all classes keep their ids
@@ -169,6 +169,17 @@ def _make_job(
     return job
 
 
+# TuneSpec fields that only say how a sweep is executed, not what it computes: they stay out of
+# the job id, so running a sweep with more trials at once reuses its artifacts. (Under `asha` the
+# trials cut early can depend on their timing, so that choice is only as repeatable as ASHA.)
+TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
+
+
+def _tune_identity(tune: TuneSpec | None) -> dict[str, Any] | None:
+    """What of a tune block enters the job id."""
+    return None if tune is None else tune.model_dump(mode="json", exclude=TUNE_EXECUTION_FIELDS)
+
+
 def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
     """Every class subset some cell of the suite's evaluators asks for, in first-asked order."""
     from ddbench.evals import EVALS
@@ -194,7 +205,7 @@ def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
         if only and not (fnmatch.fnmatch(spec.name, only) or fnmatch.fnmatch(spec.key, only)):
             continue
         method = METHODS.get(spec.name)()
-        tune = spec.tune.model_dump(mode="json") if spec.tune else None
+        tune = spec.tune
         job_ipcs: list[int | None] = [None] if method.ipc_independent else list(suite.ipc)
         for distill_seed in suite.distill_seeds:
             for ipc in job_ipcs:

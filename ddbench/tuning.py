@@ -35,6 +35,7 @@ from ddbench.fit import Recipe, fit_artifact
 from ddbench.plan import DistillJob, EvalCell
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash
+from ddbench.spec import TuneSpec
 
 SELECTION = "tune"  # the `evaluator` column of selection rows; results/tune/<trial job id>/
 
@@ -116,23 +117,23 @@ def trial_job(job: DistillJob, config: dict[str, Any]) -> DistillJob:
     )
 
 
-def trial_count(tune: dict[str, Any]) -> int:
+def trial_count(tune: TuneSpec) -> int:
     """Trials of a tune block: grid points (product of the grids' lengths) x num_samples."""
     return (
         math.prod(
             len(values)
-            for dist in tune["space"].values()
+            for dist in tune.space.values()
             for kind, values in dist.items()
             if kind == "grid"
         )
-        * tune["num_samples"]
+        * tune.num_samples
     )
 
 
 def selection_ipc(job: DistillJob, suite_ipcs: list[int]) -> int:
     """The IPC a trial of `job` is scored at (TuneSpec.eval_ipc)."""
     assert job.tune is not None, "selection_ipc of a job without a tune block"
-    return job.ipc or job.tune.get("eval_ipc") or suite_ipcs[0]
+    return job.ipc or job.tune.eval_ipc or suite_ipcs[0]
 
 
 def selection_cells(
@@ -143,13 +144,13 @@ def selection_cells(
     params = SelectionParams(
         tuned_job=job.job_id,
         config=config,
-        arch=job.tune["eval_arch"],
-        seeds=job.tune["eval_seeds"],
-        epochs=job.tune["eval_epochs"],
-        labels=job.tune["eval_labels"],
-        temperature=job.tune["eval_temperature"],
-        teacher_arch=job.tune["eval_teacher_arch"],
-        teacher_epochs=job.tune["eval_teacher_epochs"],
+        arch=job.tune.eval_arch,
+        seeds=job.tune.eval_seeds,
+        epochs=job.tune.eval_epochs,
+        labels=job.tune.eval_labels,
+        temperature=job.tune.eval_temperature,
+        teacher_arch=job.tune.eval_teacher_arch,
+        teacher_epochs=job.tune.eval_teacher_epochs,
     )
     eval_params = params.model_dump(mode="json")
     ipc = selection_ipc(job, suite_ipcs)
