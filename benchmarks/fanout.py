@@ -35,7 +35,9 @@ def timed_run(plan, real, out: Store, mode: str, num_cpus: int = 1) -> float:
     """Seconds to evaluate every cell (the artifact is already distilled)."""
     import ray
 
-    from ddbench.runner import init_ray, run_local, run_ray
+    from ddbench.runner.cluster import init_ray
+    from ddbench.runner.local import run_local
+    from ddbench.runner.scheduler import run_ray
 
     out.delete("results")
     quiet = lambda message: None  # noqa: E731 - one line per cell would dominate the output
@@ -62,7 +64,7 @@ def main() -> None:
 
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
-    from ddbench.runner import run_local
+    from ddbench.runner.local import run_local
     from ddbench.spec import load_suite
     from ddbench.storage import Store
 

@@ -107,7 +107,7 @@ def _registry(kind: str):
 def cmd_run(args: argparse.Namespace) -> int:
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
-    from ddbench.runner import artifact_done, cell_done
+    from ddbench.runner.work import artifact_done, cell_done
     from ddbench.spec import load_suite
     from ddbench.storage import Store
     from ddbench.tuning import trial_count
@@ -136,11 +136,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{real.describe()}"
     )
     if args.local:
-        from ddbench.runner import run_local
+        from ddbench.runner.local import run_local
 
         summary = run_local(plan, real, suite_dir, args.force, log)
     else:
-        from ddbench.runner import check_resources, init_ray, run_ray
+        from ddbench.runner.cluster import check_resources, init_ray, shutdown_ray
+        from ddbench.runner.scheduler import run_ray
 
         url = init_ray(args.address, dashboard=args.dashboard)
         if url:
@@ -148,13 +149,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"Ray dashboard (Tune trials, tasks, actors) at {url}; "
                 "`ray get-auth-token` prints its token"
             )
-        import ray
-
         try:
             check_resources(loaded, embedded=not args.address, log=log)
             summary = run_ray(plan, real, suite_dir, args.force, log)
         finally:
-            ray.shutdown()
+            shutdown_ray()
     if summary.distilled == 0 and summary.cells_run == 0:
         log(
             f"nothing to do: all {summary.distill_cached} jobs and {summary.cells_cached} cells "

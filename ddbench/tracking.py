@@ -32,7 +32,7 @@ from ddbench.viz import GRID_FILE
 
 if TYPE_CHECKING:
     from ddbench.plan import Plan
-    from ddbench.runner import RunSummary
+    from ddbench.runner.work import RunSummary
 
 
 def default_tracking_uri(out: str | Path) -> str:
@@ -60,7 +60,7 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
     mlflow = _mlflow()
 
     from ddbench import __version__
-    from ddbench.runner import git_sha
+    from ddbench.runner.work import git_sha
 
     mlflow.set_tracking_uri(uri)
     markers = f"tracking/{content_hash(uri)}"

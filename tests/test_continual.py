@@ -73,7 +73,8 @@ def test_plan_adds_hidden_subset_jobs_before_the_evaluated_ones():
 def test_continual_run_on_digits(tmp_path, digits, monkeypatch):
     from ddbench.artifact import load_artifact
     from ddbench.methods.random_real import RandomReal
-    from ddbench.runner import local_artifact, run_local
+    from ddbench.runner.local import run_local
+    from ddbench.runner.work import local_artifact
     from ddbench.storage import Store
 
     seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (real.classes, labels) per call

@@ -30,7 +30,7 @@ resources: {{distill: {{workers: {workers}, cpus_per_worker: 1}}, eval: {{cpus: 
 def local_ray():
     import ray
 
-    from ddbench.runner import init_ray
+    from ddbench.runner.cluster import init_ray
 
     init_ray(None, num_cpus=2)
     yield
@@ -39,7 +39,7 @@ def local_ray():
 
 def run_suite(tmp_path: Path, name: str, workers: int, params: str) -> tuple[Path, dict]:
     from ddbench.data import load_dataset
-    from ddbench.runner import run_ray
+    from ddbench.runner.scheduler import run_ray
     from ddbench.storage import Store
 
     path = tmp_path / f"{name}.yaml"

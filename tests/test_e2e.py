@@ -8,7 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.conftest import REPO, RayNodes, run_cli
+from ddbench.runner.loopback import LoopbackCluster
+from tests.conftest import REPO, run_cli
 
 QUICK = str(REPO / "suites" / "quickstart.yaml")
 
@@ -79,7 +80,7 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
 
 def test_separately_started_ray_cluster(tmp_path):
     """`ray start --head` on 127.0.0.1, a smoke suite with --address, then stop what we started."""
-    nodes = RayNodes("ddbt")
+    nodes = LoopbackCluster("ddbt")
     try:
         nodes.start(head=True, num_cpus=2)
         out = tmp_path / "runs"
@@ -110,7 +111,7 @@ def test_multi_node_cells_run_on_both_nodes(tmp_path):
     s3:// or gs://, and each node has its own local cache: both nodes must have fetched the
     artifact through the store (no shared local disk is assumed).
     """
-    nodes = RayNodes("ddbm", multi_node=True)
+    nodes = LoopbackCluster("ddbm", multi_node=True)
     caches = {name: tmp_path / f"cache_{name}" for name in ("head", "second")}
     try:
         nodes.start(
@@ -152,6 +153,61 @@ def test_multi_node_cells_run_on_both_nodes(tmp_path):
             assert list(cache.glob("*/store/artifacts/*/meta.json")), cache
     finally:
         nodes.stop()
+
+
+TWO_JOBS = """\
+name: two_jobs
+dataset: {name: digits}
+ipc: [2]
+distill_seeds: [0, 1]
+methods:
+  - name: dm
+    params: {iterations: 60, batch_real: 64, checkpoint_every: 1000}
+evals: [{name: cross_arch, params: {archs: [mlp], seeds: 1, epochs: 2}}]
+"""
+
+
+def test_two_nodes_distil_two_jobs_side_by_side(tmp_path):
+    """Two equal distill jobs on a two-node loopback cluster (1 CPU each): each job is its own
+    Ray Train run, one per node, and the two run at the same time (from the windows and nodes
+    each artifact's meta.json records)."""
+    import json
+    from datetime import datetime
+
+    suite = tmp_path / "two_jobs.yaml"
+    suite.write_text(TWO_JOBS)
+    nodes = LoopbackCluster("ddbj", multi_node=True)
+    try:
+        nodes.start(head=True, num_cpus=1)
+        nodes.start(head=False, num_cpus=1)
+        out = tmp_path / "runs"
+        proc = run_cli(
+            "run",
+            str(suite),
+            "--address",
+            nodes.address,
+            "--out",
+            out.as_uri(),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            env=nodes.env,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        nodes.stop()
+    metas = [json.loads(p.read_text()) for p in out.glob("two_jobs/artifacts/*/meta.json")]
+    assert len(metas) == 2
+    assert len({m["node"] for m in metas}) == 2, [m["node"] for m in metas]
+    windows = [
+        (
+            datetime.fromisoformat(m["distill_started_at"]),
+            datetime.fromisoformat(m["distill_ended_at"]),
+        )
+        for m in metas
+    ]
+    overlap = min(end for _, end in windows) - max(start for start, _ in windows)
+    shortest = min(end - start for start, end in windows)
+    assert overlap > shortest / 2, (windows, overlap)  # side by side, not one after the other
 
 
 @pytest.fixture
@@ -207,7 +263,7 @@ def test_missing_data_is_exit_2_without_traceback(tmp_path):
 
 
 def test_resources_no_node_can_hold():
-    from ddbench.runner import unplaceable, worker_slots
+    from ddbench.runner.resources import unplaceable, worker_slots
     from ddbench.spec import DistillResources, Resources
 
     cpu_node, gpu_node = {"CPU": 2.0, "memory": 1e9}, {"CPU": 8.0, "GPU": 1.0}
@@ -248,7 +304,7 @@ def test_embedded_ray_stays_on_loopback():
 
     code = (
         "import subprocess, sys, urllib.request\n"
-        "from ddbench.runner import init_ray\n"
+        "from ddbench.runner.cluster import init_ray\n"
         "url = init_ray(None, num_cpus=1, dashboard=True)\n"
         "import ray\n"
         "ray_cli = sys.executable.replace('python', 'ray')\n"

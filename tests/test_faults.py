@@ -11,7 +11,8 @@ import time
 
 import polars as pl
 
-from tests.conftest import REPO, processes_mentioning, run_cli, stop_processes_mentioning
+from ddbench.runner.loopback import processes_mentioning, stop_processes_mentioning
+from tests.conftest import REPO, run_cli
 
 QUICK = str(REPO / "suites" / "quickstart.yaml")
 

@@ -1,0 +1,122 @@
+"""Ray itself: start or join a cluster, and check what it can hold.
+
+- `init_ray` / `shutdown_ray`: join a cluster (`--address`) or start a private embedded one on
+  127.0.0.1, with the environment Ray Train needs (`RAY_ENV`), and leave it;
+- `alive_nodes`: node id -> total resources, what the scheduler packs units onto;
+- `check_resources`: stop before any work when no node could ever hold what the suite asks for;
+- `cell_task`: one eval cell as a Ray task, its rows naming the node (`node_name`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ddbench.errors import UserError
+from ddbench.plan import EvalCell
+from ddbench.runner.resources import unplaceable
+from ddbench.runner.work import Log, run_cell
+from ddbench.storage import Store
+
+if TYPE_CHECKING:
+    from ddbench.spec import LoadedSuite
+
+# Ray Train V2 blocks ~2 s per report at its default health-check interval (measured; see
+# docs/architecture.md). A Train run waits for its workers' CPUs while others hold them: at the
+# default 60 s a waiting controller gives up, logs WorkerGroupStartupTimeoutError and starts
+# over (the scheduler admits a run only when its bundles are free, so this is a backstop).
+RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+def init_ray(
+    address: str | None, num_cpus: int | None = None, dashboard: bool = False
+) -> str | None:
+    """Join a cluster at `address`, or start a private embedded one on 127.0.0.1; returns the
+    Ray dashboard's URL when `dashboard` asks the embedded cluster for one (a cluster's own
+    dashboard is the cluster's business).
+
+    The environment is set before ray is imported: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    once, at import. The embedded cluster sets it to 0 (single-node mode), without which Ray
+    turns 127.0.0.1 into the machine's network address; a driver joining a cluster leaves it
+    alone, so it resolves its address as the cluster's nodes do.
+    """
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    runtime_env = {"env_vars": dict(RAY_ENV)}
+    try:
+        if address:
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                logging_level="WARNING",
+                log_to_driver=True,
+            )
+        else:
+            context = ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count(),
+                _node_ip_address="127.0.0.1",
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",  # loopback only, like every process of the run
+                runtime_env=runtime_env,
+                logging_level="WARNING",
+            )
+            if dashboard:
+                return f"http://{context.dashboard_url}"
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot start or join Ray at {address or 'local'}: {exc}") from None
+    return None
+
+
+def shutdown_ray() -> None:
+    """Leave the cluster (an embedded one stops with its driver)."""
+    import ray
+
+    ray.shutdown()
+
+
+def alive_nodes() -> dict[str, dict[str, float]]:
+    """Node id -> total resources, of each live node of the Ray cluster."""
+    import ray
+
+    return {node["NodeID"]: node["Resources"] for node in ray.nodes() if node.get("Alive")}
+
+
+def check_resources(loaded: LoadedSuite, embedded: bool, log: Log) -> None:
+    """Stop before any work when Ray can never place what the suite asks for (`unplaceable`).
+    Nothing joins the embedded Ray, so there it is a `UserError` naming the suite's field; a
+    cluster's autoscaler may still add such a node, so there it is a warning."""
+    problems = [
+        f"{loaded.where(loc)}: {'.'.join(loc)}: {message}"
+        for loc, message in unplaceable(loaded.suite.resources, list(alive_nodes().values()))
+    ]
+    if not problems:
+        return
+    if embedded:
+        problems.append("lower them, or run on a cluster that has such nodes with --address")
+        raise UserError("\n".join(problems))
+    for problem in problems:
+        log(f"warning: {problem}; the run waits until the cluster has such a node")
+
+
+def node_name() -> str:
+    """The `node` of rows and artifacts made in this Ray process: `ray:` + its node id."""
+    import ray
+
+    return "ray:" + ray.get_runtime_context().get_node_id()[:12]
+
+
+def cell_task(
+    cell: EvalCell, real: Any, store: Store, device: str, cpus: float, sha: str
+) -> tuple[str, int]:
+    """One eval cell as a Ray task (`run_cell`, its rows naming this node)."""
+    return run_cell(cell, real, store, device, cpus, sha, node_name())
