@@ -13,17 +13,21 @@ frozen and the real side carries no gradient.
 
 Workers: the sum over classes is split (`_pixel.distill_pixels`): with W workers each rank builds
 the same psi, evaluates the terms of its block of classes and the image gradients are summed, so
-the step is the one-worker step whatever W.
+the step is the one-worker step whatever W (bit for bit: a class's terms only have gradient in
+its own images; BatchNorm networks are the exception, see below).
 
-Batched evaluation (the default). Every class's real batch goes through the network in one forward
-and all synthetic images in another; per-class means come from one product with an averaging
-matrix. The DSA draw of each class is applied to its own rows only (the draws are grouped by family
-and applied as per-sample values, so a family costs one call). With a per-sample network (the
-default ConvNet's "instancenorm" is GroupNorm(C, C): no statistic crosses samples) this is the same
-function as the per-class loop of the reference code, computed with a few large batches instead of
-2 x classes small ones; `per_class_loop: true` runs that loop (for measuring and testing the
-equality). With a BatchNorm network (`arch: convnet_bn`) the two differ, as they do in DM's code,
-whose BatchNorm branch also concatenates all classes.
+Batched evaluation (the default). Every class's real batch (of the rank's classes) goes through
+the network in one forward and all their synthetic images in another; per-class means come from
+one product with an averaging matrix. The DSA draw of each class is applied to its own rows only
+(the draws are grouped by family and applied as per-sample values, so a family costs one call).
+With a per-sample network (the default ConvNet's "instancenorm" is GroupNorm(C, C): no statistic
+crosses samples) this is the same function as the per-class loop of the reference code, computed
+with a few large batches instead of 2 x classes small ones; `per_class_loop: true` runs that loop
+(for measuring and testing the equality). With a BatchNorm network (`arch: convnet_bn`) the two
+differ, as they do in DM's code, whose BatchNorm branch also concatenates all classes; and with
+several workers the batched forward's batch statistics span only the rank's classes (as they span
+only a chunk with `forward_chunk`), so a BatchNorm matching network is worker-count invariant only
+with `per_class_loop: true`.
 
 Cost. The real forward (classes x batch_real images, no gradient) dominates an iteration; batching
 removes the per-call overhead of 2 x classes small forwards and backwards, not FLOPs, so the gain is
