@@ -76,9 +76,9 @@ class Context:
 
     def shard(self, n: int) -> range:
         """The indices of `n` items (classes, rows of a global batch) this rank works on:
-        contiguous, balanced blocks in rank order (sizes differ by at most one; a rank beyond
-        `n` gets none). The blocks of all ranks together are range(n) in order, so a sum over
-        shards is the one-worker sum."""
+        contiguous, balanced blocks in rank order (sizes differ by at most one; with more ranks
+        than items, some ranks get none). The blocks of all ranks together are range(n) in
+        order, so a sum over shards is the one-worker sum."""
         start = self.rank * n // self.world_size
         return range(start, (self.rank + 1) * n // self.world_size)
 
