@@ -2,8 +2,12 @@
 
 Methods and evaluators are plain PyTorch. They receive a `Context` that gives them
 - `device`, `rank`, `world_size` (data-parallel distillation across Ray Train workers);
-- `rng(name)`: a `torch.Generator` seeded from the job seed and the stream name (never the clock);
-- `all_reduce_mean_(tensor)`: average a gradient across workers (no-op with one worker);
+- `rng(name)`: a `torch.Generator` seeded from the job seed and the stream name (never the clock,
+  never the rank: every worker draws the same numbers, so the work can be split without changing
+  what is computed);
+- `shard(n)`: the block of n items (classes, rows of a global batch) this rank works on, and
+  `all_reduce_sum_(tensor)`: sum the ranks' partial gradients (no-op with one worker); with both,
+  a method's result does not depend on the number of workers;
 - `report(**metrics)`: progress (iteration, loss, images/s), throttled;
 - `save_checkpoint(step, state)` / `load_checkpoint()`: resume after a lost worker.
 
@@ -53,21 +57,23 @@ class Context:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def stream_seed(self, name: str, per_rank: bool = False) -> int:
-        """The seed of a named stream; `per_rank` streams differ across workers."""
-        return derive_seed(self.seed, name, self.rank if per_rank else None)
+    def stream_seed(self, name: str) -> int:
+        """The seed of a named stream: the same on every rank."""
+        # the trailing None once held the rank of per-rank streams; kept so that every stream
+        # keeps its seed (and artifacts cached under unchanged method versions stay valid)
+        return derive_seed(self.seed, name, None)
 
-    def rng(self, name: str, per_rank: bool = False, device: str = "cpu") -> torch.Generator:
-        """A fresh generator for stream `name` (same name, same numbers)."""
+    def rng(self, name: str, device: str = "cpu") -> torch.Generator:
+        """A fresh generator for stream `name` (same name, same numbers, on every rank)."""
         import torch
 
-        return torch.Generator(device=device).manual_seed(self.stream_seed(name, per_rank))
+        return torch.Generator(device=device).manual_seed(self.stream_seed(name))
 
     def shard(self, n: int) -> range:
         """The indices of `n` items (classes, rows of a global batch) this rank works on:
-        contiguous, balanced blocks in rank order (sizes differ by at most one; a rank beyond
-        `n` gets none). The blocks of all ranks together are range(n) in order, so a sum over
-        shards is the one-worker sum."""
+        contiguous, balanced blocks in rank order (sizes differ by at most one; with more ranks
+        than items, some ranks get none). The blocks of all ranks together are range(n) in
+        order, so a sum over shards is the one-worker sum."""
         start = self.rank * n // self.world_size
         return range(start, (self.rank + 1) * n // self.world_size)
 
@@ -78,15 +84,6 @@ class Context:
             import torch.distributed as dist
 
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def all_reduce_mean_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Average `tensor` in place across data-parallel workers."""
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-            tensor.div_(self.world_size)
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:

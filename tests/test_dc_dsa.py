@@ -207,7 +207,7 @@ def test_matching_loss_decreases_on_a_fixed_network(digits_data: RealData) -> No
     opt = torch.optim.SGD([syn.images], lr=params.lr_img, momentum=params.momentum)
     losses = []
     for step in range(4):
-        loss = matcher(syn, step)
+        loss = matcher(syn, step, digits_data.classes)
         losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
@@ -250,17 +250,20 @@ def test_dsa_augments_real_and_synthetic_identically(monkeypatch: pytest.MonkeyP
     strategy = "color_crop_cutout_scale_rotate"
     matcher = _GradientMatcher(real, DSAMethodParams(batch_real=1), ctx, 1, 1, strategy)
     for step in range(6):  # several draws cover several families
-        matcher(syn, step)
+        matcher(syn, step, real.classes)
     assert len(pairs) == 6 * 3
+    # equal up to rounding: the synthetic side is differentiated with create_graph (other kernels);
+    # measured up to 1.6e-6 on gradients of ~0.06, while independent draws differ by far more
+    tol = 1e-5
     for g_syn, g_real in pairs:
-        assert all(torch.allclose(s, r, atol=1e-6) for s, r in zip(g_syn, g_real, strict=True))
+        assert all(torch.allclose(s, r, atol=tol) for s, r in zip(g_syn, g_real, strict=True))
     # the same check with two independent draws fails: the shared draw is what makes them equal
     gen = torch.Generator().manual_seed(0)
     x, y = real.train_x[:1], torch.zeros(1, dtype=torch.long)
     loss_fn = torch.nn.functional.cross_entropy
     g_a = torch.autograd.grad(loss_fn(matcher.net(dsa(x, "rotate", gen)), y), matcher.weights)
     g_b = torch.autograd.grad(loss_fn(matcher.net(dsa(x, "rotate", gen)), y), matcher.weights)
-    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_a, g_b, strict=True))
+    assert not all(torch.allclose(a, b, atol=tol) for a, b in zip(g_a, g_b, strict=True))
 
 
 def test_dsa_method_uses_the_dataset_default_strategy(digits_data: RealData) -> None:

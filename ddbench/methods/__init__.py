@@ -6,9 +6,13 @@ with its unit and reason, `smoke` overrides that finish in seconds on `digits`, 
 
     def distill(self, real: RealData, ipc: int, params: Params, ctx: Context) -> Artifact
 
-`distill` is plain PyTorch: it draws randomness only from `ctx.rng(name)`, reports progress with
-`ctx.report(...)`, averages gradients with `ctx.all_reduce_mean_` when several Ray Train workers
-share the job, and may checkpoint with `ctx.save_checkpoint` / `ctx.load_checkpoint`. To add one::
+`distill` is plain PyTorch: it draws randomness only from named streams (`ctx.rng(name)`, the same
+on every rank), reports progress with `ctx.report(...)`, and may checkpoint with
+`ctx.save_checkpoint` / `ctx.load_checkpoint`. When several Ray Train workers share the job, the
+artifact must not depend on how many: a method splits its work with `ctx.shard(n)` (the pixel
+methods split the classes of their loss, `_pixel`; the batch-trained ones the rows of each global
+batch, `_parallel`) and sums the ranks' gradients with `ctx.all_reduce_sum_`, or (`d4m`, the
+coresets) computes the same thing on every rank. To add one::
 
     @register_method
     class MyMethod(Method):

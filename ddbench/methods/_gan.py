@@ -23,10 +23,16 @@ Determinism and resuming: every random draw of epoch (or iteration) `i` comes fr
 from a checkpoint continues exactly as an uninterrupted one (on the same device). Checkpoints are
 taken at epoch boundaries.
 
-Data parallelism (several Ray Train workers): each rank draws its own noise, real batches and
-pool networks (per-rank streams); the gradients of the generator (and discriminator) are averaged
-with `ctx.all_reduce_mean_` on every parameter's `.grad` before each optimiser step, so the ranks'
-weights stay identical, as with DDP.
+Data parallelism (several Ray Train workers), as `ddbench.methods._parallel` describes: no draw
+depends on the rank, so every rank draws the global batch of a step (permutation, labels, noise,
+DiffAugment values) and the pool networks; each rank computes the losses on its rows of the
+batch only, as its share of the one-worker batch mean, the generator's (and discriminator's)
+gradients are summed across ranks before each optimiser step, and the generator's BatchNorm
+layers normalise with the global batch's statistics (`global_batch_stats`, also applied to the
+matching networks). A step of W workers is the one-worker step up to floating-point summation
+order. Pool networks and their warm-up training run identically on every rank (the same streams
+on the same full batches): duplicated, not split. The losses logged are the sums of the ranks'
+shares, i.e. the one-worker values.
 
 Adding a generator method: subclass `Method` with `ipc_independent = True`, build or load a
 generator with the helpers here, write an `epoch_fn(epoch) -> metrics` and call `run_epochs`.
@@ -53,6 +59,14 @@ from ddbench.data import RealData
 from ddbench.errors import UserError
 from ddbench.generators import build_discriminator, build_generator, generator_config
 from ddbench.methods import MethodParams
+from ddbench.methods._parallel import (
+    augment_rows,
+    global_batch_stats,
+    row_mean,
+    row_slice,
+    sum_metrics,
+    sync_grads,
+)
 from ddbench.methods._pixel import iteration_rng, random_net
 
 ADAM_BETAS = (0.5, 0.999)  # DCGAN's Adam betas for both networks (DiM's WGAN-GP code: (0, 0.9))
@@ -143,14 +157,6 @@ def generator_set(
     return GeneratorSet(state, dict(config), dict(meta))
 
 
-def sync_grads(module: nn.Module, ctx: Context) -> None:
-    """Average every parameter's gradient across data-parallel workers (no-op with one)."""
-    if ctx.world_size > 1:
-        for p in module.parameters():
-            if p.grad is not None:
-                ctx.all_reduce_mean_(p.grad)
-
-
 def noise(n: int, dim: int, rng: torch.Generator, device: str) -> Tensor:
     return torch.randn(n, dim, generator=rng).to(device)
 
@@ -205,26 +211,32 @@ def gan_step(
     rng: torch.Generator,
     ctx: Context,
     augment: str | None,
-    extra_loss: Callable[[Tensor], Tensor] | None = None,
+    extra_loss: Callable[[Tensor, slice], Tensor] | None = None,
 ) -> dict[str, float]:
     """One conditional-GAN update with the non-saturating loss (DiM's Eq. 3 / D2M's Eq. 1).
 
-    The discriminator sees real and fake images of the same `labels`, each augmented with its own
-    per-sample draw of `augment` (DiffAugment) when given. The generator loss adds
-    `extra_loss(fake)` (e.g. λ · logit matching) when given. Returns the scalar losses.
+    `x_real` and `labels` are the global batch of n rows (the same on every rank). The noise of
+    both fake batches and the per-sample DiffAugment values (`augment`) of the discriminator's
+    inputs (real and fake, each its own draw) are drawn from `rng` for all n rows; this rank then
+    computes on its rows (`row_slice`) only, each loss being its share of the one-worker batch
+    mean, and gradients are summed across ranks before each optimiser step.
+    `extra_loss(fake_rows, rows)` (e.g. λ · logit matching) is added to the generator loss: it
+    gets this rank's fake images and their slice of the global batch and returns its share.
+    Returns this rank's shares of the scalar losses (summed over ranks: the one-worker values).
     """
-    n, noise_dim = len(x_real), generator.noise_dim
-    labels = labels.to(ctx.device)
+    n, noise_dim = len(labels), generator.noise_dim
+    rows = row_slice(ctx, n)
+    x_real, labels = x_real[rows], labels[rows].to(ctx.device)
 
     def aug(x: Tensor) -> Tensor:
-        return dsa(x, augment, rng) if augment else x
+        return augment_rows(x, augment, n, rows, rng) if augment else x
 
-    with torch.no_grad():
-        fake = generator(noise(n, noise_dim, rng, ctx.device), labels)
+    z = noise(n, noise_dim, rng, ctx.device)[rows]
+    with torch.no_grad(), global_batch_stats(ctx, generator):
+        fake = generator(z, labels)
     discriminator.requires_grad_(True)
-    loss_d = (
-        F.softplus(-discriminator(aug(x_real), labels)).mean()
-        + F.softplus(discriminator(aug(fake), labels)).mean()
+    loss_d = row_mean(F.softplus(-discriminator(aug(x_real), labels)), n) + row_mean(
+        F.softplus(discriminator(aug(fake), labels)), n
     )
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
@@ -232,9 +244,11 @@ def gan_step(
     opt_d.step()
 
     discriminator.requires_grad_(False)  # the generator step needs no discriminator gradients
-    fake = generator(noise(n, noise_dim, rng, ctx.device), labels)
-    loss_g = F.softplus(-discriminator(aug(fake), labels)).mean()
-    match = extra_loss(fake) if extra_loss is not None else torch.zeros((), device=ctx.device)
+    z = noise(n, noise_dim, rng, ctx.device)[rows]
+    with global_batch_stats(ctx, generator):
+        fake = generator(z, labels)
+    loss_g = row_mean(F.softplus(-discriminator(aug(fake), labels)), n)
+    match = extra_loss(fake, rows) if extra_loss is not None else torch.zeros((), device=ctx.device)
     opt_g.zero_grad(set_to_none=True)
     (loss_g + match).backward()
     sync_grads(generator, ctx)
@@ -256,11 +270,13 @@ def gan_epoch(
     params: GanTrainingParams,
     ctx: Context,
     epoch: int,
-    extra: Callable[[Tensor, Tensor, torch.Generator], Callable[[Tensor], Tensor]] | None = None,
+    extra: Callable[[Tensor, Tensor, torch.Generator], Callable[[Tensor, slice], Tensor]]
+    | None = None,
 ) -> dict[str, float]:
     """One pass over the train split in real batches of `params.batch_size`; the fake batch of
-    each step has the real batch's labels. `extra(x_real, labels, rng)` makes the step's extra
-    generator loss (DiM's matching). Returns mean losses; `loss` is the generator's total."""
+    each step has the real batch's labels. `extra(x_real, labels, rng)` (the global batch) makes
+    the step's extra generator loss (DiM's matching, see `gan_step`). Returns mean losses over
+    the epoch, summed over ranks; `loss` is the generator's total."""
     rng = iteration_rng(ctx, "gan", epoch)
     augment = GAN_AUGMENT if params.gan_augment else None
     generator.train()
@@ -276,6 +292,7 @@ def gan_epoch(
         )
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + v / len(batches)
+    totals = sum_metrics(totals, ctx)
     totals["loss"] = totals["loss_g"] + totals["loss_match"]
     return totals
 
@@ -285,7 +302,7 @@ def gan_epoch(
 
 class ModelPool:
     """Matching networks: draw `i` picks an architecture of `archs` and a fresh initialisation,
-    both functions of (job seed, rank, i, salt) only."""
+    both functions of (job seed, i, salt) only: every rank draws the same network."""
 
     def __init__(self, archs: list[str], real: RealData, ctx: Context, salt: str) -> None:
         self.archs, self.real, self.ctx, self.salt = list(archs), real, ctx, salt
@@ -306,7 +323,9 @@ class ModelPool:
 class PoolTrainer:
     """Trains a drawn pool network on real data between generator steps (DiM's 'warm-up':
     its code gives the epoch's network 16 SGD steps on real batches before every generator
-    step). DC recipe: SGD lr 0.01, momentum 0.9, weight decay 5e-4, per-sample DSA."""
+    step). DC recipe: SGD lr 0.01, momentum 0.9, weight decay 5e-4, per-sample DSA. With several
+    workers every rank runs the same steps on the same batches (not split), from the shared
+    stream `rng`, so the ranks' networks stay identical."""
 
     def __init__(self, net: nn.Module, real: RealData, batch_size: int, strategy: str) -> None:
         self.net, self.real, self.batch_size, self.strategy = net, real, batch_size, strategy
@@ -390,7 +409,9 @@ def run_epochs(
             ctx.save_checkpoint(snapshot, **metrics)
         else:
             ctx.report(**metrics)
-    for module in modules.values():  # BatchNorm statistics differ per rank: keep rank 0's
+    # ranks hold the same values (summed gradients, global batch statistics); rank 0's copy of
+    # the buffers makes them bit-identical, as the runner checks, whatever a device's kernels do
+    for module in modules.values():
         for buffer in module.buffers():
             ctx.broadcast_(buffer.data)
     return {"first_loss": first, "last_loss": last}

@@ -1,33 +1,42 @@
 """Shared machinery of the pixel-space methods (DC, DSA, DM, DataDAM): the learnable synthetic set.
 
 `SyntheticSet` holds IPC x classes images as one `nn.Parameter` plus fixed labels. A method only
-writes its matching loss; `distill_pixels` owns the outer loop:
+writes its matching loss, a sum over classes; `distill_pixels` owns the outer loop:
 
 - initialisation (`init: real | noise | kcenter`), broadcast from rank 0 so ranks start identical;
-- SGD on the pixels; with several Ray Train workers each rank draws its own real batches and random
-  networks (per-rank streams), and the image gradient is all-reduced (averaged) before the step,
-  so every rank applies the same update and the sets stay identical;
+- SGD on the pixels. With W data-parallel workers (Ray Train) the classes are split: rank r
+  evaluates the loss only over its block `ctx.shard(len(classes))` of the classes, the image
+  gradients of the ranks are summed (`ctx.all_reduce_sum_`) and every rank applies that sum, i.e.
+  exactly the one-worker step (up to floating-point summation order). The logged loss is the
+  all-reduced total, so every rank takes the same NaN decision; a rank without classes
+  (W > classes) contributes zeros and still joins every collective;
 - a checkpoint every `checkpoint_every` iterations (images + optimiser + iteration) through the
   Context; a restarted worker resumes there, and because every random draw is a function of
-  (stream name, iteration, rank), a resumed run continues exactly as an uninterrupted one would;
+  (job seed, draw name, iteration[, class]), a resumed run continues exactly as an uninterrupted
+  one would;
 - progress (iteration, loss, images/s) through `ctx.report`; a non-finite loss stops the job with
   a clear error.
 
-Randomness per iteration comes from `iteration_rng(ctx, name, it)`; a method needing a fresh random
-network per iteration seeds it with `random_net(...)`.
+Randomness never depends on the rank (so it does not depend on the number of workers either):
+per-iteration draws come from `iteration_rng(ctx, name, it)`, per-class draws from
+`iteration_rng(ctx, name, it, label)` (a class gets the same batch whichever rank owns it;
+`draw_classes` draws a class's real batch and siamese DSA parameters that way), and a fresh
+random network per iteration from `random_net(...)`, the same on every rank.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 
 from ddbench.artifact import ImageSet
+from ddbench.augment import DSAParams, default_strategy, sample_dsa
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import MethodParams
@@ -48,18 +57,21 @@ class PixelParams(MethodParams):
 
 
 def iteration_rng(
-    ctx: Context, name: str, iteration: int, per_rank: bool = True
+    ctx: Context, name: str, iteration: int, label: int | None = None
 ) -> torch.Generator:
-    """A generator for draw `name` at `iteration`: resumable without saving generator state."""
-    return torch.Generator().manual_seed(ctx.stream_seed(f"{name}/{iteration}", per_rank))
+    """A generator for draw `name` at `iteration` (of class `label`, for a per-class draw): the
+    same on every rank, and resumable without saving generator state."""
+    key = f"{name}/{iteration}" if label is None else f"{name}/{iteration}/class{label}"
+    return torch.Generator().manual_seed(ctx.stream_seed(key))
 
 
 def random_net(
     build: Callable[[], torch.nn.Module], ctx: Context, iteration: int, salt: str = "net"
 ) -> torch.nn.Module:
-    """A freshly initialised network whose weights depend only on (job, rank, iteration, salt)."""
+    """A freshly initialised network whose weights depend only on (job, iteration, salt): every
+    rank builds the same one."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.stream_seed(f"{salt}/{iteration}", per_rank=True))
+        torch.manual_seed(ctx.stream_seed(f"{salt}/{iteration}"))
         net = build()
     return net.to(ctx.device)
 
@@ -71,6 +83,45 @@ def sample_real(
     idx = real.class_indices(label)
     pick = idx[torch.randperm(len(idx), generator=generator)[:n]]
     return real.train_x[pick].to(device, non_blocking=True)
+
+
+def dsa_strategy(params: PixelParams, real: RealData) -> str | None:
+    """The siamese DSA strategy of matching (None: no augmentation)."""
+    return (params.dsa_strategy or default_strategy(real.name)) if params.dsa else None
+
+
+@dataclass
+class ClassDraws:
+    """One iteration's random draws: per class (in `classes` order) a real batch and the siamese
+    DSA parameters (None without DSA)."""
+
+    classes: list[int]
+    real: list[torch.Tensor]
+    augs: list[DSAParams | None]
+
+
+def draw_classes(
+    real: RealData,
+    classes: Sequence[int],
+    batch_real: int,
+    strategy: str | None,
+    ctx: Context,
+    name: str,
+    iteration: int,
+) -> ClassDraws:
+    """Each of `classes`' real batch (`batch_real` images) and siamese DSA draw for `iteration`.
+
+    A class draws from its own generator `iteration_rng(ctx, name, iteration, label)`, real
+    indices first, then the DSA parameters: the numbers do not depend on which rank owns the
+    class, nor on the other classes, so the batched and per-class paths, any split of the
+    classes across workers, and a resumed run see exactly the same draws.
+    """
+    batches, augs = [], []
+    for label in classes:
+        gen = iteration_rng(ctx, name, iteration, label)
+        batches.append(sample_real(real, label, batch_real, gen, ctx.device))
+        augs.append(sample_dsa(strategy, 1, gen) if strategy is not None else None)
+    return ClassDraws(list(classes), batches, augs)
 
 
 class SyntheticSet(torch.nn.Module):
@@ -116,7 +167,8 @@ class SyntheticSet(torch.nn.Module):
         return cls(images.clone().float(), labels, ipc).to(ctx.device)
 
 
-LossFn = Callable[[SyntheticSet, int], torch.Tensor]
+# loss_fn(syn, iteration, classes): the matching loss of `iteration` summed over `classes` only
+LossFn = Callable[[SyntheticSet, int, Sequence[int]], torch.Tensor]
 
 
 def distill_pixels(
@@ -127,8 +179,10 @@ def distill_pixels(
     loss_fn: LossFn,
     method: str,
 ) -> ImageSet:
-    """Optimise a synthetic set by `loss_fn(syn, iteration)` (the outer loop of every pixel
-    method); returns the distilled `ImageSet`."""
+    """Optimise a synthetic set by `loss_fn(syn, iteration, classes)` (the outer loop of every
+    pixel method), this rank's `classes` being its shard of the classes; returns the distilled
+    `ImageSet`."""
+    classes = [real.classes[i] for i in ctx.shard(len(real.classes))]
     syn = SyntheticSet.initialise(real, ipc, params.init, ctx)
     ctx.broadcast_(syn.images.data)
     opt = torch.optim.SGD([syn.images], lr=params.lr_img, momentum=params.momentum)
@@ -141,16 +195,17 @@ def distill_pixels(
     first_loss = last_loss = float("nan")
     tic = time.perf_counter()
     for it in range(start, params.iterations):
-        loss = loss_fn(syn, it)
-        value = float(loss.detach())
+        loss = loss_fn(syn, it, classes)
+        value = float(ctx.all_reduce_sum_(loss.detach().float().reshape(1).clone()))
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"{method}: matching loss became {value} at iteration {it}; lower lr_img or "
                 f"check the data normalisation"
             )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.all_reduce_mean_(syn.images.grad)
+        syn.images.grad = torch.zeros_like(syn.images)  # also for a rank without classes
+        if loss.requires_grad:
+            loss.backward()
+        ctx.all_reduce_sum_(syn.images.grad)  # the ranks' classes together: the one-worker step
         opt.step()
         first_loss = value if math.isnan(first_loss) else first_loss
         last_loss = value

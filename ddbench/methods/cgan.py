@@ -6,6 +6,11 @@ job, so the plan shares one cgan job between the suite's own `cgan` entry and `d
 generator architecture (`ddbench.generators.ConditionalGenerator`, noise dimension 100), a
 conditional projection discriminator, the non-saturating GAN loss, Adam (lr 1e-4, DiM's value),
 batch 64 (DiM's B). One artifact serves every IPC.
+
+Workers: each step's global batch (the one-worker batch, noise and DiffAugment values) is split by
+rows across ranks, the losses are the ranks' shares of the batch means, gradients are summed and
+the generator's BatchNorm uses the global batch's statistics (`_gan.gan_step`): W workers train
+the one-worker generator up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ CGAN_SMOKE = {"epochs": 2, "width": 8, "batch_size": 256}
 class CGAN(Method):
     name = "cgan"
     paper = "Mirza & Osindero, arXiv 2014 (conditional GAN; as used by DiM, ICCV 2023)"
-    version = 1
+    version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = CGANParams
     smoke = CGAN_SMOKE
     ipc_independent = True

@@ -34,6 +34,13 @@ Choices the paper leaves open, as implemented here (all documented in the report
 - pool: ConvNet of the resolution's depth and ResNet-18 (the paper's ResNet-32 is not a ddbench
   architecture); networks stay at their random initialisation (no training);
 - the generator trains in train mode (BatchNorm batch statistics) and samples in eval mode.
+
+Workers: every rank draws the iteration's global batch (labels, paired real images, noise, pool
+network, siamese DSA draw) and computes on its rows only; the class means of L_emb sum the ranks'
+per-class sums (differentiably, `_parallel.all_reduce_sum`), L_pred is each rank's share of the
+batch mean, the generator's BatchNorm layers (and the pool network's, if any) use the global
+batch's statistics, and gradients are summed: the one-worker step up to floating-point summation
+order.
 """
 
 from __future__ import annotations
@@ -64,6 +71,13 @@ from ddbench.methods._gan import (
     noise,
     random_labels,
     run_epochs,
+)
+from ddbench.methods._parallel import (
+    all_reduce_sum,
+    global_batch_stats,
+    row_mean,
+    row_slice,
+    sum_metrics,
     sync_grads,
 )
 from ddbench.methods._pixel import iteration_rng
@@ -90,45 +104,57 @@ def channel_attention(feature_map: Tensor, power: float) -> Tensor:
     return F.normalize(feature_map.abs().pow(power).mean(dim=(2, 3)), dim=1)
 
 
-def class_means(x: Tensor, labels: Tensor) -> Tensor:
-    """Mean of the rows of `x` per class present in `labels` (classes in sorted order)."""
-    _, inverse = labels.unique(return_inverse=True)
-    onehot = F.one_hot(inverse).to(x.dtype).T  # [K, N]
-    return (onehot @ x.flatten(1)) / onehot.sum(dim=1, keepdim=True)
+def class_means(x: Tensor, labels: Tensor, counts: Tensor, ctx: Context) -> Tensor:
+    """Per class present in the global batch (sorted), the mean of its rows over the whole
+    global batch. `x` and `labels` are this rank's rows, `counts` [num_classes] the global
+    batch's class counts; the per-class sums are summed across ranks (differentiably)."""
+    onehot = F.one_hot(labels, len(counts)).to(x.dtype).T  # [num_classes, rows]
+    sums = all_reduce_sum(onehot @ x.flatten(1), ctx)
+    present = counts > 0
+    return sums[present] / counts[present].unsqueeze(1).to(x.dtype)
 
 
 def embedding_loss(
     real_out: tuple[list[Tensor], Tensor, Tensor],
     syn_out: tuple[list[Tensor], Tensor, Tensor],
     labels: Tensor,
+    counts: Tensor,
     power: float,
+    ctx: Context,
 ) -> Tensor:
-    """L_emb: class-mean channel attention over intermediate layers + final features (MSE)."""
+    """L_emb: class-mean channel attention over intermediate layers + final features (MSE), of
+    the global batch (the same value on every rank; see `class_means`)."""
     maps_r, emb_r, _ = real_out
     maps_s, emb_s, _ = syn_out
-    loss = F.mse_loss(class_means(emb_s, labels), class_means(emb_r, labels))
+
+    def means(x: Tensor) -> Tensor:
+        return class_means(x, labels, counts, ctx)
+
+    loss = F.mse_loss(means(emb_s), means(emb_r))
     for a_r, a_s in zip(maps_r[:-1], maps_s[:-1], strict=True):
-        att_r = class_means(channel_attention(a_r, power), labels)
-        att_s = class_means(channel_attention(a_s, power), labels)
+        att_r = means(channel_attention(a_r, power))
+        att_s = means(channel_attention(a_s, power))
         loss = loss + F.mse_loss(att_s, att_r)
     return loss
 
 
-def prediction_loss(logits_real: Tensor, logits_syn: Tensor, temperature: float) -> Tensor:
-    """L_pred: KL(softmax(z_real/τ) ‖ softmax(z_syn/τ)) averaged over the aligned pairs."""
-    return F.kl_div(
+def prediction_loss(logits_real: Tensor, logits_syn: Tensor, temperature: float, n: int) -> Tensor:
+    """This rank's share of L_pred: KL(softmax(z_real/τ) ‖ softmax(z_syn/τ)) averaged over the
+    `n` aligned pairs of the global batch (`logits_*` are this rank's rows)."""
+    kl = F.kl_div(
         F.log_softmax(logits_syn / temperature, dim=1),
         F.log_softmax(logits_real / temperature, dim=1),
-        reduction="batchmean",
+        reduction="none",
         log_target=True,
     )
+    return row_mean(kl.sum(dim=1), n)
 
 
 @register_method
 class D2M(Method):
     name = "d2m"
     paper = "Sajedi et al., Data-to-Model Distillation (D2M), ECCV 2024"
-    version = 1
+    version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = D2MParams
     # seconds on digits: one epoch on the smoke cgan (the same params as cgan's smoke: shared)
     smoke = {"epochs": 1, "batch_size": 256, "pool": ["convnet"], "pretrain": dict(CGAN_SMOKE)}
@@ -167,21 +193,31 @@ class D2M(Method):
         iters = max(1, len(real.train_y) // batch)
 
         def step(it: int) -> dict[str, float]:
+            """One generator update on this rank's rows of the iteration's global batch; returns
+            this rank's shares of the losses."""
             rng = iteration_rng(ctx, "d2m", it)
             labels = random_labels(real, batch, rng)
             x_real = index.paired_real(labels, rng, ctx.device)
-            labels = labels.to(ctx.device)
-            fake = generator(noise(batch, generator.noise_dim, rng, ctx.device), labels)
+            z = noise(batch, generator.noise_dim, rng, ctx.device)
+            counts = torch.bincount(labels, minlength=real.num_classes).to(ctx.device)
+            rows = row_slice(ctx, batch)
+            labels = labels[rows].to(ctx.device)
+            with global_batch_stats(ctx, generator):
+                fake = generator(z[rows], labels)
             _, net = pool.draw(it)
             net.requires_grad_(False)  # a random network: only the generator learns
-            xr, xs = x_real, fake
+            xr, xs = x_real[rows], fake
             if strategy is not None:
-                xr, xs = dsa_siamese([x_real, fake], strategy, rng)
-            with torch.no_grad():
-                real_out = net.forward_features(xr)
-            syn_out = net.forward_features(xs)
-            l_emb = embedding_loss(real_out, syn_out, labels, params.attention_power)
-            l_pred = prediction_loss(real_out[2], syn_out[2], params.temperature)
+                xr, xs = dsa_siamese([xr, xs], strategy, rng)
+            with global_batch_stats(ctx, net):
+                with torch.no_grad():
+                    real_out = net.forward_features(xr)
+                syn_out = net.forward_features(xs)
+            # L_emb is a function of global class means, computed whole on every rank: each
+            # rank's share is 1 / W of it
+            l_emb = embedding_loss(real_out, syn_out, labels, counts, params.attention_power, ctx)
+            l_emb = l_emb / ctx.world_size
+            l_pred = prediction_loss(real_out[2], syn_out[2], params.temperature, batch)
             loss = l_emb + params.task_balance * l_pred
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,7 +235,7 @@ class D2M(Method):
             for j in range(iters):
                 for k, v in step(epoch * iters + j).items():
                     totals[k] = totals.get(k, 0.0) + v / iters
-            return totals
+            return sum_metrics(totals, ctx)
 
         losses = run_epochs(
             ctx,

@@ -15,6 +15,8 @@ synthetic images (one siamese DSA draw per class). The loss is::
 
 The class means of both terms come from one batched forward over all classes (see `dm.py`, whose
 mean-matching machinery this reuses); `per_class_loop: true` runs the per-class reference loop.
+Workers: as DM, each of W ranks evaluates the terms of its block of classes (same random network
+and per-class draws on every rank) and the image gradients are summed: the one-worker step.
 
 Paper vs official code (DataDistillation/DataDAM, `main_DataDAM.py`), and what ddbench uses:
 
@@ -32,12 +34,14 @@ Paper vs official code (DataDistillation/DataDAM, `main_DataDAM.py`), and what d
   and 16x16).
 - iterations: paper 8,000, code 20,000 -> 8000. batch_real: paper 256, code 64 -> 256.
 - lr_img 1.0 with SGD momentum 0.5 (code; the paper: "SGD with momentum", lr 1) -> the same.
-- the code draws DSA seeds from the wall clock; here every draw comes from `iteration_rng`, so
-  runs are reproducible and resumable. One random network per iteration is shared by all
-  classes, as in the code.
+- the code draws DSA seeds from the wall clock; here every draw comes from `iteration_rng` (per
+  class), so runs are reproducible, resumable and independent of the worker count. One random
+  network per iteration is shared by all classes, as in the code.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +52,14 @@ from ddbench.artifact import ImageSet
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import Method, register_method
-from ddbench.methods._pixel import LossFn, SyntheticSet, distill_pixels
-from ddbench.methods.dm import MeanMatchParams, draw_classes, matching_net, mean_matching_loss
+from ddbench.methods._pixel import (
+    LossFn,
+    SyntheticSet,
+    distill_pixels,
+    draw_classes,
+    dsa_strategy,
+)
+from ddbench.methods.dm import MeanMatchParams, matching_net, mean_matching_loss
 
 LOW_RES_TASK_BALANCE = 0.01  # DataDAM paper, 32-px datasets (CIFAR)
 HIGH_RES_TASK_BALANCE = 0.02  # DataDAM paper, >= 64-px datasets (Tiny ImageNet, ImageNet subsets)
@@ -94,7 +104,7 @@ class DataDAM(Method):
     paper = (
         "Sajedi et al., DataDAM: Efficient Dataset Distillation with Attention Matching, ICCV 2023"
     )
-    version = 1
+    version = 2  # 2: class-split data parallelism, per-class draws (new random streams)
     Params = DataDAMParams
     smoke = {"iterations": 5, "batch_real": 32}  # a second on digits: the loop, not the result
 
@@ -104,17 +114,19 @@ class DataDAM(Method):
         )
 
     def matching_loss(self, real: RealData, params: DataDAMParams, ctx: Context) -> LossFn:
-        """The loss of iteration `it` on the synthetic set: a pure function of (job, it, images)."""
+        """The loss of iteration `it` summed over `classes`: a pure function of (job, it, classes,
+        images)."""
         weights = self.term_weights(real, params, ctx)
+        strategy = dsa_strategy(params, real)
 
         def stats(net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
             maps, embedding, _ = net.forward_features(x)
             attention = [spatial_attention(m, params.power, params.normalize) for m in maps[:-1]]
             return [*attention, embedding]
 
-        def loss_fn(syn: SyntheticSet, it: int) -> torch.Tensor:
+        def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)
-            draws = draw_classes(real, params, ctx, self.name, it)
+            draws = draw_classes(real, classes, params.batch_real, strategy, ctx, self.name, it)
             return mean_matching_loss(net, stats, weights, draws, syn, params)
 
         return loss_fn

@@ -59,8 +59,14 @@ Paper / official code vs this implementation
   works: 88-90 % at IPC 1. The tuned digits settings (suites/quickstart.yaml) are
   {iterations: 8, outer_loop: 5, inner_loop: 5, batch_real: 32, net_norm: none}, a few seconds
   per IPC on one CPU core; at 32 px the paper's defaults apply unchanged.
-* Randomness: every draw (network, real batches, DSA, inner-loop order) is a function of
-  (job seed, rank, step), never the clock (DC seeds its DSA draw from time).
+* Randomness: every draw (network, inner-loop order and augmentation, BatchNorm-freeze images) is
+  a function of (job seed, draw, step), and each class's real batch and siamese DSA draw of
+  (job seed, draw, step, class); never the clock (DC seeds its DSA draw from time), never the
+  rank.
+* Workers: with W data-parallel workers each rank matches only its block of the classes (the loss
+  is a sum over classes) and the image gradients are summed, so a step is the one-worker step.
+  The network's life (initialisation, inner-loop training on the whole detached synthetic set,
+  BatchNorm freeze) runs identically on every rank from the same streams: duplicated, but exact.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from ddbench.artifact import ImageSet
+from ddbench.augment import apply_dsa, dsa
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import Method, register_method
@@ -79,6 +86,8 @@ from ddbench.methods._pixel import (
     PixelParams,
     SyntheticSet,
     distill_pixels,
+    draw_classes,
+    dsa_strategy,
     iteration_rng,
     random_net,
     sample_real,
@@ -216,8 +225,6 @@ class _GradientMatcher:
                 idx = order[start : start + batch]
                 xb = x[idx]
                 if self.strategy is not None:  # DSA's code augments the inner epochs per sample
-                    from ddbench.augment import dsa
-
                     xb = dsa(xb, self.strategy, gen)
                 with self._autocast():
                     loss = F.cross_entropy(self.net(xb), y[idx])
@@ -242,19 +249,16 @@ class _GradientMatcher:
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
-    def _match(self, syn: SyntheticSet, step: int) -> torch.Tensor:
+    def _match(self, syn: SyntheticSet, step: int, classes: Sequence[int]) -> torch.Tensor:
         assert self.net is not None
-        from ddbench.augment import dsa_siamese
-
-        real_gen = iteration_rng(self.ctx, "dc_real", step)
-        aug_gen = iteration_rng(self.ctx, "dc_dsa", step)
         device = self.ctx.device
+        batch = self.params.batch_real
+        draws = draw_classes(self.real, classes, batch, self.strategy, self.ctx, "dc_match", step)
         loss = torch.zeros((), device=device)
-        for label in syn.classes:
-            x_real = sample_real(self.real, label, self.params.batch_real, real_gen, device)
+        for label, x_real, aug in zip(draws.classes, draws.real, draws.augs, strict=True):
             x_syn = syn.of_class(label)
-            if self.strategy is not None:  # one draw, applied to both batches (siamese)
-                x_real, x_syn = dsa_siamese([x_real, x_syn], self.strategy, aug_gen)
+            if aug is not None:  # one draw, applied to both batches (siamese)
+                x_real, x_syn = apply_dsa(x_real, aug), apply_dsa(x_syn, aug)
             y_real = torch.full((len(x_real),), label, dtype=torch.long, device=device)
             y_syn = torch.full((len(x_syn),), label, dtype=torch.long, device=device)
             with self._autocast():
@@ -266,7 +270,9 @@ class _GradientMatcher:
             loss = loss + gradient_distance(grads_syn, grads_real)
         return loss
 
-    def __call__(self, syn: SyntheticSet, step: int) -> torch.Tensor:
+    def __call__(self, syn: SyntheticSet, step: int, classes: Sequence[int]) -> torch.Tensor:
+        """The matching loss of `step` summed over `classes`. The network's life (build, inner
+        loop, BatchNorm freeze) does not depend on `classes`: every rank runs it identically."""
         iteration = step // self.outer_loop
         if iteration != self.net_iteration:
             self._new_net(iteration)  # first step of an outer iteration (or a resumed job)
@@ -274,23 +280,21 @@ class _GradientMatcher:
             self._train_net(syn, step)  # the inner loop after the previous step's image update
         if self.has_bn:
             self._freeze_batchnorm(step)
-        return self._match(syn, step)
+        return self._match(syn, step, classes)
 
 
 @register_method
 class DC(Method):
     name = "dc"
     paper = "Zhao, Mopuri & Bilen, Dataset Condensation with Gradient Matching, ICLR 2021"
-    version = 1
+    version = 2  # 2: class-split data parallelism, per-class draws (new random streams)
     Params = DCParams
     # seconds on digits at any IPC: 2 outer iterations of 2 short steps
     smoke = {"iterations": 2, "outer_loop": 2, "inner_loop": 2, "batch_real": 32}
 
     def distill(self, real: RealData, ipc: int, params: DCParams, ctx: Context) -> ImageSet:
-        from ddbench.augment import default_strategy
-
         outer_loop, inner_loop = resolve_loops(ipc, params)
-        strategy = (params.dsa_strategy or default_strategy(real.name)) if params.dsa else None
+        strategy = dsa_strategy(params, real)
         steps = params.model_copy(
             update={
                 "iterations": params.iterations * outer_loop,

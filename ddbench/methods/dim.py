@@ -20,6 +20,12 @@ steps on real batches before every generator step (DiM's code: 16; the paper cal
   off); the pool networks train with per-sample DSA as in DiM's code;
 - the GAN stage is the `cgan` method's training loop (same code and parameters), run inside this
   job so `distill_seconds` counts DiM's whole cost.
+
+Workers: each step's global batch is split by rows across ranks (`_gan.gan_step`); every rank
+draws the epoch's pool network and trains it on the same real batches (duplicated), and computes
+L_match on its rows as its share of the global MSE; generator BatchNorm and pool-network
+BatchNorm (if the pool has any) use the global batch's statistics. The result is the one-worker
+result up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from ddbench.methods._gan import (
     new_generator,
     run_epochs,
 )
+from ddbench.methods._parallel import global_batch_stats, row_mean
 
 
 class DiMParams(GanTrainingParams, PoolParams):
@@ -71,7 +78,7 @@ class DiMParams(GanTrainingParams, PoolParams):
 class DiM(Method):
     name = "dim"
     paper = "Wang et al., DiM: Distilling Dataset into Generative Model, ICCV 2023"
-    version = 1
+    version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = DiMParams
     # seconds on digits: one GAN and one matching epoch, a narrow generator, ConvNet only
     smoke = {
@@ -101,16 +108,20 @@ class DiM(Method):
             def extra(x_real: Tensor, labels: Tensor, rng: torch.Generator):
                 trainer.train(params.pool_train_steps, rng, ctx.device)
 
-                def match_loss(fake: Tensor) -> Tensor:
-                    xr, xs = x_real, fake
+                def match_loss(fake: Tensor, rows: slice) -> Tensor:
+                    xr, xs = x_real[rows], fake
                     if strategy is not None:
-                        xr, xs = dsa_siamese([x_real, fake], strategy, rng)
-                    with torch.no_grad():
-                        target = net(xr)
-                    out = net(xs)
+                        xr, xs = dsa_siamese([xr, xs], strategy, rng)
+                    with global_batch_stats(ctx, net):
+                        with torch.no_grad():
+                            target = net(xr)
+                        out = net(xs)
                     if params.match_on == "log_softmax":
                         target, out = F.log_softmax(target, dim=1), F.log_softmax(out, dim=1)
-                    return params.task_balance * F.mse_loss(out, target)
+                    # this rank's share of the MSE over the global batch (mean over rows of the
+                    # per-row mean over logits)
+                    mse_rows = (out - target).square().mean(dim=1)
+                    return params.task_balance * row_mean(mse_rows, len(x_real))
 
                 return match_loss
 

@@ -2,23 +2,32 @@
 class-batched mean-matching loss that `datadam` reuses.
 
 The loss of one iteration: a freshly initialised ConvNet psi (`random_net`, so its weights are a
-function of job, rank and iteration), for every class c a real batch R_c of `batch_real` images and
-the class's synthetic images S_c, both passed through ONE siamese DSA draw of that class, and::
+function of job and iteration), for every class c a real batch R_c of `batch_real` images and
+the class's synthetic images S_c, both passed through ONE siamese DSA draw of that class (drawn
+from the class's own stream, `draw_classes`), and::
 
     L = sum_c || mean_{x in R_c} psi(x) - mean_{s in S_c} psi(s) ||^2
 
 with psi = `net.embed` (the flattened features the classifier sees); the network's weights are
 frozen and the real side carries no gradient.
 
-Batched evaluation (the default). Every class's real batch goes through the network in one forward
-and all synthetic images in another; per-class means come from one product with an averaging
-matrix. The DSA draw of each class is applied to its own rows only (the draws are grouped by family
-and applied as per-sample values, so a family costs one call). With a per-sample network (the
-default ConvNet's "instancenorm" is GroupNorm(C, C): no statistic crosses samples) this is the same
-function as the per-class loop of the reference code, computed with a few large batches instead of
-2 x classes small ones; `per_class_loop: true` runs that loop (for measuring and testing the
-equality). With a BatchNorm network (`arch: convnet_bn`) the two differ, as they do in DM's code,
-whose BatchNorm branch also concatenates all classes.
+Workers: the sum over classes is split (`_pixel.distill_pixels`): with W workers each rank builds
+the same psi, evaluates the terms of its block of classes and the image gradients are summed, so
+the step is the one-worker step whatever W (bit for bit: a class's terms only have gradient in
+its own images; BatchNorm networks are the exception, see below).
+
+Batched evaluation (the default). Every class's real batch (of the rank's classes) goes through
+the network in one forward and all their synthetic images in another; per-class means come from
+one product with an averaging matrix. The DSA draw of each class is applied to its own rows only
+(the draws are grouped by family and applied as per-sample values, so a family costs one call).
+With a per-sample network (the default ConvNet's "instancenorm" is GroupNorm(C, C): no statistic
+crosses samples) this is the same function as the per-class loop of the reference code, computed
+with a few large batches instead of 2 x classes small ones; `per_class_loop: true` runs that loop
+(for measuring and testing the equality). With a BatchNorm network (`arch: convnet_bn`) the two
+differ, as they do in DM's code, whose BatchNorm branch also concatenates all classes; and with
+several workers the batched forward's batch statistics span only the rank's classes (as they span
+only a chunk with `forward_chunk`), so a BatchNorm matching network is worker-count invariant only
+with `per_class_loop: true`.
 
 Cost. The real forward (classes x batch_real images, no gradient) dominates an iteration; batching
 removes the per-call overhead of 2 x classes small forwards and backwards, not FLOPs, so the gain is
@@ -35,33 +44,33 @@ Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what dd
 - momentum 0.5 on the image SGD: code (the paper says only "SGD"); default 0.5.
 - one random network per iteration shared by all classes (code); the same here.
 - DSA: the code seeds `DiffAugment` from the wall clock per class; here each class draws its
-  family and values from the iteration's generator (`iteration_rng`), so runs are reproducible
-  and a resumed run continues exactly.
+  family and values from its own stream of the iteration (`iteration_rng(..., label)`), so runs
+  are reproducible, a resumed run continues exactly and the worker count changes nothing.
 - the code's real forward keeps no gradient (`.detach()`); here it runs under `torch.no_grad()`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from pydantic import Field
 
 from ddbench.archs import FeatureModel, build_arch
 from ddbench.artifact import ImageSet
-from ddbench.augment import DSAParams, apply_dsa, default_strategy, sample_dsa
+from ddbench.augment import DSAParams, apply_dsa
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import Method, register_method
 from ddbench.methods._pixel import (
+    ClassDraws,
     LossFn,
     PixelParams,
     SyntheticSet,
     distill_pixels,
-    iteration_rng,
+    draw_classes,
+    dsa_strategy,
     random_net,
-    sample_real,
 )
 
 # Per-sample statistics of a batch: one [N, D_k] tensor per matched quantity (DM: the embedding;
@@ -78,34 +87,6 @@ class MeanMatchParams(PixelParams):
     forward_chunk: int = Field(0, ge=0)
     # NHWC activations: oneDNN's (CPU) and cuDNN's fast layout; the loss only changes by rounding
     channels_last: bool = True
-
-
-@dataclass
-class ClassDraws:
-    """One iteration's random draws: per class (in `classes` order) a real batch and the siamese
-    DSA parameters (None without DSA)."""
-
-    classes: list[int]
-    real: list[torch.Tensor]
-    augs: list[DSAParams | None]
-
-
-def draw_classes(
-    real: RealData, params: PixelParams, ctx: Context, name: str, iteration: int
-) -> ClassDraws:
-    """Draw every class's real batch and DSA parameters for `iteration` from one generator.
-
-    The order (class by class: real indices, then the DSA draw) is fixed, so the batched and the
-    per-class-loop paths, and a resumed run, see exactly the same numbers.
-    """
-    gen = iteration_rng(ctx, name, iteration)
-    strategy = params.dsa_strategy or default_strategy(real.name)
-    classes = list(real.classes)
-    batches, augs = [], []
-    for label in classes:
-        batches.append(sample_real(real, label, params.batch_real, gen, ctx.device))
-        augs.append(sample_dsa(strategy, 1, gen) if params.dsa else None)
-    return ClassDraws(classes, batches, augs)
 
 
 def owners(sizes: Sequence[int]) -> torch.Tensor:
@@ -176,6 +157,8 @@ def mean_matching_loss(
     `params.per_class_loop` selects two forwards per class (the reference codes' loop); otherwise
     one forward over every class's real batch and one over all synthetic images.
     """
+    if not draws.classes:  # a rank without classes (more workers than classes)
+        return syn.images.new_zeros(())
     syn_batches = [syn.of_class(c) for c in draws.classes]
     if params.per_class_loop:
         loss = syn.images.new_zeros(())
@@ -233,7 +216,7 @@ class DMParams(MeanMatchParams):
 class DM(Method):
     name = "dm"
     paper = "Zhao & Bilen, Dataset Condensation with Distribution Matching, WACV 2023"
-    version = 1
+    version = 2  # 2: class-split data parallelism, per-class draws (new random streams)
     Params = DMParams
     smoke = {"iterations": 5, "batch_real": 32}  # a second on digits: the loop, not the result
 
@@ -243,11 +226,13 @@ class DM(Method):
         )
 
     def matching_loss(self, real: RealData, params: DMParams, ctx: Context) -> LossFn:
-        """The loss of iteration `it` on the synthetic set: a pure function of (job, it, images)."""
+        """The loss of iteration `it` summed over `classes`: a pure function of (job, it, classes,
+        images)."""
+        strategy = dsa_strategy(params, real)
 
-        def loss_fn(syn: SyntheticSet, it: int) -> torch.Tensor:
+        def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)
-            draws = draw_classes(real, params, ctx, self.name, it)
+            draws = draw_classes(real, classes, params.batch_real, strategy, ctx, self.name, it)
             return mean_matching_loss(net, embedding_stats, [1.0], draws, syn, params)
 
         return loss_fn

@@ -10,7 +10,8 @@ sample. The strategy defaults to the dataset's (`color_crop_cutout_flip_scale_ro
 `flip` for digit datasets); `dsa_strategy` overrides it.
 
 The class is DC with different defaults: nothing else differs, so the two rows of a table
-compare exactly the effect of the augmentation.
+compare exactly the effect of the augmentation. Workers split the classes as in DC; a class's
+siamese draw comes from its own stream, so it is the same whichever rank owns the class.
 """
 
 from __future__ import annotations
@@ -29,5 +30,5 @@ class DSAMethodParams(DCParams):
 class DSA(DC):
     name = "dsa"
     paper = "Zhao & Bilen, Dataset Condensation with Differentiable Siamese Augmentation, ICML 2021"
-    version = 1
+    version = 2  # 2: class-split data parallelism, per-class draws (new random streams)
     Params = DSAMethodParams

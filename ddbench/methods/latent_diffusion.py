@@ -26,7 +26,11 @@ Evaluated on its own (listed in a suite), it is a plain class-conditional genera
 `SAMPLE_GUIDANCE`: D4M's value), drawn with the evaluator's generator. That is D4M without
 prototypes, i.e. the `init: random` ablation.
 
-Multi-worker runs average gradients across ranks (each rank draws its own batches).
+Workers: every rank draws each step's global batch (permutation, VAE posterior noise, diffusion
+noise, timesteps, label drops) from the same streams and computes on its rows only, each loss
+being its share of the one-worker batch mean; gradients are summed across ranks before each step.
+The VAE and UNet normalise with GroupNorm (per sample, no statistic crosses rows), so W workers
+train the one-worker model up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -56,7 +59,9 @@ from ddbench.methods._diffusion import (
     to_model_space,
     training_scheduler_config,
 )
-from ddbench.methods._gan import _seeded, epoch_batches, run_epochs, sync_grads
+from ddbench.methods._gan import _seeded, epoch_batches, run_epochs
+from ddbench.methods._parallel import row_mean, row_slice, sum_metrics, sync_grads
+from ddbench.methods._pixel import iteration_rng
 
 SAMPLE_GUIDANCE = 8.0  # classifier-free guidance when sampling from noise (D4M's value)
 SAMPLE_STEPS = 50  # DDIM steps when sampling from noise (Stable Diffusion's default)
@@ -208,24 +213,21 @@ class _Trainer:
             out["embedding"] = self.embedding
         return out
 
-    def _rng(self, stage: str, epoch: int) -> torch.Generator:
-        seed = self.ctx.stream_seed(f"latent_diffusion/{stage}/{epoch}", per_rank=True)
-        return torch.Generator().manual_seed(seed)
-
     def vae_epoch(self, epoch: int) -> dict[str, float]:
         self.vae.train()
-        rng = self._rng("vae", epoch)
+        rng = iteration_rng(self.ctx, "latent_diffusion/vae", epoch)
         batches = epoch_batches(len(self.images), self.params.batch_size, rng)
+        pixels = self.images[0].numel()
         total_rec = total_kl = 0.0
         for idx in batches:
-            x = self.images[idx].to(self.ctx.device)
+            n, rows = len(idx), row_slice(self.ctx, len(idx))
+            x = self.images[idx[rows]].to(self.ctx.device)
             posterior = self.vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(
-                posterior.mean.shape, generator=rng
-            ).to(self.ctx.device)
+            eps = torch.randn((n, *posterior.mean.shape[1:]), generator=rng)[rows]
+            z = posterior.mean + posterior.std * eps.to(self.ctx.device)
             rec = self.vae.decode(z).sample
-            rec_loss = F.mse_loss(rec, x)
-            kl = posterior.kl().mean() / x[0].numel()  # per pixel, comparable to the MSE
+            rec_loss = row_mean((rec - x).square().flatten(1).mean(dim=1), n)  # this rank's share
+            kl = row_mean(posterior.kl(), n) / pixels  # per pixel, comparable to the MSE
             loss = rec_loss + self.params.kl_weight * kl
             self.opt_vae.zero_grad(set_to_none=True)
             loss.backward()
@@ -233,7 +235,11 @@ class _Trainer:
             self.opt_vae.step()
             total_rec += float(rec_loss.detach()) / len(batches)
             total_kl += float(kl.detach()) / len(batches)
-        return {"loss": total_rec + self.params.kl_weight * total_kl, "vae_mse": total_rec}
+        totals = sum_metrics({"rec": total_rec, "kl": total_kl}, self.ctx)
+        return {
+            "loss": totals["rec"] + self.params.kl_weight * totals["kl"],
+            "vae_mse": totals["rec"],
+        }
 
     @torch.no_grad()
     def posterior(self) -> tuple[Tensor, Tensor]:
@@ -255,29 +261,33 @@ class _Trainer:
     def unet_epoch(self, epoch: int) -> dict[str, float]:
         mean, std = self.posterior()
         self.unet.train()
-        rng = self._rng("unet", epoch)
+        rng = iteration_rng(self.ctx, "latent_diffusion/unet", epoch)
         batches = epoch_batches(len(self.images), self.params.batch_size, rng)
         device, total = self.ctx.device, 0.0
         steps = self.params.train_timesteps
         null = self.real.num_classes
         for idx in batches:
+            # the global batch's draws (the one-worker numbers), then this rank's rows
             n = len(idx)
-            eps_z = torch.randn((n, *mean.shape[1:]), generator=rng).to(device)
-            z0 = (mean[idx] + std[idx] * eps_z) * self.scaling_factor
-            noise = torch.randn(z0.shape, generator=rng).to(device)
-            t = torch.randint(steps, (n,), generator=rng).to(device)
+            eps_z = torch.randn((n, *mean.shape[1:]), generator=rng)
+            noise = torch.randn(eps_z.shape, generator=rng)
+            t = torch.randint(steps, (n,), generator=rng)
             drop = torch.rand(n, generator=rng) < self.params.cond_drop
+            rows = row_slice(self.ctx, n)
+            idx, eps_z, noise, t, drop = idx[rows], eps_z[rows], noise[rows], t[rows], drop[rows]
+            z0 = (mean[idx] + std[idx] * eps_z.to(device)) * self.scaling_factor
+            noise, t = noise.to(device), t.to(device)
             labels = torch.where(drop, torch.full_like(self.labels[idx], null), self.labels[idx])
             a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
             labels = labels.to(device)
             if self.embedding is None:
-                states = torch.zeros(n, 1, self.params.embed_dim, device=device)
+                states = torch.zeros(len(idx), 1, self.params.embed_dim, device=device)
                 pred = self.unet(zt, t, encoder_hidden_states=states, class_labels=labels).sample
             else:
                 states = self.embedding(labels).unsqueeze(1)
                 pred = self.unet(zt, t, encoder_hidden_states=states).sample
-            loss = F.mse_loss(pred, noise)
+            loss = row_mean((pred - noise).square().flatten(1).mean(dim=1), n)  # rank's share
             self.opt_unet.zero_grad(set_to_none=True)
             loss.backward()
             sync_grads(self.unet, self.ctx)
@@ -285,6 +295,7 @@ class _Trainer:
                 sync_grads(self.embedding, self.ctx)
             self.opt_unet.step()
             total += float(loss.detach()) / len(batches)
+        total = sum_metrics({"mse": total}, self.ctx)["mse"]
         return {"loss": total, "unet_mse": total}
 
     def artifact(self, meta: dict[str, Any]) -> DiffusionModel:
@@ -318,7 +329,7 @@ class LatentDiffusion(Method):
 
     name = "latent_diffusion"
     paper = "Rombach et al., Latent Diffusion Models, CVPR 2022 (D4M's generator, trained here)"
-    version = 1
+    version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = LatentDiffusionParams
     smoke = LATENT_DIFFUSION_SMOKE
     ipc_independent = True
