@@ -1,9 +1,10 @@
 """Distillation across a cluster: real loopback nodes, and a simulated large cluster.
 
 (a) `--real`: N equal distill jobs (DM on digits, distill seeds 0..N-1) on a loopback cluster
-    of N single-CPU nodes (`ddbench.runner.loopback`), for N = 1 and 2. Figure: the time from
-    the run's start to the last job's end (each artifact's `distill_ended_at`), and
-    `scaling_2_over_1` = that time with 2 jobs on 2 nodes over 1 job on 1 node (1.0 = perfect).
+    of N single-CPU nodes (`ddbench.runner.loopback`), for N = 1 and 2. Figures: the time from
+    the run's start to the last job's end (each artifact's `distill_ended_at`), `scaling_2_over_1`
+    = that time with 2 jobs on 2 nodes over 1 job on 1 node (1.0 = perfect), and the runner
+    start-up (run start to the first job's `distill_started_at`: Ray Train's processes).
 (b) `--simulate`: the scheduling policy of `ddbench.runner.schedule` on a simulated cluster
     (default 64 nodes x 8 GPUs x 32 CPUs) in virtual time: `--jobs` distill jobs of mixed
     widths (1/2/4/8 GPU workers) and lengths, a fifth of them behind a prerequisite job (chains
@@ -49,9 +50,9 @@ evals: [{{name: cross_arch, params: {{archs: [mlp], seeds: 1, epochs: 1}}}}]
 # --------------------------------------------------------------------------- (a) real nodes
 
 
-def real_run(n: int, iterations: int, work: Path) -> float:
-    """Seconds from the start of `run_ray` to the end of the last of `n` equal distill jobs on a
-    loopback cluster of `n` single-CPU nodes."""
+def real_run(n: int, iterations: int, work: Path) -> tuple[float, float]:
+    """(Seconds from the start of `run_ray` to the end of the last of `n` equal distill jobs on a
+    loopback cluster of `n` single-CPU nodes, seconds to the first job's start)."""
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
     from ddbench.runner.cluster import init_ray, shutdown_ray
@@ -80,12 +81,14 @@ def real_run(n: int, iterations: int, work: Path) -> float:
         os.environ.clear()
         os.environ.update(saved)
         cluster.stop()
-    ends = [
-        datetime.fromisoformat(json.loads(p.read_text())["distill_ended_at"])
+    metas = [
+        json.loads(p.read_text())
         for p in (work / f"runs{n}" / "scaling" / "artifacts").glob("*/meta.json")
     ]
-    assert len(ends) == n, ends
-    return (max(ends) - start).total_seconds()
+    assert len(metas) == n, metas
+    end = max(datetime.fromisoformat(m["distill_ended_at"]) for m in metas)
+    first = min(datetime.fromisoformat(m["distill_started_at"]) for m in metas)
+    return (end - start).total_seconds(), (first - start).total_seconds()
 
 
 # --------------------------------------------------------------------------- (b) simulation
@@ -199,14 +202,15 @@ def main() -> None:
     if args.real:
         work = Path(tempfile.mkdtemp(prefix="ddbench-scaling-"))
         try:
-            one = real_run(1, args.iterations, work)
-            two = real_run(2, args.iterations, work)
+            one, one_startup = real_run(1, args.iterations, work)
+            two, two_startup = real_run(2, args.iterations, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         figures["real"] = {
             "one_job_one_node_s": round(one, 1),
             "two_jobs_two_nodes_s": round(two, 1),
             "scaling_2_over_1": round(two / one, 3),
+            "runner_startup_s": [round(one_startup, 1), round(two_startup, 1)],
         }
     print(json.dumps(figures))
 
