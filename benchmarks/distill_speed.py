@@ -5,7 +5,7 @@ directly as a `RealData` (nothing is downloaded); ConvNet-3 (each method's defau
 batch `--batch-real` per class (256 unless stated). Each (method, IPC) runs in its own child
 process, so its peak memory (RSS from `getrusage`, or `torch.cuda.max_memory_allocated` on a GPU)
 is its own. A child runs the method's real `distill` through the shared pixel loop and records the
-time of every loop step through the Context's progress hook (`report_every_s=0`); it stops the run
+time of every loop step through the Context's progress events (`report_every_s=0`); it stops the run
 after `--warmup` + `--timed` steps and reports the median of the timed steps.
 
 One loop step is one image update. For dm / datadam that is one iteration. For dc / dsa one DC
@@ -95,12 +95,15 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     need = spec["warmup"] + spec["timed"]
     stamps: list[float] = []
 
-    def hook(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
-        stamps.append(time.perf_counter())
-        if len(stamps) >= need:
-            raise _Stop
+    class StepClock(Context):
+        """Stamps every progress event (one per loop step) and stops the run when done."""
 
-    ctx = Context(seed=0, device=device, report_fn=hook, report_every_s=0.0)
+        def _emit(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+            stamps.append(time.perf_counter())
+            if len(stamps) >= need:
+                raise _Stop
+
+    ctx = StepClock(seed=0, device=device, report_every_s=0.0)
     baseline = _rss_mib()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
