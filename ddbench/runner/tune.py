@@ -214,19 +214,18 @@ def tune_trial(
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     )
     values: list[float] = []
-    todo: list[EvalCell] = []
-    for cell in selection_cells(job, trial, config, suite.ipc):
-        if not force and cell_done(store, cell):
-            values += [r["value"] for r in read_rows(store, cell.relpath)]
-        else:
-            todo.append(cell)
 
     def report() -> None:
         mean = statistics.mean(values) if values else float("nan")
         tune.report({"val_top1": mean, "models": len(values), "trial_job_id": trial.job_id})
 
-    if values:
-        report()
+    todo: list[EvalCell] = []
+    for cell in selection_cells(job, trial, config, suite.ipc):
+        if not force and cell_done(store, cell):  # scored before: replayed model by model, so
+            values += [r["value"] for r in read_rows(store, cell.relpath)]
+            report()  # a rerun's scheduler (ASHA) sees the reports of the first run
+        else:
+            todo.append(cell)
     at_once = cells_at_once(suite.resources.distill, res)
     pending: dict[Any, EvalCell] = {}
     while todo or pending:
