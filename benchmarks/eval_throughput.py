@@ -20,9 +20,9 @@ over rounds is reported), so a change of machine load hits them all alike. FLOPs
 counted with `torch.utils.flop_counter.FlopCounterMode` (forward + backward of the network;
 DSA and SGD are not counted), achieved GFLOP/s = counted FLOPs / step time. The fp32 and bf16
 peaks are measured in the same run (square `torch.mm`, best of `--rounds` x 3), and each path's
-GFLOP/s is given as a fraction of both; the reference peaks of /work/shared/ENVIRONMENT.md (230 /
-1,080 GFLOP/s on 2 threads) are in the JSON line. On a GPU (`--device cuda`, the default when
-one is present) it runs as is.
+GFLOP/s is given as a fraction of both; the reference peaks of
+docs/architecture.md#measured-on-one-machine (230 / 1,080 GFLOP/s on 2 threads) are in the JSON
+line. On a GPU (`--device cuda`, the default when one is present) it runs as is.
 
     python benchmarks/eval_throughput.py                           # everything, ~10 min on 2 CPUs
     python benchmarks/eval_throughput.py --batches 256 --rounds 3 --compile-batches --no-vmap
@@ -42,7 +42,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-REFERENCE_PEAKS = {"fp32": 230.0, "bf16": 1080.0}  # GFLOP/s, torch.mm, 2 threads, ENVIRONMENT.md
+# GFLOP/s, torch.mm, 2 threads, docs/architecture.md#measured-on-one-machine
+REFERENCE_PEAKS = {"fp32": 230.0, "bf16": 1080.0}
 SHAPE = (3, 32, 32)  # CIFAR-shaped images: ConvNet-3 at its native resolution
 CLASSES = 10  # CIFAR-10's classes (the classifier's output size)
 DATASET = "cifar10"  # names the DSA strategy (the full default strategy, with flips)
@@ -195,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     # batches at which the compiled path is timed (each compiles anew: ~1 min on this CPU)
     parser.add_argument("--compile-batches", type=int, nargs="*", default=[10, 100, 256])
     parser.add_argument("--no-vmap", action="store_true")  # skip the K-seed comparison
-    # vmap batches: K=8 at batch 256 needs 10-17 GB here (ENVIRONMENT.md), too much on a
-    # shared 24 GB machine, so it is left out unless asked
+    # vmap batches: K=8 at batch 256 needs 10-17 GB here
+    # (docs/architecture.md#measured-on-one-machine), too much on a shared 24 GB machine, so it
+    # is left out unless asked
     parser.add_argument("--vmap-batches", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--k", type=int, default=8)  # seeds vectorised together
     parser.add_argument("--peak-size", type=int, default=2048)  # side of the peak matmul

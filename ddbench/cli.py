@@ -1,4 +1,4 @@
-"""The `ddbench` command line (DESIGN.md §1); the only module that prints.
+"""The `ddbench` command line (docs/architecture.md#command-line); the only module that prints.
 
 Verbs: run, validate, ls, report, leaderboard. Exit codes: 0 all cells ok; 1 finished with failed
 cells; 2 bad input (suite, data, address), reported without a traceback.

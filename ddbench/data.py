@@ -33,7 +33,8 @@ from ddbench.seeding import derive_seed
 if TYPE_CHECKING:
     import torch
 
-# Normalisation constants of the DC protocol (PROTOCOLS.md); others are computed on train.
+# Normalisation constants of the DC protocol (docs/protocols.md#normalisation-and-zca); others
+# are computed on train.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
 

@@ -1,4 +1,5 @@
-"""DD-Ranking scores (Li et al., 2025; PROTOCOLS.md) from `cross_arch` rows, for the report.
+"""DD-Ranking scores (Li et al., 2025; docs/protocols.md#dd-ranking-scores) from `cross_arch`
+rows, for the report.
 
 The scores, on accuracies in [0, 1] (pure functions, no data):
 
@@ -47,7 +48,8 @@ import polars as pl
 from ddbench.report import BASELINE, REFERENCE, _cell, _markdown_table, latest_config, summarise
 
 EVALUATOR = "cross_arch"
-LRS_WEIGHT = 0.5  # w of LRS: IOR and HLR weigh the same (PROTOCOLS.md; DD-Ranking's default)
+# w of LRS: IOR and HLR weigh the same (docs/protocols.md#dd-ranking-scores; DD-Ranking's default)
+LRS_WEIGHT = 0.5
 ARS_WEIGHT = 0.5  # γ of ARS: the gaps with and without augmentation weigh the same (ditto)
 METHOD = "method"  # the role of the scored method's own rows (see `Input`)
 
@@ -229,7 +231,8 @@ def dd_ranking_section(rows: pl.DataFrame) -> list[str]:
     lines = [
         "## DD-Ranking scores",
         "",
-        "DD-Ranking's scores (PROTOCOLS.md, `ddbench/ddranking.py`) from `cross_arch` test top-1 "
+        "DD-Ranking's scores (docs/protocols.md#dd-ranking-scores, `ddbench/ddranking.py`) from "
+        "`cross_arch` test top-1 "
         f"per setting (labels, augmentation): HLR = {REFERENCE} − method, both hard labels with "
         f"augmentation (lower is better); IOR = method − {BASELINE} in the method's own setting "
         "(the run's non-hard labels, else hard); "

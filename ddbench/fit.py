@@ -1,4 +1,5 @@
-"""THE train-from-scratch-and-test recipe every evaluator shares (DC protocol, PROTOCOLS.md).
+"""THE train-from-scratch-and-test recipe every evaluator shares (DC protocol,
+docs/protocols.md#training-recipe).
 
 SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 256, lr x0.1 at half the epochs, DSA
 augmentation drawn per sample, final-epoch accuracy (never a checkpoint picked on test).

@@ -24,7 +24,7 @@ momentum and weight decay is element-wise, so `torch.optim.SGD` over the stacked
 the vectorised SGD step (every slice gets the update it would get alone), and `MultiStepLR`
 gives the recipe's step schedule (x0.1 at half the epochs). Precision follows the recipe
 (`ddbench.fit.resolve_precision`); the vectorised step is never compiled (this CPU: 43 s to
-compile and still slower than sequential, ENVIRONMENT.md). Afterwards the stacked weights are
+compile and still slower than sequential). Afterwards the stacked weights are
 copied back into the K models, which are tested with `ddbench.fit.val_test_top1`. The two paths
 agree within floating-point tolerance (tests/test_fit_speed.py).
 

@@ -20,7 +20,8 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")  # snake_case identifiers only (DESIGN.md §2)
+# snake_case identifiers only (docs/architecture.md#registries-and-plugins)
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class UnknownNameError(KeyError, ValueError):

@@ -1,4 +1,4 @@
-"""The result table: one tidy row per measured number, a fixed Arrow schema (DESIGN.md §3).
+"""The result table: one tidy row per measured number, a fixed Arrow schema (docs/results.md).
 
 `Row` is a plain dict with exactly the columns of `RESULT_SCHEMA`; `write_rows` writes one Parquet
 file atomically into a run's `Store` (a local directory or a URI, `ddbench.storage`). Read a local
@@ -47,7 +47,7 @@ RESULT_SCHEMA = pa.schema(
         ("ddbench_version", pa.string()),
         ("git_sha", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
-        ("node", pa.string()),  # where the cell ran (Ray node id / host); added to DESIGN §3
+        ("node", pa.string()),  # where the cell ran (Ray node id / host); docs/results.md#columns
     ]
 )
 COLUMNS = tuple(RESULT_SCHEMA.names)

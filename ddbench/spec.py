@@ -44,7 +44,8 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")  # Ray Tune
 class TuneSpec(Strict):
     """A Ray Tune sweep of one method entry (`ddbench.tuning`, run by `ddbench.runner`)."""
 
-    metric: Literal["val_top1"] = "val_top1"  # selection is on the val split only (DESIGN.md §6)
+    # selection is on the val split only (docs/results.md#splits)
+    metric: Literal["val_top1"] = "val_top1"
     mode: Literal["max"] = "max"  # val_top1 is maximised (the field mirrors Ray Tune's)
     num_samples: int = Field(1, ge=1)  # samples per point of the grid (Tune's num_samples)
     # param -> {kind: values}: grid / choice [v, ...], uniform / loguniform [low, high],

@@ -1,4 +1,5 @@
-"""`continual`: class-incremental learning with a distilled memory (DM's protocol, PROTOCOLS.md).
+"""`continual`: class-incremental learning with a distilled memory (DM's protocol,
+docs/protocols.md#continual-learning).
 
 The classes arrive in `steps` equal increments, in the order of an order seed s:
 `np.random.seed(s); np.random.permutation(num_classes)` (the papers' literal permutation, for

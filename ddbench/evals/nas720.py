@@ -1,4 +1,5 @@
-"""`nas720`: rank the 720-ConvNet search space with a distillate (PROTOCOLS.md, NAS).
+"""`nas720`: rank the 720-ConvNet search space with a distillate
+(docs/protocols.md#720-convnet-space).
 
 The space is DC's ConvNet (`ddbench.archs.ConvNet`) over width {32, 64, 128, 256} x depth
 {1, 2, 3, 4} x activation {relu, sigmoid, leakyrelu} x normalisation {none, batchnorm, layernorm,
@@ -82,7 +83,7 @@ def candidate_name(options: dict[str, Any]) -> str:
 
 @register_eval
 class Nas720(NasEvaluator):
-    """Rank the 720-ConvNet space: proxy (distillate) vs whole-set val accuracy (PROTOCOLS.md)."""
+    """Rank the 720-ConvNet space: proxy (distillate) vs whole-set val accuracy."""
 
     name = "nas720"
     version = 1

@@ -1,4 +1,4 @@
-"""`nas_bench_201`: rank NAS-Bench-201 cells with a distillate (PROTOCOLS.md, NAS).
+"""`nas_bench_201`: rank NAS-Bench-201 cells with a distillate (docs/protocols.md#nas-bench-201).
 
 `samples` cells (default 100) are drawn from the 15,625 of the space with the named stream
 `derive_seed(sample_seed, "nas_bench_201", "samples")`, de-duplicated up to dead edges

@@ -1,6 +1,6 @@
 """`d2m`: Data-to-Model Distillation (Sajedi et al., ECCV 2024) — first public implementation.
 
-No reference code exists; this follows the paper (papers/000_afddb1088371cb48.txt). D2M refines a
+No reference code exists; this follows the paper (docs/protocols.md#d2m). D2M refines a
 *pre-trained* class-conditional generator G so its images train classifiers better:
 
 1. Start from a generator: the `cgan` job of the same data and seed (its parameters are

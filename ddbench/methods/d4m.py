@@ -1,7 +1,6 @@
 """`d4m`: Dataset Distillation via Disentangled Diffusion Model (Su et al., CVPR 2024).
 
-Follows the paper (papers/002_25b86a8c7584077d.txt, Alg. 1) and PROTOCOLS.md; no matching at
-synthesis time:
+Follows the paper (Alg. 1) and docs/protocols.md#d4m; no matching at synthesis time:
 
 1. A latent diffusion model: by default the `latent_diffusion` job of the same data and seed (its
    parameters are `pretrain`; the plan runs it once and shares it across every IPC), or a

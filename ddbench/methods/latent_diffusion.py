@@ -3,8 +3,9 @@
 The prerequisite of `d4m` (its `pretrain` parameters name this job, so the plan runs it once and
 every IPC's d4m job reuses it, cached by content hash). D4M starts from Stable Diffusion; no
 pre-trained weights can be downloaded here, so this job builds the same kind of model from
-diffusers components and trains it on the real train split (DESIGN.md §4: a cached reference
-job shared by every method that needs it):
+diffusers components and trains it on the real train split
+(docs/architecture.md#prerequisite-and-reference-jobs: a cached reference job shared by every
+method that needs it):
 
 1. an `AutoencoderKL` (`vae_epochs` passes; reconstruction MSE in [-1, 1] pixels + `kl_weight`
    x KL to N(0, I), the LDM objective without its perceptual / adversarial terms), then its

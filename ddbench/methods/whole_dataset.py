@@ -1,7 +1,7 @@
 """`whole_dataset`: the reference — the full real train split, evaluated once (ipc 0).
 
-Every suite can show it beside the methods (DESIGN.md §6). It stores only indices; its
-`artifact_bytes` counts the float32 images they stand for.
+Every suite can show it beside the methods (docs/architecture.md#fairness-rules). It stores only
+indices; its `artifact_bytes` counts the float32 images they stand for.
 """
 
 from __future__ import annotations
