@@ -77,20 +77,32 @@ def test_a_failed_prerequisite_fails_its_dependants_transitively():
     assert sched.done
 
 
-def test_plan_units_group_quick_jobs_and_order_gatekeepers_first():
+def test_plan_units_order_gatekeepers_first():
     loaded = load_suite("suites/quickstart.yaml")
     plan = make_plan(loaded)
     units = plan_units(plan, plan.jobs, plan.cells, loaded.suite.resources, {})
     runs = [u for u in units if u.kind == "distill"]
-    quick = [u for u in runs if len(u.payload) > 1]
-    assert len(quick) == 1
-    assert {j.method for j in quick[0].payload} == {"random_real", "whole_dataset"}
-    assert sum(len(u.payload) for u in runs) == len(plan.jobs)
+    assert sorted(u.payload.job_id for u in runs) == sorted(j.job_id for j in plan.jobs)
     cells = [u for u in units if u.kind == "cell"]
     assert len(cells) == len(plan.cells)
     assert max(u.priority for u in runs) < min(u.priority for u in cells)
-    by_method = {u.payload[0].method: u for u in runs if len(u.payload) == 1}
+    by_method = {u.payload.method: u for u in runs}
     # cgan gates d2m (and d2m's cells), so it starts before dim, which gates only its cells
     assert by_method["cgan"].priority < by_method["dim"].priority
     assert by_method["d2m"].needs == {by_method["cgan"].publishes[0]}
     assert by_method["d4m"].needs == {by_method["latent_diffusion"].publishes[0]}
+
+
+def test_a_finished_runner_goes_on_with_the_next_job_of_its_shape():
+    cgan = unit("cgan", publishes=["cgan"], priority=(0, -3))
+    dm = unit("dm", publishes=["dm"], priority=(0, -2))
+    d2m = unit("d2m", needs=["cgan"], publishes=["d2m"], priority=(0, -1))
+    cell = Unit("cell", [dict(CPU)], frozenset({"dm"}), (), (1, 0), "dm cell")
+    sched = Scheduler({"a": {"CPU": 1.0}, "b": {"CPU": 1.0}}, [cgan, dm, d2m, cell])
+    assert [u.payload for u in sched.start()] == ["cgan", "dm"]  # both runners busy
+    lost, nxt = sched.handoff(dm, ["dm"])
+    assert lost == [] and nxt is None  # no distill job ready: the runner stops, the cell runs
+    assert [u.payload for u in sched.start()] == ["dm cell"]
+    lost, nxt = sched.handoff(cgan, ["cgan"])
+    assert nxt is d2m and d2m.placement == cgan.placement  # the same processes go on
+    assert sched.start() == []  # the cell and d2m hold both nodes
