@@ -137,21 +137,15 @@ def _safetensors_keys(path: Path) -> set[str]:
 
 # --------------------------------------------------------------------------- content hash
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
-
 
 def _file_sha256(path: Path) -> str:
-    """sha256 of one file's bytes, cached while its size and modification time stay the same
-    (params are validated several times per run)."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-                h.update(chunk)
-        _FILE_DIGESTS[key] = h.hexdigest()
-    return _FILE_DIGESTS[key]
+    """sha256 of one file's bytes. Not cached: a file rewritten within the filesystem's
+    timestamp resolution keeps its size and mtime, so only the bytes tell."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _folder_files(root: Path) -> list[Path]:
