@@ -14,7 +14,7 @@ What lives here:
   files stop `ddbench run` / `ddbench eval` with exit code 2; `distill` returns an `ImageSet`
   (images in the dataset's normalised space, hard or soft labels as given, the learned lr).
 
-Inputs (docs/results.md#evaluating-files):
+Inputs (docs/results.md#distillates-as-files):
 
 - `images`: a tensor [N, C, H, W] in a `.pt` file (or the tensor `images` of a `.safetensors`
   file, whose `labels` and `lr` tensors are then used when `labels` / `lr` are not given);
