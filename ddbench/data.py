@@ -153,7 +153,11 @@ class RealData:
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
 
-    def to_pixels(self, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    def to_pixels(
+        self,
+        x: torch.Tensor,
+        clamp: bool = True,  # True: clip to [0, 1] (what a picture can show)
+    ) -> torch.Tensor:
         """Normalised (and possibly ZCA-whitened) images back to [0, 1] pixels (`clamp=False`
         keeps values outside [0, 1], e.g. to count what clamping would change)."""
         return normalised_to_pixels(x, self.mean, self.std, self.zca_state, clamp)

@@ -8,8 +8,9 @@ and write each one) and the three writers behind `--format`:
 - `safetensors`: one `tensors.safetensors` holding the same tensors (`images`, `labels`, `lr`);
 - `imagefolder`: `<class name>/<index>.png` pixels (`normalised_to_pixels`, clamped to [0, 1],
   rounded to 8 bits) and `labels.pt` in the folder's reading order (the dataset's class order,
-  then file names). Lossy: the fraction of pixel values the clamp changed is returned, printed
-  and written into the export's meta.json (`export.clamped_fraction`).
+  then file names). Lossy: the fraction of pixel values the clamp changed (those more than half
+  an 8-bit step outside [0, 1]) is returned, printed and written into the export's meta.json
+  (`export.clamped_fraction`).
 
 Every export folder holds `meta.json`: the artifact's self-describing meta (docs/results.md), with
 `kind` = what the files hold (`image_set`), `value_space` (`normalised`, or `pixels` for PNGs)
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from ddbench.storage import Store
 
 FORMATS = ("pt", "safetensors", "imagefolder")
+HALF_STEP = 0.5 / 255  # half an 8-bit step: beyond it outside [0, 1], the clamp changes the PNG
 
 
 @dataclass
@@ -299,7 +301,9 @@ def _write_folder(
     if meta.get("zca", {}).get("applied") and zca is None:
         raise UserError(f"artifact {meta.get('job_id')}: ZCA-whitened but {ZCA_FILE} is missing")
     pixels = normalised_to_pixels(images, meta["mean"], meta["std"], zca, clamp=False)
-    clamped = float(((pixels < 0) | (pixels > 1)).float().mean()) if pixels.numel() else 0.0
+    # values whose 8-bit PNG value the clamp changes (float noise around 0 and 1 rounds away)
+    outside = (pixels < -HALF_STEP) | (pixels > 1 + HALF_STEP)
+    clamped = float(outside.float().mean()) if pixels.numel() else 0.0
     pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
     if pixels.shape[1] not in (1, 3):
         raise UserError(f"imagefolder: {pixels.shape[1]} channels cannot be PNGs (1 or 3 only)")

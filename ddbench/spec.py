@@ -352,8 +352,8 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSu
 def build_suite(
     raw: dict[str, Any],
     path: str,
-    overrides: list[str] | None = None,
-    lines: dict[Loc, int] | None = None,
+    overrides: list[str] | None = None,  # --set KEY=VALUE pairs; None: none
+    lines: dict[Loc, int] | None = None,  # YAML line of each key; None: not from a file
 ) -> LoadedSuite:
     """Override and validate a suite given as data (`load_suite` reads it from YAML; `ddbench
     eval` builds one in memory). `path` names it in errors; `lines` maps keys to YAML lines."""

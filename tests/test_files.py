@@ -118,6 +118,8 @@ def test_exported_files_reevaluate_to_the_same_rows(distilled, digits, capsys):
 
 
 def test_imagefolder_export_reports_clamping_and_reimports(distilled, digits, capsys):
+    from ddbench.artifact import load_artifact
+
     root, out, job_id = distilled
     capsys.readouterr()
     argv = ["export", str(out / "roundtrip"), job_id, "--format", "imagefolder"]
@@ -134,8 +136,8 @@ def test_imagefolder_export_reports_clamping_and_reimports(distilled, digits, ca
     # re-imported pixels are the stored images clamped and rounded to 8 bits, nothing else
     params = FromFilesParams.model_validate({"image_folder": str(folder)})
     imported = read_distillate(params, digits, 2)
-    stored = torch.load(root / "pt" / f"dm-ipc2-seed0-{job_id}" / "images.pt", weights_only=True)
-    labels = torch.load(root / "pt" / f"dm-ipc2-seed0-{job_id}" / "labels.pt", weights_only=True)
+    artifact = load_artifact(out / "roundtrip" / "artifacts" / job_id)
+    stored, labels = artifact.images, artifact.labels
     order = torch.argsort(labels, stable=True)
     expected = (digits.to_pixels(stored[order]) * 255).round() / 255
     assert torch.allclose(digits.to_pixels(imported.images), expected, atol=1e-5)
@@ -301,3 +303,31 @@ def test_a_generator_is_exported_as_the_fixed_draw_of_an_eval_seed(tmp_path, dig
     assert exported["kind"] == "image_set" and exported["ipc"] == 2
     assert exported["export"]["source_kind"] == "generator_set"
     assert exported["export"]["materialised"]["seed"] == 1
+
+
+def test_a_zca_artifact_carries_its_matrices_and_reimports_as_pixels(tmp_path, capsys):
+    from ddbench.artifact import load_artifact, zca_state
+    from ddbench.data import load_dataset, normalised_to_pixels
+
+    suite = SUITE.replace("name: roundtrip", "name: zca").replace(
+        "{name: digits}", "{name: digits, params: {zca: true}}"
+    )
+    suite = suite.replace("name: dm", "name: random_real").replace("epochs: 20", "epochs: 2")
+    (tmp_path / "zca.yaml").write_text(suite)
+    out = tmp_path / "runs"
+    assert main(["run", str(tmp_path / "zca.yaml"), "--local", "--out", str(out)]) == 0
+    (adir,) = (out / "zca" / "artifacts").iterdir()
+    meta = json.loads((adir / "meta.json").read_text())
+    assert meta["zca"] == {"applied": True, "file": "zca.safetensors"}
+    real = load_dataset("digits", meta["dataset_params"])
+    images = load_artifact(adir).images
+    on_their_own = normalised_to_pixels(images, meta["mean"], meta["std"], zca_state(adir))
+    assert torch.allclose(on_their_own, real.to_pixels(images), atol=1e-6)
+
+    argv = ["export", "zca", "random_real", "--runs", str(out), "--format", "imagefolder"]
+    assert main([*argv, "--out", str(tmp_path / "png")]) == 0
+    (folder,) = (tmp_path / "png").iterdir()
+    assert (folder / "zca.safetensors").is_file()
+    params = FromFilesParams.model_validate({"image_folder": str(folder)})
+    imported = read_distillate(params, real, 2)  # pixels -> mean / std -> the dataset's ZCA
+    assert torch.allclose(real.to_pixels(imported.images), real.to_pixels(images), atol=3e-3)
