@@ -11,8 +11,10 @@
 
 Evaluators call `artifact.materialise(ipc, real, generator)` and get (images, labels) to train on.
 Artifacts are saved as `tensors.safetensors` + `meta.json` in a directory; `load_artifact` reads any
-kind back by the `kind` field of meta.json. A new kind (e.g. a generator) subclasses `Artifact` and
-registers itself in `ARTIFACT_KINDS`.
+kind back by the `kind` field of meta.json. The runner's `distill_job` adds what makes the
+directory self-describing (dataset, classes, normalisation, image shape, method, seeds; the ZCA
+matrices as `zca.safetensors` when the dataset is whitened: docs/results.md#artifact-metadata).
+A new kind (e.g. a generator) subclasses `Artifact` and registers itself in `ARTIFACT_KINDS`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 
 META_FILE = "meta.json"
 TENSOR_FILE = "tensors.safetensors"
+# the dataset's ZCA matrices beside an artifact of a ZCA-whitened dataset (`distill_job`), so its
+# images can be turned back into pixels without the dataset (`zca_state`)
+ZCA_FILE = "zca.safetensors"
 ARTIFACT_KINDS: dict[str, type[Artifact]] = {}
 
 
@@ -70,6 +75,11 @@ class Artifact:
         """Images to draw in the grid of the report and MLflow (None: nothing to show)."""
         return None
 
+    def learned_lr(self) -> float | None:
+        """A learning rate distilled with the data (MTT / DATM's `syn_lr`), which evaluators
+        train with instead of their recipe's `lr` (`ddbench.fit.artifact_recipe`); None: none."""
+        return None
+
     def save(self, directory: str | Path) -> None:
         """Write atomically: a temporary sibling directory renamed into place."""
         from safetensors.torch import save_file
@@ -105,24 +115,42 @@ def artifact_exists(directory: str | Path) -> bool:
     return (Path(directory) / META_FILE).is_file()
 
 
+def zca_state(directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """The ZCA matrices stored beside an artifact (`ZCA_FILE`), or None when its dataset is
+    not ZCA-whitened (or the artifact predates the file)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / ZCA_FILE
+    return load_file(str(path)) if path.is_file() else None
+
+
 @dataclass
 class ImageSet(Artifact):
     """A small set of images (normalised like the real data) and their labels.
 
     `labels` is int64 [N] (hard) or float [N, K] (soft, e.g. a teacher's probabilities).
+    `lr`, when set, is a learned learning rate (a float32 scalar, MTT / DATM's `syn_lr`) stored
+    as the tensor `lr` beside them; evaluators train with it instead of the recipe's `lr`.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    lr: torch.Tensor | None = None  # None: train with the evaluator's recipe lr
     kind: ClassVar[str] = "image_set"
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"images": self.images, "labels": self.labels}
+        out = {"images": self.images, "labels": self.labels}
+        if self.lr is not None:  # absent otherwise: artifacts without one keep their bytes
+            out["lr"] = self.lr
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ImageSet:
-        return cls(tensors["images"], tensors["labels"], meta)
+        return cls(tensors["images"], tensors["labels"], meta, tensors.get("lr"))
+
+    def learned_lr(self) -> float | None:
+        return None if self.lr is None else float(self.lr)
 
     def hard_labels(self) -> torch.Tensor:
         return self.labels if self.labels.dim() == 1 else self.labels.argmax(dim=1)

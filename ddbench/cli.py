@@ -1,6 +1,7 @@
 """The `ddbench` command line (docs/architecture.md#command-line); the only module that prints.
 
-Verbs: run, validate, ls, report, leaderboard. Exit codes: 0 all cells ok; 1 finished with failed
+Verbs: run, eval (a distillate from files, as a one-method suite), export (a run's distillates
+as files), validate, ls, report, leaderboard. Exit codes: 0 all cells ok; 1 finished with failed
 cells; 2 bad input (suite, data, address), reported without a traceback.
 """
 
@@ -10,9 +11,16 @@ import argparse
 import sys
 import time
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ddbench.errors import UserError
 from ddbench.spec import SuiteError
+
+if TYPE_CHECKING:
+    from ddbench.data import RealData
+    from ddbench.plan import Plan
+    from ddbench.spec import LoadedSuite
+    from ddbench.storage import Store
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
 LS_KINDS = ("methods", "evals", "archs", "datasets")
@@ -105,18 +113,57 @@ def _registry(kind: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ddbench.spec import load_suite
+
+    return _execute(load_suite(args.suite, args.set), args, args.only, args.suite)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`ddbench eval`: a one-method suite (`from_files` with the given files) built in memory,
+    then the same path as `ddbench run` (`_execute`)."""
+    from ddbench.spec import build_suite
+
+    if (args.images is None) == (args.image_folder is None):
+        raise UserError("give --images FILE (with --labels) or --image-folder DIR")
+    params = {
+        key: value
+        for key, value in {
+            "images": args.images,
+            "image_folder": args.image_folder,
+            "labels": args.labels,
+            "lr": args.lr,
+            "value_space": args.value_space,
+        }.items()
+        if value is not None
+    }
+    evals = [name.strip() for name in args.evals.split(",") if name.strip()]
+    raw = {
+        "name": args.name or f"eval_{args.dataset}",
+        "dataset": {"name": args.dataset},
+        "ipc": [args.ipc],
+        "methods": [{"name": "from_files", "label": args.label, "params": params}],
+        "evals": [{"name": name} for name in evals],
+        "profiles": {"smoke": {}},  # --set profile=smoke: each plugin's fast smoke params
+    }
+    loaded = build_suite(raw, "ddbench eval", args.set)
+    entry = loaded.suite.methods[0]
+    if entry.label is None:  # tells apart distillates evaluated into one suite (not in the job id)
+        entry.label = f"from_files_{loaded.method_params[0].content_sha256[:8]}"
+    return _execute(loaded, args, None, "ddbench eval")
+
+
+def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, source: str) -> int:
+    """Plan, check, run (in-process or on Ray) and track a validated suite: `run` and `eval`."""
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
     from ddbench.runner.work import artifact_done, cell_done
-    from ddbench.spec import load_suite
     from ddbench.storage import Store
     from ddbench.tuning import trial_count
 
     log = _log_fn()
-    loaded = load_suite(args.suite, args.set)
-    plan = make_plan(loaded, args.only)
+    plan = make_plan(loaded, only)
     if not plan.jobs:
-        raise UserError(f"--only {args.only!r} matches no method of {args.suite}")
+        raise UserError(f"--only {only!r} matches no method of {source}")
     suite_dir = Store(args.out).child(loaded.suite.name)
     if args.dry_run:
         for job in plan.jobs:
@@ -131,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     suite = loaded.suite
     real = load_dataset(suite.dataset.name, loaded.dataset_params)
+    _check_inputs(plan, real)
     log(
         f"suite {suite.name}: {len(plan.jobs)} distill jobs, {len(plan.cells)} eval cells; "
         f"{real.describe()}"
@@ -169,6 +217,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def _check_inputs(plan: Plan, real: RealData) -> None:
+    """Each job's `Method.check` on the driver before any work (bad inputs: exit code 2)."""
+    from ddbench.methods import METHODS, Method
+
+    for job in plan.jobs:
+        method = METHODS.get(job.method)()
+        if type(method).check is Method.check:
+            continue
+        params = method.Params.model_validate(job.params)
+        data = real if job.classes is None else real.subset(job.classes)
+        method.check(data, job.ipc or 0, params)
+
+
 def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
     from ddbench.tracking import default_tracking_uri, log_plan
 
@@ -187,22 +248,48 @@ def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from ddbench.report import write_report
     from ddbench.report_html import HTML_FILE
-    from ddbench.storage import Store, is_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = sorted(set(formats) - {"md", "csv", "html"})
     if unknown:
         raise UserError(f"--format: unknown or unsupported format(s) {unknown}; use md, csv, html")
-    given = args.target.rstrip("/").removesuffix("/results")
-    if is_uri(given) or Path(given).is_dir():
-        run = Store(given)
-    else:
-        run = Store(args.runs).child(given)
+    run = _run_store(args.target, args.runs)
     out_dir = Path(args.out) / PurePosixPath(run.uri).name
     path = write_report(run, out_dir, formats)
     print(f"report written to {path}")
     if "html" in formats:
         print(f"HTML report written to {path.with_name(HTML_FILE)}")
+    return EXIT_OK
+
+
+def _run_store(target: str, runs: str) -> Store:
+    """A run named on the command line: a run directory or URI, else a suite name under
+    `runs` (`report`, `export`)."""
+    from ddbench.storage import Store, is_uri
+
+    given = target.rstrip("/").removesuffix("/results")
+    if is_uri(given) or Path(given).is_dir():
+        return Store(given)
+    return Store(runs).child(given)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ddbench.export import export_run
+
+    if not args.jobs and not args.all:
+        raise UserError("name the jobs to export (job ids or method labels) or pass --all")
+    if args.jobs and args.all:
+        raise UserError("give job names or --all, not both")
+    run = _run_store(args.run, args.runs)
+    ipcs = [int(i) for i in args.ipc.split(",")] if args.ipc else None
+    for done in export_run(run, args.jobs, args.format, Path(args.out), ipcs, args.seed):
+        clamped = ""
+        if done.clamped_fraction is not None:
+            clamped = (
+                f"; clamped {100 * done.clamped_fraction:.3f}% of pixel values to [0, 1] "
+                "(lossy: PNGs also round to 8 bits)"
+            )
+        print(f"{done.label} ipc={done.ipc} [{done.job_id}] -> {done.directory}{clamped}")
     return EXIT_OK
 
 
@@ -247,34 +334,80 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddbench", description="Benchmark dataset distillation.")
-    sub = p.add_subparsers(dest="verb", required=True)
-
-    run = sub.add_parser("run", help="distil and evaluate a suite")
-    run.add_argument("suite")
-    run.add_argument("--address", help="join a Ray cluster (auto, host:6379, ray://host:10001)")
-    run.add_argument(
+def _execution_args(p: argparse.ArgumentParser) -> None:
+    """The options of commands that run a suite (`run`, `eval`)."""
+    p.add_argument("--address", help="join a Ray cluster (auto, host:6379, ray://host:10001)")
+    p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override a suite value by dotted path; profile=NAME applies a profile",
     )
-    run.add_argument(
+    p.add_argument(
         "--out", default="runs", help="output root: a path or a URI (s3://, gs://, file://)"
     )
-    run.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<out>/mlflow.db)")
-    run.add_argument("--only", help="glob over method names / labels")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
-    run.add_argument("--local", action="store_true", help="run in-process without Ray")
-    run.add_argument("--force", action="store_true", help="recompute even what is done")
-    run.add_argument(
+    p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<out>/mlflow.db)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
+    p.add_argument("--local", action="store_true", help="run in-process without Ray")
+    p.add_argument("--force", action="store_true", help="recompute even what is done")
+    p.add_argument(
         "--dashboard",
         action="store_true",
         help="start the Ray dashboard with the embedded Ray (127.0.0.1; needs ray[default])",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddbench", description="Benchmark dataset distillation.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    run = sub.add_parser("run", help="distil and evaluate a suite")
+    run.add_argument("suite")
+    _execution_args(run)
+    run.add_argument("--only", help="glob over method names / labels")
     run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a distillate made elsewhere (files) like a suite's method"
+    )
+    ev.add_argument("--images", help=".pt tensor N x C x H x W (or a .safetensors export)")
+    ev.add_argument("--image-folder", help="folder DIR/<class name>/*.png|jpg")
+    ev.add_argument("--labels", help=".pt: hard [N] int or soft [N, K] probabilities")
+    ev.add_argument("--lr", help=".pt scalar: a learned learning rate (MTT / DATM)")
+    ev.add_argument(
+        "--value-space",
+        choices=("normalised", "pixels"),
+        help="space of --images (default normalised; an image folder is pixels)",
+    )
+    ev.add_argument("--dataset", required=True, help="registered dataset the images belong to")
+    ev.add_argument("--ipc", type=int, required=True, help="images per class of the distillate")
+    ev.add_argument(
+        "--evals", default="cross_arch", help="comma list of evaluators (default cross_arch)"
+    )
+    ev.add_argument("--name", help="suite name: runs/<name> (default eval_<dataset>)")
+    ev.add_argument("--label", help="method label in rows and reports (default from_files_<hash>)")
+    _execution_args(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("export", help="write a run's distillates as .pt, safetensors or PNGs")
+    ex.add_argument("run", help="suite name (under --runs), or a run directory or URI")
+    ex.add_argument("jobs", nargs="*", help="job ids or method labels (or --all)")
+    ex.add_argument("--all", action="store_true", help="every job that has result rows")
+    ex.add_argument("--format", choices=("pt", "safetensors", "imagefolder"), default="pt")
+    ex.add_argument("--out", required=True, help="folder to write one sub-folder per export into")
+    ex.add_argument("--runs", default="runs", help="output root the suite ran into (path or URI)")
+    ex.add_argument(
+        "--ipc",
+        help="comma list: IPCs a generator is drawn at (default: the IPCs it was evaluated at)",
+    )
+    ex.add_argument(
+        "--seed",
+        type=int,
+        default=0,  # eval seed 0: the draw cross_arch's first model trains on (fixed sampling)
+        help="a generator's draw: the one cross_arch's eval seed SEED trains on (default 0)",
+    )
+    ex.set_defaults(func=cmd_export)
 
     val = sub.add_parser("validate", help="check suites; every located error at once")
     val.add_argument("suites", nargs="+")

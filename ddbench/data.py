@@ -147,19 +147,25 @@ class RealData:
             classes=tuple(sorted(classes)),
         )
 
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised (and possibly ZCA-whitened) images back to [0, 1] pixels."""
-        import torch
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
 
-        if self.zca_state is not None:
-            from ddbench.augment import ZCA
+    def to_pixels(
+        self,
+        x: torch.Tensor,
+        clamp: bool = True,  # True: clip to [0, 1] (what a picture can show)
+    ) -> torch.Tensor:
+        """Normalised (and possibly ZCA-whitened) images back to [0, 1] pixels (`clamp=False`
+        keeps values outside [0, 1], e.g. to count what clamping would change)."""
+        return normalised_to_pixels(x, self.mean, self.std, self.zca_state, clamp)
 
-            zca = ZCA()
-            zca.load_state_dict(self.zca_state)
-            x = zca.inverse(x)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x * std + mean).clamp(0, 1)
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels into this dataset's normalised space (mean / std, then ZCA if fitted):
+        the inverse of `to_pixels` for values inside [0, 1]."""
+        return pixels_to_normalised(x, self.mean, self.std, self.zca_state)
 
     def describe(self) -> str:
         return (
@@ -167,6 +173,50 @@ class RealData:
             f"{len(self.test_y)} test, {self.num_classes} classes, "
             f"{self.channels}x{self.image_size}x{self.image_size}"
         )
+
+
+def normalised_to_pixels(
+    x: torch.Tensor,
+    mean: tuple[float, ...] | list[float],
+    std: tuple[float, ...] | list[float],
+    zca_state: dict[str, torch.Tensor] | None = None,
+    clamp: bool = True,  # True: clip to [0, 1] (what a picture can show)
+) -> torch.Tensor:
+    """Images in a dataset's normalised space (given its mean / std and ZCA state, as
+    `RealData` or an artifact's meta.json record them) back to pixels in [0, 1]."""
+    import torch
+
+    if zca_state is not None:
+        from ddbench.augment import ZCA
+
+        zca = ZCA()
+        zca.load_state_dict(zca_state)
+        x = zca.inverse(x)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    x = x * s + m
+    return x.clamp(0, 1) if clamp else x
+
+
+def pixels_to_normalised(
+    x: torch.Tensor,
+    mean: tuple[float, ...] | list[float],
+    std: tuple[float, ...] | list[float],
+    zca_state: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Pixels in [0, 1] into a dataset's normalised space: (x - mean) / std, then ZCA."""
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    x = ((x - m) / s).contiguous()
+    if zca_state is not None:
+        from ddbench.augment import ZCA
+
+        zca = ZCA()
+        zca.load_state_dict(zca_state)
+        x = zca.transform(x)
+    return x
 
 
 DatasetLoader = Callable[[Any], RawSplits]
@@ -360,20 +410,26 @@ _register_torchvision("cifar100", "CIFAR100", CIFAR100_MEAN, CIFAR100_STD, _TV_H
 
 # --------------------------------------------------------------------------- image folders
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def folder_items(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(file, label) of every image of split_dir/<class>/*: classes in the given order (label =
+    index in `classes`), files sorted by name within a class; missing class folders are skipped."""
+    return [
+        (f, label)
+        for label, cls in enumerate(classes)
+        if (split_dir / cls).is_dir()
+        for f in sorted((split_dir / cls).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
 
 
 def _read_folder(split_dir: Path, classes: list[str], params: FolderParams) -> RawSplits:
     """Every image of split_dir/<class>/* for the given class order."""
     import torch
 
-    items = [
-        (f, label)
-        for label, cls in enumerate(classes)
-        if (split_dir / cls).is_dir()
-        for f in sorted((split_dir / cls).iterdir())
-        if f.suffix.lower() in _IMAGE_SUFFIXES
-    ]
+    items = folder_items(split_dir, classes)
     if not items:
         raise DataError(f"no images found under {split_dir} (expected {split_dir}/<class>/*.png)")
     x, y = _read_files(items, params)
@@ -471,7 +527,7 @@ def tiny_imagenet(params: TinyImageNetParams) -> RawSplits:
         (f, label)
         for label, c in enumerate(classes)
         for f in sorted((train_dir / c / "images").glob("*"))
-        if f.suffix.lower() in _IMAGE_SUFFIXES
+        if f.suffix.lower() in IMAGE_SUFFIXES
     ]
     train_x, train_y = _read_files(train_items, params)
     by_file = dict(line.split("\t")[:2] for line in ann.read_text().splitlines() if line)
@@ -483,6 +539,18 @@ def tiny_imagenet(params: TinyImageNetParams) -> RawSplits:
 
 
 tiny_imagenet.Params = TinyImageNetParams
+
+
+def read_image_files(
+    items: list[tuple[Path, int]], image_size: int, channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(file, label) pairs -> float images [N, C, H, W] in [0, 1] and int64 labels, resized to
+    `image_size` (bilinear) and converted to `channels` (1 = grayscale, 3 = RGB)."""
+    import torch
+
+    params = FolderParams(image_size=image_size, channels=channels)
+    x, y = _read_files(items, params)
+    return x, torch.tensor(y, dtype=torch.long)
 
 
 def _read_files(

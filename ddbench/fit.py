@@ -7,6 +7,10 @@ A given `eval_seed` fixes the initialisation, the data order and the augmentatio
 cell always gives the same number on the same machine.
 
 Labels may be hard ([N] int64) or soft ([N, K] probabilities: cross-entropy against them).
+An artifact that carries a learned learning rate (`Artifact.learned_lr`, e.g. MTT's `syn_lr`
+given to `from_files`) is trained with it instead of the recipe's `lr` (`artifact_recipe`, in
+`fit_artifact` and `ddbench.fit_vmap.fit_artifact_seeds`); every cell then writes a
+`learned_lr` row (`ddbench.runner.work.run_cell`).
 The evaluator's `labels` mode picks them (`fit_artifact`): `hard` (default; soft labels become
 their argmax), `soft` (the artifact's own soft labels when it has them, else hard) or `teacher`
 (D4M's training-time matching: a `labeler` — `ddbench.teacher.TeacherLabels` — relabels every
@@ -425,6 +429,20 @@ def fixed_data(
     return x, select_labels(y, label_mode)
 
 
+def artifact_recipe(recipe: Recipe, *artifacts: Artifact) -> Recipe:
+    """`recipe` with the learning rate the artifacts were distilled with, when they carry one
+    (`Artifact.learned_lr`: MTT / DATM learn it with the images, and their evaluation trains
+    with it); the rest of the recipe (epochs, the x0.1 step at half, momentum, weight decay)
+    is unchanged. Several artifacts (a continual memory) must agree."""
+    lrs = {a.learned_lr() for a in artifacts}
+    if lrs == {None} or not lrs:
+        return recipe
+    if len(lrs) > 1:
+        raise ValueError(f"the artifacts trained on together carry different learned lrs: {lrs}")
+    (lr,) = lrs
+    return recipe.model_copy(update={"lr": lr})
+
+
 def is_generator(artifact: Artifact) -> bool:
     from ddbench.artifact import GeneratorSet
 
@@ -606,6 +624,7 @@ def fit_artifact(
     `label_mode` / `labeler`: see the module docstring; `teacher` needs the labeler."""
     if (label_mode == "teacher") != (labeler is not None):
         raise ValueError("label mode 'teacher' needs a labeler, and a labeler needs 'teacher'")
+    recipe = artifact_recipe(recipe, artifact)
     if sampling == "fixed" or ipc < 1 or not is_generator(artifact):
         x, y = fixed_data(artifact, ipc, real, eval_seed, label_mode)
         top1 = fit_and_test(

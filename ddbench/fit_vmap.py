@@ -62,6 +62,7 @@ from ddbench.fit import (
     CONVNET_ARCHS,
     LabelMode,
     Recipe,
+    artifact_recipe,
     autocast,
     fit_and_test,
     fixed_data,
@@ -194,6 +195,7 @@ def fit_artifact_seeds(
     if label_mode == "teacher":
         raise ValueError("teacher labels are regenerated per run: train those seeds one by one")
     data = [fixed_data(artifact, ipc, real, seed, label_mode) for seed in eval_seeds]
+    recipe = artifact_recipe(recipe, artifact)  # a learned lr replaces the recipe's
     return fit_and_test_seeds(
         arch, real, data, recipe, eval_seeds, device, arch_kwargs, vectorise=vectorise
     )

@@ -1,7 +1,8 @@
 """The suite file: pydantic models, YAML line numbers, profiles and `--set` overrides.
 
-`load_suite(path, overrides)` reads a suite YAML, applies the method / evaluator `smoke` defaults
-and the suite's profile when `profile=NAME` is set, applies `--set KEY=VALUE` overrides, and
+`load_suite(path, overrides)` reads a suite YAML (`build_suite` takes one as data: `ddbench
+eval` builds its suite in memory), applies the method / evaluator `smoke` defaults and the
+suite's profile when `profile=NAME` is set, applies `--set KEY=VALUE` overrides, and
 validates everything — the suite's own keys and every plugin's `Params` — collecting all errors
 before raising one `SuiteError` whose lines read `file:line: dotted.path: message`.
 
@@ -344,8 +345,19 @@ def _plugin_defaults(data: dict[str, Any], profile: str | None) -> dict[str, Any
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSuite:
     """Read, override and validate a suite; raise `SuiteError` listing every problem."""
-    path = Path(path)
-    raw, lines = _read_yaml(path)
+    raw, lines = _read_yaml(Path(path))
+    return build_suite(raw, str(path), overrides, lines)
+
+
+def build_suite(
+    raw: dict[str, Any],
+    path: str,
+    overrides: list[str] | None = None,  # --set KEY=VALUE pairs; None: none
+    lines: dict[Loc, int] | None = None,  # YAML line of each key; None: not from a file
+) -> LoadedSuite:
+    """Override and validate a suite given as data (`load_suite` reads it from YAML; `ddbench
+    eval` builds one in memory). `path` names it in errors; `lines` maps keys to YAML lines."""
+    lines = lines or {}
     profile, pairs = parse_overrides(overrides or [])
     problems: list[str] = []
     data = _plugin_defaults(raw, profile)
@@ -369,7 +381,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSu
         raise SuiteError(problems)
 
     def where(loc: Loc) -> str:
-        return locate(str(path), lines, set_locs, loc)
+        return locate(path, lines, set_locs, loc)
 
     def pretty(loc: Loc, items: dict[str, Any]) -> str:
         """Dotted path with list entries shown by name (methods.datadam.params.x)."""
@@ -401,7 +413,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSu
         raise SuiteError(problems)
     return LoadedSuite(
         suite,
-        str(path),
+        path,
         method_params,
         eval_params,
         dataset_params,

@@ -1,5 +1,5 @@
 """Shared fixtures: the real digits data (loaded once), quiet Ray / MLflow settings, CLI runner,
-a tiny untrained generator artifact."""
+a tiny untrained generator artifact, `from_files` inputs written from real images."""
 
 from __future__ import annotations
 
@@ -44,6 +44,32 @@ def tiny_generator_set(real: RealData, seed: int = 0) -> GeneratorSet:
     torch.manual_seed(seed)
     net = build_generator(config)
     return GeneratorSet({k: v.clone() for k, v in net.state_dict().items()}, config)
+
+
+def write_distillate(
+    real: RealData,
+    ipc: int,
+    directory: Path,
+    soft: bool = False,  # True: labels.pt holds [N, K] probabilities (0.7 on the class)
+    lr: float | None = None,  # a learned lr written as lr.pt
+) -> dict[str, str]:
+    """`from_files` inputs made of real images: the first `ipc` train images of each class
+    (normalised, as ddbench stores them) in `directory`; returns the from_files params."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    idx = torch.cat([real.class_indices(c)[:ipc] for c in real.classes])
+    images, labels = real.train_x[idx].clone(), real.train_y[idx].clone()
+    if soft:
+        k = real.num_classes
+        labels = torch.full((len(idx), k), 0.3 / (k - 1)).scatter_(1, labels[:, None], 0.7)
+    torch.save(images, directory / "images.pt")
+    torch.save(labels, directory / "labels.pt")
+    params = {"images": str(directory / "images.pt"), "labels": str(directory / "labels.pt")}
+    if lr is not None:
+        torch.save(torch.tensor(lr), directory / "lr.pt")
+        params["lr"] = str(directory / "lr.pt")
+    return params
 
 
 @pytest.fixture(scope="session")

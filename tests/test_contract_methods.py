@@ -8,12 +8,21 @@ import torch
 from ddbench.artifact import artifact_exists, load_artifact
 from ddbench.context import LocalContext
 from ddbench.methods import METHODS, get_method
+from tests.conftest import write_distillate
+
+
+def inputs(name: str, real, ipc: int, tmp_path) -> dict:
+    """Params a method needs beyond its smoke params: `from_files` reads a distillate's files."""
+    if name != "from_files":
+        return {}
+    return write_distillate(real, ipc, tmp_path / f"files-ipc{ipc}")
 
 
 def distil(name: str, real, ipc: int, tmp_path, seed: int = 0, params: dict | None = None):
     """Smoke-distil `name`, first distilling its dependencies into tmp_path."""
     method = get_method(name)
-    p = method.Params.model_validate({**method.smoke, **(params or {})})
+    given = {**method.smoke, **inputs(name, real, ipc, tmp_path), **(params or {})}
+    p = method.Params.model_validate(given)
     deps = {}
     for key, (dep_name, dep_params) in method.dependencies(p).items():
         dep_dir = tmp_path / f"dep-{dep_name}-{seed}"

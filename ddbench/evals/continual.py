@@ -41,7 +41,14 @@ from pydantic import Field, model_validator
 from ddbench.archs import ArchName
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, draw_generator, fit_and_test, precision_bits, select_labels
+from ddbench.fit import (
+    Recipe,
+    artifact_recipe,
+    draw_generator,
+    fit_and_test,
+    precision_bits,
+    select_labels,
+)
 
 
 class ContinualParams(EvalParams, Recipe):
@@ -126,7 +133,8 @@ class Continual(Evaluator):
             xs.append(x)
             ys.append(y)
         seen = tuple(c for classes in memory.values() for c in classes)
-        recipe = Recipe.of(params)
+        # a learned lr of the step distillates (from_files with MTT's syn_lr) replaces the recipe's
+        recipe = artifact_recipe(Recipe.of(params), *(job.inputs[key] for key in memory))
         top1 = fit_and_test(
             params.arch,
             real.subset(seen),

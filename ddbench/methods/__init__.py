@@ -62,6 +62,11 @@ class Method:
         """
         return {}
 
+    def check(self, real: RealData, ipc: int, params: Any) -> None:
+        """Cheap checks of a job's inputs against the dataset, run on the driver before any
+        work (`ddbench run` / `ddbench eval`); raise `UserError` to stop the run with exit code
+        2. Default: nothing to check (`from_files` checks the user's files here)."""
+
     def eval_ipcs(self, suite_ipcs: list[int]) -> list[int]:
         """The IPCs at which an ipc-independent artifact is evaluated."""
         return list(suite_ipcs)

@@ -5,9 +5,10 @@ process with `--local`) and imports no Ray, so `ddbench.cli`, `ddbench.tracking`
 mode use it without starting or importing Ray:
 
 - `distill_job`: one method on one job; rank 0 publishes the artifact (`artifacts/<job_id>/`,
-  its `meta.json` last), with when and where it ran;
+  its `meta.json` last), with when and where it ran and what makes it self-describing
+  (`self_description`: dataset, classes, normalisation, shape, method, seeds, version);
 - `run_cell`: one eval cell, written as one Parquet file of rows; never raises (a failure is a
-  `failed` row);
+  `failed` row); an artifact with a learned lr adds a `learned_lr` row;
 - `write_reduce`: an evaluator's job-level rows once all of its cells are written;
 - `artifact_done` / `cell_done`: what a rerun can skip (the only reads of the store a run makes
   to find finished work);
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddbench import __version__
-from ddbench.artifact import META_FILE, load_artifact
+from ddbench.artifact import META_FILE, ZCA_FILE, load_artifact
 from ddbench.context import Context
 from ddbench.plan import DistillJob, EvalCell, Plan
 from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
@@ -190,15 +191,56 @@ def distill_job(
             "suite_name": suite_name,
             "world_size": ctx.world_size,
             "rank_digests": digests,
+            **self_description(job, real),
         }
     )
     if ctx.is_main:
         with store.staged_dir(artifact_rel(job.job_id), marker=META_FILE) as adir:
             artifact.save(adir)
+            if real.zca_state is not None:  # the matrices that invert the stored images
+                from safetensors.torch import save_file
+
+                save_file(dict(real.zca_state), str(adir / ZCA_FILE))
             shown = artifact.preview(real, ctx.rng("preview"))
             if shown is not None:
                 grid_png(*shown, real, adir / GRID_FILE)
     return {**artifact.meta, "artifact_bytes": artifact.artifact_bytes()}
+
+
+def self_description(job: DistillJob, real: Any) -> dict[str, Any]:
+    """The meta.json keys that let an artifact be read without its suite (docs/results.md):
+    the dataset and how its images were normalised, the classes, the image shape, the space of
+    the stored tensors, the method and its params, the seeds and the ddbench version."""
+    zca = real.zca_state is not None
+    return {
+        "dataset": job.dataset,
+        "dataset_params": job.dataset_params,
+        "class_names": list(real.class_names),  # label id k names class_names[k]
+        "num_classes": real.num_classes,
+        "mean": list(real.mean),
+        "std": list(real.std),
+        "zca": {"applied": zca, "file": ZCA_FILE if zca else None},
+        "image_shape": list(real.image_shape),  # C, H, W
+        # images stored (or generated) in the dataset's normalised space; `to_pixels` inverts it
+        "value_space": "normalised",
+        "method_version": job.method_version,
+        "method_params": job.params,
+        "suite_seed": job.suite_seed,
+        "ddbench_version": __version__,
+    }
+
+
+def learned_lr_row(cell: EvalCell, lr: float) -> dict[str, Any]:
+    """The partial row recording a learned lr the cell's models trained with (`fit.py`)."""
+    return {
+        "arch": cell.cell.get("arch"),
+        "eval_seed": cell.cell.get("eval_seed"),
+        "step": cell.cell.get("step"),
+        "split": "test",
+        "metric": "learned_lr",
+        "value": lr,
+        "higher_is_better": False,
+    }
 
 
 def tensor_digest(tensors: dict[str, Any]) -> str:
@@ -250,6 +292,9 @@ def run_cell(
         partial = evaluator.run(
             cell.cell, EvalJob(artifact, real, cell.ipc, cell.job.dataset, inputs), params, ctx
         )
+        lr = artifact.learned_lr()
+        if lr is not None:  # the models trained with it instead of the recipe's lr (fit.py)
+            partial = [*partial, learned_lr_row(cell, lr)]
         rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha, node)
         status = "ok"
     except Exception:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
