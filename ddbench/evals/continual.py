@@ -18,7 +18,8 @@ Cells are (order_seed, step, model): one network each, the unit of work the eval
 sized for, so every step of every order trains in parallel. A cell hangs off the method's
 normal job at the IPC (rows carry its job id and label) and lists the subset jobs of its steps
 so far; it runs once they are all distilled. Rows: top1 on val and test (the seen classes'
-images of each split) and `precision_bits` (16 = bf16 autocast, 32 = fp32, as resolved) with
+images of each split) and the execution path's rows (`precision_bits`: 16 = bf16, 32 = fp32;
+`channels_last`, `compiled`, `step_ms`, `fp32_step_ms`; `ddbench.fastpath`) with
 `step` = the 0-based increment and `eval_seed` = order_seed x models + model (a unique run
 id; the order seed is eval_seed // models). `reduce` writes, per run
 (eval_seed) and split, `avg_inc_top1` (mean top1 over the steps) and the final `top1` (after the
@@ -41,7 +42,7 @@ from pydantic import Field, model_validator
 from ddbench.archs import ArchName
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, draw_generator, fit_and_test, precision_bits, select_labels
+from ddbench.fit import Recipe, draw_generator, fit_and_test, path_metrics, select_labels
 
 
 class ContinualParams(EvalParams, Recipe):
@@ -126,17 +127,17 @@ class Continual(Evaluator):
             xs.append(x)
             ys.append(y)
         seen = tuple(c for classes in memory.values() for c in classes)
-        recipe = Recipe.of(params)
+        stats: dict[str, float] = {}
         top1 = fit_and_test(
             params.arch,
             real.subset(seen),
             torch.cat(xs),
             torch.cat(ys),
-            recipe,
+            Recipe.of(params),
             cell["eval_seed"],
             ctx.device,
+            stats=stats,
         )
-        bits = precision_bits(recipe.precision, params.arch, ctx.device)
         return [
             {
                 "arch": params.arch,
@@ -149,7 +150,7 @@ class Continual(Evaluator):
             }
             for split, metric, value in [
                 *[(split, "top1", value) for split, value in top1.items()],
-                ("test", "precision_bits", bits),
+                *[("test", metric, value) for metric, value in path_metrics(stats).items()],
             ]
         ]
 
