@@ -30,8 +30,9 @@ line. On a GPU (`--device cuda`, the default when one is present) it runs as is.
     python benchmarks/eval_throughput.py --batches 256 --rounds 3 --compile-batches --no-vmap
 
 The final JSON line holds every figure, with `default_speedup_vs_fp32` (default path over fp32
-eager at batch 256; `default_speedup_vs_fp32_by_batch` at every batch) and `bf16_peak_fraction` (the default path's GFLOP/s at batch 256 over the
-measured bf16 matmul peak). Extending: add a path as one more `TrainSetup` in `step_setups`.
+eager at batch 256; `default_speedup_vs_fp32_by_batch` at every batch) and
+`bf16_peak_fraction` (the default path's GFLOP/s at batch 256 over the measured bf16 matmul
+peak). Extending: add a path as one more `TrainSetup` in `step_setups`.
 """
 
 from __future__ import annotations
