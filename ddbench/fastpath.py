@@ -51,15 +51,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BeforeValidator
 
 if TYPE_CHECKING:
     from ddbench.fit import Recipe
 
 Precision = Literal["fp32", "bf16"]
+
+
+def _switch(value: Any) -> Any:
+    """YAML reads `on` / `off` as true / false: take those as the switch's `on` / `off`."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+# an execution choice: auto (decided by measurement), on or off
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 # architectures whose bf16 training was measured at fp32 accuracy (benchmarks/RESULTS.md,
 # "bf16 parity"): bf16 is a candidate only for these
 BF16_ARCHS = frozenset({"convnet"})

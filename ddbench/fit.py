@@ -68,6 +68,7 @@ from ddbench.fastpath import (
     FP32_EAGER,
     Choice,
     Precision,
+    Switch,
     TrainSetup,
     autocast,
     choose_setup,
@@ -82,7 +83,6 @@ if TYPE_CHECKING:
 
 Sampling = Literal["fixed", "fresh", "time_matched"]
 LabelMode = Literal["hard", "soft", "teacher"]
-Switch = Literal["auto", "on", "off"]
 # epoch -> (images, labels) to train on in that epoch (fresh generator draws)
 DataSource = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 TIME_MATCHED_MAX_FACTOR = 8  # time_matched draws at most 8 x IPC images per class

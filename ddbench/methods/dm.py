@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -64,6 +64,7 @@ from ddbench.artifact import ImageSet
 from ddbench.augment import DSAParams, apply_dsa
 from ddbench.context import Context
 from ddbench.data import RealData
+from ddbench.fastpath import Switch
 from ddbench.methods import Method, register_method
 from ddbench.methods._pixel import (
     ClassDraws,
@@ -90,11 +91,11 @@ class MeanMatchParams(PixelParams):
     forward_chunk: int = Field(0, ge=0)
     # NHWC activations (on / off), or auto: the layout a calibration of this job's forward
     # measures faster (`MatchingForward`); the loss only changes by rounding
-    channels_last: Literal["auto", "on", "off"] = "auto"
+    channels_last: Switch = "auto"
     # torch.compile of the matching network's forward, one graph for the whole job (each
     # iteration's new random weights are inputs of it): auto = where the calibration says the
     # compile time pays over the job's iterations (`MatchingForward`)
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: Switch = "auto"
     execution_fields: ClassVar[frozenset[str]] = frozenset(
         {"checkpoint_every", "channels_last", "compile"}
     )  # rounding at most: not in job ids
