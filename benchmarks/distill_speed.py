@@ -18,8 +18,24 @@ would take far longer than this benchmark's budget.
 at `--compare-ipc`, each right after its batched run so both see the same machine load; the final
 JSON line has `<method>_batched_vs_loop_ipc<N>` = loop seconds / batched seconds.
 
+Side by side with the official code (`--official-dm DIR`, `--official-datadam DIR`: a checkout
+of VICO-UoE/DatasetCondensation or DataDistillation/DataDAM; nothing of theirs is in this repo):
+right after each ddbench configuration of dm / datadam, a child runs THEIR script's own
+`main()` (`main_DM.py`, `main_DataDAM.py`) on the same random data, with only their dataset
+loader (`get_dataset`) replaced by one serving these tensors, their evaluation
+(`evaluate_synset`) by a no-op (evaluation is not distillation), and `torch.optim.SGD.step`
+wrapped to stamp each image update (plus one shim for today's torch: their siamese DSA writes
+`t[:] = t[0]`, which torch now refuses as an overlapping write, so such a write takes a copy of
+the value; and on a machine without CUDA, DataDAM's `net.cuda()` leaves the net where it is);
+every other line of their iteration runs as they wrote it
+(per-class real batches with `np.random` picks, their DSA seeded from the clock, their networks
+from their `utils.py` / `networks.py`). The JSON line then has `official_over_ddbench_<method>
+_ipc<N>` = their seconds per iteration over ddbench's (above 1: ddbench is faster).
+
     python benchmarks/distill_speed.py                        # every registered pixel method
     python benchmarks/distill_speed.py --methods dm datadam --ipcs 1 10 --timed 5
+    python benchmarks/distill_speed.py --methods dm datadam --ipcs 10 \
+        --official-dm /tmp/DatasetCondensation --official-datadam /tmp/DataDAM
 """
 
 from __future__ import annotations
@@ -129,6 +145,98 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+OFFICIAL_SCRIPTS = {"dm": "main_DM", "datadam": "main_DataDAM"}  # their entry modules
+
+
+def run_official_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time the official script of `spec["method"]` (checkout `spec["official"]`) in this
+    process: their `main()`, on `_random_cifar` data (module docstring)."""
+    import importlib
+    import importlib.util
+    import os
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    os.chdir(tempfile.mkdtemp(prefix="ddbench-official-"))  # they write data/ and result/ here
+    sys.path.insert(0, spec["official"])
+    if importlib.util.find_spec("einops") is None:  # DataDAM's networks import it for a ViT
+        import types  # that the timed loop never builds: an empty stand-in will do
+
+        for name in ("einops", "einops.layers", "einops.layers.torch"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["einops"].rearrange = sys.modules["einops"].repeat = None
+        sys.modules["einops.layers.torch"].Rearrange = None
+    script = importlib.import_module(OFFICIAL_SCRIPTS[spec["method"]])
+    real = _random_cifar(spec["per_class"])
+
+    class Split(torch.utils.data.Dataset):
+        def __init__(self, x: Any, y: Any) -> None:
+            self.x, self.y = x, y
+
+        def __getitem__(self, i: int) -> tuple[Any, int]:
+            return self.x[i], int(self.y[i])
+
+        def __len__(self) -> int:
+            return len(self.y)
+
+    def get_dataset(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        train, test = Split(real.train_x, real.train_y), Split(real.test_x, real.test_y)
+        loader = torch.utils.data.DataLoader(test, batch_size=256)
+        out = (3, (32, 32), 10, real.class_names, real.mean, real.std, train, test, loader)
+        return (*out, None) if spec["method"] == "datadam" else out  # DataDAM's adds `zca`
+
+    def evaluate_synset(it_eval: int, net: Any, *args: Any, **kwargs: Any) -> tuple:
+        return net, 0.0, 0.0
+
+    script.get_dataset, script.evaluate_synset = get_dataset, evaluate_synset
+    need = spec["warmup"] + spec["timed"]
+    stamps: list[float] = []
+    step = torch.optim.SGD.step
+
+    def stamped_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = step(self, *args, **kwargs)
+        stamps.append(time.perf_counter())
+        if len(stamps) >= need:
+            raise _Stop
+        return out
+
+    torch.optim.SGD.step = stamped_step
+    setitem = torch.Tensor.__setitem__
+
+    def setitem_on_a_copy(self: Any, key: Any, value: Any) -> Any:
+        # their siamese DSA writes `t[:] = t[0]`, an overlapping write torch now refuses; the
+        # same values from a copy (a few integers per call)
+        if isinstance(value, torch.Tensor) and value.data_ptr() == self.data_ptr():
+            value = value.clone()
+        return setitem(self, key, value)
+
+    torch.Tensor.__setitem__ = setitem_on_a_copy
+    if not torch.cuda.is_available():  # DataDAM's get_network calls `net.cuda()` unconditionally
+        torch.nn.Module.cuda = lambda self, device=None: self
+    sys.argv = [
+        f"{OFFICIAL_SCRIPTS[spec['method']]}.py",
+        *("--dataset", "CIFAR10", "--ipc", str(spec["ipc"]), "--num_exp", "1"),
+        *("--num_eval", "1", "--batch_real", str(spec["batch_real"]), "--init", "real"),
+        *("--data_path", "data", "--save_path", "result"),
+    ]
+    start = time.perf_counter()
+    try:
+        script.main()
+    except _Stop:
+        pass
+    steps = [b - a for a, b in zip([start, *stamps], stamps, strict=False)][spec["warmup"] :]
+    return {
+        **{k: spec[k] for k in ("method", "ipc", "batch_real", "threads")},
+        "implementation": "official",
+        "s_per_step": statistics.median(steps),
+        "s_per_step_all": [round(s, 3) for s in steps],
+        "s_per_iteration": statistics.median(steps),
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
 def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
@@ -154,10 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-ipc", type=int, default=10, help="batched vs loop at this IPC")
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default all")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--official-dm", help="a checkout of VICO-UoE/DatasetCondensation")
+    parser.add_argument("--official-datadam", help="a checkout of DataDistillation/DataDAM")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        child = run_official_child if spec.get("official") else run_child
+        print(json.dumps(child(spec)))
         return 0
 
     import os
@@ -176,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
     }
     rows = []
+    summary_ratios: dict[str, float] = {}
     tic = time.perf_counter()
     for method in methods:
         for ipc in args.ipcs:
@@ -192,12 +305,33 @@ def main(argv: list[str] | None = None) -> int:
                     f"peak RSS {row['peak_rss_mib']:7.0f} MiB  steps {row['s_per_step_all']}",
                     flush=True,
                 )
-    summary: dict[str, Any] = {"rows": rows, "wall_s": round(time.perf_counter() - tic, 1)}
+            official = {"dm": args.official_dm, "datadam": args.official_datadam}.get(method)
+            if official:  # right after ddbench's run of the same configuration
+                spec = {**base, "method": method, "ipc": ipc, "official": official}
+                theirs = _spawn(spec)
+                rows.append(theirs)
+                ours = next(
+                    r
+                    for r in rows
+                    if r["method"] == method and r["ipc"] == ipc and r.get("loop") is False
+                )
+                ratio = theirs["s_per_iteration"] / ours["s_per_iteration"]
+                summary_ratios[f"official_over_ddbench_{method}_ipc{ipc}"] = round(ratio, 3)
+                print(
+                    f"{method:8s} ipc {ipc:3d} official {theirs['s_per_step']:8.3f} s/iteration "
+                    f"(x{ratio:.2f} ddbench's)  steps {theirs['s_per_step_all']}",
+                    flush=True,
+                )
+    summary: dict[str, Any] = {
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - tic, 1),
+        **summary_ratios,
+    }
     for method in LOOP_METHODS:
         pair = {
             r["loop"]: r["s_per_step"]
             for r in rows
-            if r["method"] == method and r["ipc"] == args.compare_ipc
+            if r["method"] == method and r["ipc"] == args.compare_ipc and "loop" in r
         }
         if len(pair) == 2:
             summary[f"{method}_batched_vs_loop_ipc{args.compare_ipc}"] = pair[True] / pair[False]

@@ -10,7 +10,9 @@ momentum and weight decay) of DC's ConvNet-3 (width 128, instance norm) on 3x32x
 - `compiled`: `torch.compile` of the model at the default precision (its first step, which
   compiles, is reported as `compile_s`);
 - `default`: what `precision: auto, compile: auto` resolve to on this device for 1000 epochs
-  of one such batch (`ddbench.fit.training_setup`; timed once if equal to another path);
+  of one such batch (`ddbench.fastpath.choose_setup`, which calibrates the step on this device
+  and caches its measurements; timed once more here, with the others, if equal to another
+  path);
 - `vmap_k8` against `seq_k8`: K = 8 seeds (`--k`) trained at once
   (`ddbench.fit_vmap.train_vectorised`) against 8 sequential `ddbench.fit.train_model` runs,
   both through the real loops, at the default precision (figures per model step: K x steps).
@@ -28,8 +30,9 @@ line. On a GPU (`--device cuda`, the default when one is present) it runs as is.
     python benchmarks/eval_throughput.py --batches 256 --rounds 3 --compile-batches --no-vmap
 
 The final JSON line holds every figure, with `default_speedup_vs_fp32` (default path over fp32
-eager at batch 256) and `bf16_peak_fraction` (the default path's GFLOP/s at batch 256 over the
-measured bf16 matmul peak). Extending: add a path as one more `TrainSetup` in `step_setups`.
+eager at batch 256; `default_speedup_vs_fp32_by_batch` at every batch) and
+`bf16_peak_fraction` (the default path's GFLOP/s at batch 256 over the measured bf16 matmul
+peak). Extending: add a path as one more `TrainSetup` in `step_setups`.
 """
 
 from __future__ import annotations
@@ -98,18 +101,25 @@ def step_flops(model: Any, batch: int) -> int:
 
 def default_setup(device: str, batch: int) -> Any:
     """What the recipe's `auto` choices resolve to for 1000 epochs of `batch` images."""
-    from ddbench.fit import Recipe, training_setup
+    import torch
+
+    from ddbench.archs import build_arch
+    from ddbench.fastpath import choose_setup
+    from ddbench.fit import Recipe
 
     recipe = Recipe(epochs=DEFAULT_EPOCHS)
-    return training_setup(recipe, "convnet", device, n=batch, pixels=SHAPE[1] * SHAPE[2])
+    torch.manual_seed(0)
+    model = build_arch("convnet", SHAPE[0], CLASSES, SHAPE[1])
+    choice = choose_setup(recipe, "convnet", model, SHAPE, CLASSES, DATASET, batch, 1000, device)
+    return choice.setup
 
 
 def step_setups(device: str, batch: int) -> dict[str, Any]:
     """The single-model paths timed at `batch`, by name (module docstring)."""
-    from ddbench.fit import TrainSetup, resolve_precision
+    from ddbench.fastpath import TrainSetup
 
     default = default_setup(device, batch)
-    precision = resolve_precision("auto", "convnet", device)
+    precision = default.precision
     return {
         "fp32": TrainSetup("fp32", channels_last=False, compile=False),
         "bf16": TrainSetup("bf16", channels_last=False, compile=False),
@@ -127,7 +137,8 @@ def time_steps(
     import torch
 
     from ddbench.archs import build_arch
-    from ddbench.fit import Recipe, train_step_fn
+    from ddbench.fastpath import train_step_fn
+    from ddbench.fit import Recipe
 
     torch.manual_seed(0)
     model = build_arch("convnet", SHAPE[0], CLASSES, SHAPE[1])
@@ -269,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             and seq["batch"] == r["batch"]
         },
         "default_speedup_vs_fp32": at_256["default"]["vs_fp32"],
+        "default_speedup_vs_fp32_by_batch": {
+            r["batch"]: r["vs_fp32"] for r in results if r["path"] == "default"
+        },
         "bf16_peak_fraction": at_256["default"]["bf16_peak_fraction"],
         "bf16_reference_peak_fraction": round(at_256["default"]["gflops"] / 1080.0, 3),
     }

@@ -42,51 +42,43 @@ Generator artifacts (`GeneratorSet`: cgan, dim, d2m) are trained on under one of
 For any other artifact (image sets, real subsets) `fresh` and `time_matched` behave as `fixed`:
 they have nothing to re-draw and no generation to pay for.
 
-Execution speed (`TrainSetup`, resolved by `training_setup` from the recipe, the architecture
-and the device; measured in benchmarks/RESULTS.md, "Evaluation training speed"):
-
-- `precision`: `fp32`, `bf16` (autocast of the forward pass and loss, CPU or CUDA; parameters,
-  optimiser state and DSA stay fp32; the test pass runs under the same autocast) or `auto`:
-  bf16 for the architectures of `BF16_ARCHS` on a device with native bf16 arithmetic (CUDA
-  compute capability >= 8.0; a CPU whose oneDNN reports bf16 support, i.e. AVX512-BF16 or AMX),
-  else fp32. The rule rests on a parity check (same seeds, fp32 vs bf16 final top1 on digits
-  within one standard deviation) and a measured speed-up; architectures nobody measured stay
-  fp32. `auto` is the default, so on such a CPU ConvNet evaluations train in bf16.
-- channels-last memory format: only with bf16 on CUDA, where cuDNN's tensor-core convolutions
-  want NHWC (not measured here: no GPU); on the CPU it was measured slower with bf16 (and no
-  reliable gain with fp32), so it is never used there.
-- `compile`: `on`, `off` or `auto`: `torch.compile` of the model (a ConvNet under `auto`) when
-  the measured compile time is repaid by the measured per-step gain over the run's images x
-  pixels (`COMPILE_RULES`, per device type; a device type without a measurement never compiles
-  under `auto`). On this project's CPU compiling took 67 s and cut the bf16 step by half, so
-  1000-epoch runs on 32 px images compile from IPC 10 up, while digits (8 px) runs, IPC-1 runs
-  and the tests never do. On a CPU `auto` also needs a C++ compiler (`g++`, inductor's code
-  generator). Compiled kernels round differently from eager ones, so a compiled run's numbers
-  are not bit-identical to an eager run's.
-- multi-seed vectorisation (`ddbench.fit_vmap`): several eval seeds of a ConvNet in one
-  `torch.func.vmap` step, selected on GPUs only (`cross_arch` groups the seeds of a ConvNet
-  into one cell when the suite gives eval cells a GPU).
+Execution speed. `precision` (`auto`, `fp32`, `bf16`) and `compile` (`auto`, `on`, `off`) of
+the recipe, and the memory format, are resolved per run by `ddbench.fastpath.choose_setup`: a
+short calibration of the run's actual training step on its device (cached per device model,
+torch version, architecture and shape class), which takes a faster path than fp32 eager only
+when it measures one over the run's number of steps, compile time included; bf16 is a
+candidate only for architectures that passed the fp32 accuracy parity check. The chosen path
+and its timings become rows (`precision_bits`, `channels_last`, `compiled`, `step_ms`,
+`fp32_step_ms`). `precision: fp32, compile: off` is the reference path, never calibrated.
+Multi-seed vectorisation (`ddbench.fit_vmap`): several eval seeds of a ConvNet in one
+`torch.func.vmap` step, selected on GPUs only (`cross_arch` groups the seeds of a ConvNet
+into one cell when the suite gives eval cells a GPU).
 
 `train_model` knows the architecture only when given `arch` (`fit_and_test` passes it); without
-it `auto` means fp32 eager (models built elsewhere: teachers, coreset embeddings).
+it the run is fp32 eager (models built elsewhere: teachers, coreset embeddings).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import shutil
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from ddbench.fastpath import (
+    FP32_EAGER,
+    Choice,
+    Precision,
+    Switch,
+    TrainSetup,
+    autocast,
+    choose_setup,
+    median_seconds,
+    train_step_fn,
+)
 from ddbench.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -95,35 +87,12 @@ if TYPE_CHECKING:
 
 Sampling = Literal["fixed", "fresh", "time_matched"]
 LabelMode = Literal["hard", "soft", "teacher"]
-Precision = Literal["fp32", "bf16"]
-Switch = Literal["auto", "on", "off"]
 # epoch -> (images, labels) to train on in that epoch (fresh generator draws)
 DataSource = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 TIME_MATCHED_MAX_FACTOR = 8  # time_matched draws at most 8 x IPC images per class
 COST_BATCH = 128  # batch of DiM's Tab. 9 generation / training timings
-# architectures whose bf16 training was measured fast and at fp32 accuracy (benchmarks/RESULTS.md)
-BF16_ARCHS = frozenset({"convnet"})
 # the ConvNet family: DC's ConvNet and variants (what `fit_vmap` can vectorise)
 CONVNET_ARCHS = frozenset({"convnet", "convnet_bn"})
-
-
-REFERENCE_WORK = 256 * 32 * 32  # images x pixels of the step a CompileRule times
-
-
-@dataclass(frozen=True)
-class CompileRule:
-    """Measured cost and gain of `torch.compile` for the ConvNet step on one device type."""
-
-    compile_s: float  # seconds of the first compiled step (tracing + code generation)
-    step_gain: float  # fraction of the eager step time the compiled step saves (<= 0: none)
-    step_s: float  # seconds of one eager step of 256 images of 32x32 (scaled by images x pixels)
-
-
-# benchmarks/eval_throughput.py on this project's CPU, bf16, batch 256, 1 thread under load
-# (RESULTS.md, "Evaluation training speed"): 67 s to compile, 0.85 s -> 0.39 s per step
-COMPILE_RULES: dict[str, CompileRule] = {
-    "cpu": CompileRule(compile_s=67.0, step_gain=0.54, step_s=0.85),
-}
 
 
 class Recipe(BaseModel):
@@ -138,10 +107,12 @@ class Recipe(BaseModel):
     batch_size: int = Field(256, ge=1)  # DC protocol; an IPC-1 set is a single batch
     augment: bool = True  # DSA per sample at training time (DC/DSA evaluation)
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
-    # arithmetic of training and testing: auto = bf16 where measured fast and at fp32 accuracy
-    # (module docstring), fp32 or bf16 to force one
+    # arithmetic of training and testing: auto = the fastest path the device's calibration
+    # measures (bf16 only where the parity check passed; ddbench.fastpath), fp32 or bf16 to
+    # force one
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # torch.compile of the model: auto = when its measured compile time pays off over the steps
+    # torch.compile of the model: auto = when the calibration measures it paying off over the
+    # run's steps, compile time included
     compile: Switch = "auto"
 
     @classmethod
@@ -171,82 +142,6 @@ def set_threads(cpus: float) -> None:
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-# --------------------------------------------------------------------------- execution speed
-
-
-@dataclass(frozen=True)
-class TrainSetup:
-    """How a training run executes (module docstring): arithmetic, memory format, compilation."""
-
-    precision: Precision
-    channels_last: bool
-    compile: bool
-
-
-@cache
-def native_bf16(device_type: str) -> bool:
-    """Does the device type do bf16 arithmetic natively (CUDA >= sm80, AVX512-BF16 / AMX CPU)?"""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device_type == "cpu":
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return False
-
-
-def resolve_precision(precision: str, arch: str | None, device: str) -> Precision:
-    """The precision `auto` stands for (module docstring); `fp32` / `bf16` stay as they are."""
-    if precision in ("fp32", "bf16"):
-        return precision
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
-    native = native_bf16(torch.device(device).type)
-    return "bf16" if arch in BF16_ARCHS and native else "fp32"
-
-
-def precision_bits(precision: str, arch: str | None, device: str) -> float:
-    """What `precision` resolves to for `arch` on `device`, as evaluators record it in a
-    `precision_bits` row: 16.0 = bf16 autocast, 32.0 = fp32."""
-    return 16.0 if resolve_precision(precision, arch, device) == "bf16" else 32.0
-
-
-def compile_pays_off(device: str, epochs: int, n: int, batch: int, pixels: int) -> bool:
-    """`compile: auto`: does compiling repay itself over `epochs` epochs of `n` images of `pixels`
-    pixels in batches of `batch`? The eager time is estimated linear in images x pixels from the
-    device's `CompileRule` (small batches run slower per image, so this errs towards eager); a
-    short last batch is a second shape and compiles a second time."""
-    device_type = torch.device(device).type
-    rule = COMPILE_RULES.get(device_type)
-    if rule is None or rule.step_gain <= 0:
-        return False
-    if device_type == "cpu" and shutil.which("g++") is None:  # inductor generates C++ on a CPU
-        return False
-    eager_s = rule.step_s * epochs * n * pixels / REFERENCE_WORK
-    shapes = 1 if n <= batch or n % batch == 0 else 2
-    return eager_s * rule.step_gain > shapes * rule.compile_s
-
-
-def training_setup(
-    recipe: Recipe, arch: str | None, device: str, n: int, pixels: int
-) -> TrainSetup:
-    """Resolve the recipe's `auto` choices for `arch` on `device`, for training on `n` images of
-    `pixels` pixels (H x W) each."""
-    precision = resolve_precision(recipe.precision, arch, device)
-    on_cuda = torch.device(device).type == "cuda"
-    if recipe.compile == "auto":
-        pays = compile_pays_off(device, recipe.epochs, n, recipe.batch_size, pixels)
-        compiled = arch in CONVNET_ARCHS and pays
-    else:
-        compiled = recipe.compile == "on"
-    return TrainSetup(precision, on_cuda and precision == "bf16", compiled)
-
-
-def autocast(device: str, precision: Precision) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device's type, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def seeded_streams(seed: int) -> tuple[torch.Generator, torch.Generator]:
@@ -284,18 +179,20 @@ def train_model(
     stats: dict[str, float] | None = None,
     labeler: BatchLabeler | None = None,
     arch: str | None = None,
-) -> torch.nn.Module:
+) -> Choice:
     """Train `model` in place on (x, y) with the recipe; data order and DSA seeded by `seed`.
+    Returns the execution path it took (`ddbench.fastpath.Choice`).
 
-    `arch` (the registry name of `model`) lets the recipe's `auto` choices pick the faster paths
-    measured for it (`training_setup`); without it they mean fp32 eager.
+    `arch` (the registry name of `model`) lets the recipe's `auto` choices be calibrated for it
+    (`ddbench.fastpath.choose_setup`, at the first batch); without it the run is fp32 eager.
 
     `labeler`, when given, replaces each batch's labels by `labeler.targets(augmented batch)` and
     the loss by `labeler.loss` (teacher soft labels, regenerated every epoch).
 
     `data_source(epoch)`, when given, replaces (x, y) every epoch (fresh generator draws).
     `deadline_s` stops training at the first epoch boundary where one more epoch (at the mean
-    epoch time so far) would end after that many seconds. `stats` receives `epochs` and `seconds`.
+    epoch time so far) would end after that many seconds. `stats` receives `epochs`, `seconds`
+    and the path's metrics (`Choice.metrics`).
     """
     from ddbench.augment import default_strategy, dsa
 
@@ -304,15 +201,12 @@ def train_model(
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     loss_fn = soft_cross_entropy if y.dim() == 2 else F.cross_entropy
-    pixels = x.shape[-2] * x.shape[-1] if x.dim() == 4 else 0  # 0: images come per epoch
-    setup = training_setup(recipe, arch, device, len(x), pixels)
-    if setup.channels_last:
-        model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if setup.compile else model
     opt = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[recipe.epochs // 2], gamma=0.1)
+    choice: Choice | None = None
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
     n = len(x)
     start_time, epochs_done = time.perf_counter(), 0
     for epoch in range(recipe.epochs):
@@ -325,15 +219,22 @@ def train_model(
             x, y = x.to(device), y.to(device)
             loss_fn = soft_cross_entropy if y.dim() == 2 else F.cross_entropy
             n = len(x)
+        if choice is None:  # the run's shapes are known: calibrate (or look up) its path
+            choice = run_choice(recipe, arch, model, x, y, dataset, device)
+            if choice.setup.channels_last:
+                model.to(memory_format=torch.channels_last)
+            forward = torch.compile(model) if choice.setup.compile else model
         perm = torch.randperm(n, generator=order_gen).to(device)
         for start in range(0, n, recipe.batch_size):
             idx = perm[start : start + recipe.batch_size]
             xb, yb = x[idx], y[idx]
             if recipe.augment:
                 xb = dsa(xb, strategy, aug_gen)
+            if choice.setup.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             if labeler is not None:  # soft labels of this epoch's augmented batch
                 yb = labeler.targets(xb)
-            with autocast(device, setup.precision):
+            with autocast(device, choice.setup.precision):
                 logits = forward(xb)
                 loss = labeler.loss(logits, yb) if labeler is not None else loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -341,11 +242,32 @@ def train_model(
             opt.step()
         sched.step()
         epochs_done += 1
+    choice = choice or Choice(FP32_EAGER)  # no epoch ran (a deadline of 0)
     if stats is not None:
         stats.update(epochs=float(epochs_done), seconds=time.perf_counter() - start_time)
-    if setup.channels_last:
+        stats.update(choice.metrics)
+    if choice.setup.channels_last:
         model.to(memory_format=torch.contiguous_format)
-    return model
+    return choice
+
+
+def run_choice(
+    recipe: Recipe,
+    arch: str | None,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dataset: str,
+    device: str,
+) -> Choice:
+    """The path of a run of the recipe on (x, y): `choose_setup` for its batch and steps."""
+    if x.dim() != 4:  # not images (e.g. features): nothing to calibrate
+        return choose_setup(recipe, None, model, (0, 0, 0), 0, dataset, 1, 0, device)
+    batch = min(len(x), recipe.batch_size)
+    steps = recipe.epochs * -(-len(x) // recipe.batch_size)
+    num_classes = y.shape[1] if y.dim() == 2 else int(y.max()) + 1
+    shape = (x.shape[1], x.shape[2], x.shape[3])
+    return choose_setup(recipe, arch, model, shape, num_classes, dataset, batch, steps, device)
 
 
 @torch.no_grad()
@@ -381,12 +303,13 @@ def fit_and_test(
     stats: dict[str, float] | None = None,
     labeler: BatchLabeler | None = None,
 ) -> dict[str, float]:
-    """Build `arch` from the eval seed, train it on (x, y), return top1 on val and test.
+    """Build `arch` from the eval seed, train it on (x, y), return top1 on val and test (under
+    the precision the training took).
 
-    `data_source`, `deadline_s`, `stats`: see `train_model` (generator sampling modes);
-    `labeler`: see `train_model` (teacher soft labels)."""
+    `data_source`, `deadline_s`, `stats`: see `train_model` (generator sampling modes; `stats`
+    also receives the execution path's metrics); `labeler`: see `train_model`."""
     model = seeded_model(arch, real, eval_seed, arch_kwargs)
-    train_model(
+    choice = train_model(
         model,
         x,
         y,
@@ -400,7 +323,7 @@ def fit_and_test(
         labeler=labeler,
         arch=arch,
     )
-    return val_test_top1(model, real, device, resolve_precision(recipe.precision, arch, device))
+    return val_test_top1(model, real, device, choice.setup.precision)
 
 
 def val_test_top1(
@@ -449,83 +372,38 @@ def is_generator(artifact: Artifact) -> bool:
     return isinstance(artifact, GeneratorSet)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _median_seconds(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
-    """Median wall time of `fn` over `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        tic = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
-
-
-def train_step_fn(
-    model: torch.nn.Module,
-    shape: tuple[int, int, int],
-    num_classes: int,
-    dataset: str,
-    recipe: Recipe,
-    batch: int,
-    device: str = "cpu",
-    setup: TrainSetup = TrainSetup("fp32", channels_last=False, compile=False),  # fp32 eager
-) -> Callable[[], None]:
-    """One training step (augmentation, forward, backward, SGD) of the recipe under `setup` on a
-    fixed random batch of `batch` images shaped `shape` (C, H, W), as a closure to call (and
-    time) repeatedly; it trains a copy of `model` (the model itself is untouched)."""
-    from ddbench.augment import default_strategy, dsa
-
-    net = copy.deepcopy(model).to(device).train()
-    if setup.channels_last:
-        net.to(memory_format=torch.channels_last)
-    forward = torch.compile(net) if setup.compile else net
-    opt = torch.optim.SGD(
-        net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-    )
-    gen = torch.Generator().manual_seed(0)
-    strategy = recipe.dsa_strategy or default_strategy(dataset)
-    xb = torch.randn((batch, *shape), generator=gen).to(device)
-    yb = torch.randint(num_classes, (batch,), generator=gen).to(device)
-
-    def step() -> None:
-        xa = dsa(xb, strategy, gen) if recipe.augment else xb
-        with autocast(device, setup.precision):
-            loss = F.cross_entropy(forward(xa), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def time_train_step(
     model: torch.nn.Module,
     real: RealData,
     recipe: Recipe,
     batch: int,
     device: str = "cpu",
-    precision: Precision = "fp32",  # the precision the real training uses (resolve_precision)
+    setup: TrainSetup = FP32_EAGER,  # the path the real training takes (`run_setup`)
 ) -> float:
     """Median seconds of one training step (`train_step_fn`) on a batch of `batch` images shaped
     like `real`'s, on a copy of `model`."""
     shape = (real.channels, real.image_size, real.image_size)
-    setup = TrainSetup(precision, channels_last=False, compile=False)
     step = train_step_fn(model, shape, real.num_classes, real.name, recipe, batch, device, setup)
-    return _median_seconds(step, device)
+    return median_seconds(step, device)
+
+
+def run_setup(
+    arch: str, model: torch.nn.Module, real: RealData, recipe: Recipe, n: int, device: str
+) -> TrainSetup:
+    """The path a run of the recipe on `n` images shaped like `real`'s would take."""
+    shape = (real.channels, real.image_size, real.image_size)
+    batch, steps = min(n, recipe.batch_size), recipe.epochs * -(-n // recipe.batch_size)
+    choice = choose_setup(
+        recipe, arch, model, shape, real.num_classes, real.name, batch, steps, device
+    )
+    return choice.setup
 
 
 def time_generation(artifact: Artifact, real: RealData, n: int, device: str = "cpu") -> float:
     """Seconds to generate `n` images (labels cycling over the classes) with a generator."""
     labels = torch.tensor([real.classes[i % len(real.classes)] for i in range(n)])
     gen = torch.Generator().manual_seed(0)
-    return _median_seconds(lambda: artifact.sample(labels, gen, device), device, repeats=5)
+    return median_seconds(lambda: artifact.sample(labels, gen, device), device, repeats=5)
 
 
 def _timing_model(arch: str, real: RealData, arch_kwargs: dict[str, Any] | None) -> torch.nn.Module:
@@ -552,8 +430,8 @@ def generator_costs(
     the time to generate a batch of 128 over the time of one training step of `arch` on it."""
     gen_s = time_generation(artifact, real, COST_BATCH, device)
     model = _timing_model(arch, real, arch_kwargs)
-    precision = resolve_precision(recipe.precision, arch, device)
-    train_s = time_train_step(model, real, recipe, COST_BATCH, device, precision)
+    setup = run_setup(arch, model, real, recipe, COST_BATCH, device)
+    train_s = time_train_step(model, real, recipe, COST_BATCH, device, setup)
     return {
         "generator_params": float(artifact.num_parameters()),
         "gen_ms_per_image": 1000.0 * gen_s / COST_BATCH,
@@ -575,10 +453,10 @@ def plan_time_matched(
     batch, n_fixed = recipe.batch_size, ipc * classes
     model = _timing_model(arch, real, arch_kwargs)
     small = min(n_fixed, batch)
-    precision = resolve_precision(recipe.precision, arch, device)
-    t_small = time_train_step(model, real, recipe, small, device, precision)
+    setup = run_setup(arch, model, real, recipe, n_fixed, device)  # the fixed set's path
+    t_small = time_train_step(model, real, recipe, small, device, setup)
     if small < batch:
-        t_full = time_train_step(model, real, recipe, batch, device, precision)
+        t_full = time_train_step(model, real, recipe, batch, device, setup)
     else:
         t_full = t_small
     slope = max(0.0, (t_full - t_small) / (batch - small)) if small < batch else t_full / batch
@@ -620,17 +498,19 @@ def fit_artifact(
     labeler: BatchLabeler | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Train `arch` on what `artifact` gives at `ipc` under `sampling`; returns (top1 on val and
-    test, extra measurements of the time_matched mode). Non-generators: always `fixed`.
-    `label_mode` / `labeler`: see the module docstring; `teacher` needs the labeler."""
+    test, extra measurements: the execution path's metrics (`Choice.metrics`) and those of the
+    time_matched mode). Non-generators: always `fixed`. `label_mode` / `labeler`: see the module
+    docstring; `teacher` needs the labeler."""
     if (label_mode == "teacher") != (labeler is not None):
         raise ValueError("label mode 'teacher' needs a labeler, and a labeler needs 'teacher'")
     recipe = artifact_recipe(recipe, artifact)
+    stats: dict[str, float] = {}
     if sampling == "fixed" or ipc < 1 or not is_generator(artifact):
         x, y = fixed_data(artifact, ipc, real, eval_seed, label_mode)
         top1 = fit_and_test(
-            arch, real, x, y, recipe, eval_seed, device, arch_kwargs, labeler=labeler
+            arch, real, x, y, recipe, eval_seed, device, arch_kwargs, stats=stats, labeler=labeler
         )
-        return top1, {}
+        return top1, path_metrics(stats)
     if sampling == "fresh":
         labels = artifact.class_labels(ipc, real)
 
@@ -649,9 +529,10 @@ def fit_artifact(
             device,
             arch_kwargs,
             data_source=source,
+            stats=stats,
             labeler=labeler,
         )
-        return top1, {}
+        return top1, path_metrics(stats)
     if sampling != "time_matched":
         raise ValueError(f"unknown sampling {sampling!r}: use fixed, fresh or time_matched")
     plan = plan_time_matched(arch, artifact, ipc, real, recipe, device, arch_kwargs)
@@ -659,7 +540,6 @@ def fit_artifact(
     labels = artifact.class_labels(int(plan["images_per_class"]), real)
     x = artifact.sample(labels, draw_generator(eval_seed, ipc, "time_matched"), device)
     gen_s = time.perf_counter() - tic
-    stats: dict[str, float] = {}
     top1 = fit_and_test(
         arch,
         real,
@@ -674,8 +554,14 @@ def fit_artifact(
         labeler=labeler,
     )
     return top1, {
+        **path_metrics(stats),
         "time_matched_images_per_class": plan["images_per_class"],
         "time_matched_epochs": stats["epochs"],
         "time_matched_budget_s": plan["budget_s"],
         "time_matched_seconds": gen_s + stats["seconds"],
     }
+
+
+def path_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """The execution-path metrics of a run's `stats` (its epochs and seconds left out)."""
+    return {k: v for k, v in stats.items() if k not in ("epochs", "seconds")}

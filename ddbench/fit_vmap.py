@@ -22,19 +22,22 @@ family), and the K batches are stacked [K, B, C, H, W].
 The loss is the sum of the per-seed mean losses, so each seed's gradient is its own. SGD with
 momentum and weight decay is element-wise, so `torch.optim.SGD` over the stacked leaves *is*
 the vectorised SGD step (every slice gets the update it would get alone), and `MultiStepLR`
-gives the recipe's step schedule (x0.1 at half the epochs). Precision follows the recipe
-(`ddbench.fit.resolve_precision`); the vectorised step is never compiled (this CPU: 43 s to
-compile and still slower than sequential). Afterwards the stacked weights are
+gives the recipe's step schedule (x0.1 at half the epochs). Precision is what the calibration
+of one model's step chooses (`ddbench.fit.run_choice`); the vectorised step is never compiled
+nor channels-last. Afterwards the stacked weights are
 copied back into the K models, which are tested with `ddbench.fit.val_test_top1`. The two paths
 agree within floating-point tolerance (tests/test_fit_speed.py).
 
 When it is used
 ---------------
-`auto` vectorises only on CUDA, for an architecture of `ddbench.fit.CONVNET_ARCHS`, with more
-than one seed: small networks leave a GPU idle, and K of them in one kernel fill it. On this
-project's CPU it is slower (benchmarks/RESULTS.md, "Evaluation training speed": vmap over 8
-seeds runs at a fraction of sequential speed and needs far more memory), so `auto` never picks
-it on a CPU. Teacher labels, fresh generator draws and wall-clock budgets are per-run features
+`auto` groups the seeds of a cell only on CUDA, for an architecture of
+`ddbench.fit.CONVNET_ARCHS`, with more than one seed (`use_vectorised`: the cell layout, decided
+when the plan is made): small networks leave a GPU idle, and K of them in one kernel may fill
+it; on CPUs each seed is its own Ray task, the parallelism there. Inside such a cell, `auto`
+then trains the K models at once only when a calibration says it pays (`vmap_pays`: one epoch of
+the K models vectorised against one epoch of each in turn, cached per device model and shape
+like `ddbench.fastpath`'s measurements); otherwise the seeds train one after the other.
+Teacher labels, fresh generator draws and wall-clock budgets are per-run features
 of `train_model` and are not vectorised (callers use the sequential path for them).
 
 How evaluators use it
@@ -52,24 +55,27 @@ passes for it.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from ddbench.fastpath import MARGIN, Choice, TrainSetup, autocast, calibrated, shape_key
 from ddbench.fit import (
     CONVNET_ARCHS,
     LabelMode,
     Recipe,
     artifact_recipe,
-    autocast,
     fit_and_test,
     fixed_data,
-    resolve_precision,
+    path_metrics,
+    run_choice,
     seeded_model,
     seeded_streams,
     soft_cross_entropy,
+    train_model,
     train_seed,
     val_test_top1,
 )
@@ -98,10 +104,10 @@ def train_vectorised(
     seeds: Sequence[int],
     device: str = "cpu",
     arch: str | None = None,
-) -> None:
+) -> Choice:
     """Train K same-shaped `models` at once, model k as `train_model(models[k], *data[k], ...,
     seeds[k])` would (module docstring); the trained weights are written back into `models`.
-    Every seed's (images, labels) must have the same shapes."""
+    Every seed's (images, labels) must have the same shapes. Returns the path (precision)."""
     from torch.func import functional_call, stack_module_state
 
     from ddbench.augment import default_strategy, dsa
@@ -124,7 +130,10 @@ def train_vectorised(
         raise ValueError("vectorised training needs the same data shapes for every seed")
     loss_fn = soft_cross_entropy if data[0][1].dim() == 2 else F.cross_entropy
     n, k = len(data[0][0]), len(models)
-    precision = resolve_precision(recipe.precision, arch, device)
+    eager = recipe.model_copy(update={"compile": "off"})
+    one = run_choice(eager, arch, models[0], data[0][0], data[0][1], dataset, device)
+    precision = one.setup.precision
+    choice = Choice(TrainSetup(precision, channels_last=False, compile=False), one.step_s)
     opt = torch.optim.SGD(
         list(params.values()),
         lr=recipe.lr,
@@ -152,6 +161,45 @@ def train_vectorised(
         for i, model in enumerate(models):
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
                 tensor.copy_((params | buffers)[name][i])
+    return choice
+
+
+def vmap_pays(
+    arch: str,
+    real: RealData,
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    recipe: Recipe,
+    device: str,
+) -> bool:
+    """Does training the K models of `data` at once beat training them one after the other?
+    One epoch of each way on throwaway models, measured once per device model and shape (the
+    module docstring); taken only when faster by the calibration's margin."""
+    k, x = len(data), data[0][0]
+    one_epoch = recipe.model_copy(update={"epochs": 1, "compile": "off"})
+    shape = (x.shape[1], x.shape[2], x.shape[3])
+    key = shape_key(arch, shape, min(len(x), recipe.batch_size), device, vmap_k=k)
+
+    def measure() -> dict[str, float]:
+        with torch.random.fork_rng(devices=[]):
+            models = [seeded_model(arch, real, seed) for seed in range(k)]
+            tic = time.perf_counter()
+            train_vectorised(
+                [copy.deepcopy(m) for m in models],
+                data,
+                one_epoch,
+                real.name,
+                range(k),
+                device,
+                arch,
+            )
+            vectorised = time.perf_counter() - tic
+            tic = time.perf_counter()
+            for seed, (model, (xs, ys)) in enumerate(zip(models, data, strict=True)):
+                train_model(model, xs, ys, one_epoch, real.name, seed, device, arch=arch)
+            return {"vmap_epoch": vectorised, "sequential_epoch": time.perf_counter() - tic}
+
+    seconds = calibrated(key, ["vmap_epoch", "sequential_epoch"], measure)
+    return seconds["vmap_epoch"] < seconds["sequential_epoch"] * (1 - MARGIN)
 
 
 def fit_and_test_seeds(
@@ -162,20 +210,26 @@ def fit_and_test_seeds(
     eval_seeds: Sequence[int],
     device: str = "cpu",
     arch_kwargs: dict[str, Any] | None = None,
-    vectorise: Vectorise = "auto",  # auto: vectorised on GPUs only (module docstring)
-) -> list[dict[str, float]]:
+    vectorise: Vectorise = "auto",  # auto: vectorised on GPUs, where it pays (module docstring)
+) -> list[tuple[dict[str, float], dict[str, float]]]:
     """`fit_and_test(arch, real, *data[k], recipe, eval_seeds[k], ...)` for each k (same numbers
-    within floating-point tolerance), vectorised over the seeds when `use_vectorised` says so."""
-    if not use_vectorised(vectorise, arch, device, len(eval_seeds)):
-        return [
-            fit_and_test(arch, real, x, y, recipe, seed, device, arch_kwargs)
-            for (x, y), seed in zip(data, eval_seeds, strict=True)
-        ]
+    within floating-point tolerance), vectorised over the seeds when `use_vectorised` (and, for
+    `auto`, `vmap_pays`) say so; each with its execution path's metrics."""
+    vectorised = use_vectorised(vectorise, arch, device, len(eval_seeds))
+    if vectorised and vectorise == "auto":
+        vectorised = vmap_pays(arch, real, data, recipe, device)
+    if not vectorised:
+        out = []
+        for (x, y), seed in zip(data, eval_seeds, strict=True):
+            stats: dict[str, float] = {}
+            top1 = fit_and_test(arch, real, x, y, recipe, seed, device, arch_kwargs, stats=stats)
+            out.append((top1, path_metrics(stats)))
+        return out
     models = [seeded_model(arch, real, seed, arch_kwargs) for seed in eval_seeds]
     seeds = [train_seed(seed, arch) for seed in eval_seeds]
-    train_vectorised(models, data, recipe, real.name, seeds, device, arch)
-    precision = resolve_precision(recipe.precision, arch, device)
-    return [val_test_top1(model, real, device, precision) for model in models]
+    choice = train_vectorised(models, data, recipe, real.name, seeds, device, arch)
+    precision = choice.setup.precision
+    return [(val_test_top1(model, real, device, precision), choice.metrics) for model in models]
 
 
 def fit_artifact_seeds(
@@ -188,10 +242,11 @@ def fit_artifact_seeds(
     device: str = "cpu",
     arch_kwargs: dict[str, Any] | None = None,
     label_mode: LabelMode = "hard",  # hard or soft; teacher labels are per-run (sequential)
-    vectorise: Vectorise = "auto",  # auto: vectorised on GPUs only (module docstring)
-) -> list[dict[str, float]]:
-    """`fit_artifact(arch, artifact, ipc, real, recipe, seed, "fixed", ...)` top1 for each of
-    `eval_seeds`, every seed on its own fixed draw, vectorised when `use_vectorised` says so."""
+    vectorise: Vectorise = "auto",  # auto: vectorised on GPUs, where it pays (module docstring)
+) -> list[tuple[dict[str, float], dict[str, float]]]:
+    """`fit_artifact(arch, artifact, ipc, real, recipe, seed, "fixed", ...)` for each of
+    `eval_seeds` (top1 and path metrics), every seed on its own fixed draw, vectorised as
+    `fit_and_test_seeds` decides."""
     if label_mode == "teacher":
         raise ValueError("teacher labels are regenerated per run: train those seeds one by one")
     data = [fixed_data(artifact, ipc, real, seed, label_mode) for seed in eval_seeds]

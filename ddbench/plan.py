@@ -2,8 +2,9 @@
 
 A `DistillJob` is one (method config, dataset, ipc, distill_seed); methods whose artifact serves
 every IPC (`ipc_independent`) get one job for all IPCs. Its `job_id` hashes everything that
-determines the artifact (method, version, params with defaults filled in, dataset and its params,
-ipc, distill seed, suite seed), so equal work has equal ids across suites and reruns.
+determines the artifact (method, version, params with defaults filled in but without the
+params' `execution_fields`, dataset and its params, ipc, distill seed, suite seed), so equal work
+has equal ids across suites and reruns.
 A method's `dependencies` (e.g. d2m's pre-trained cgan generator) become jobs of their own, placed
 before the jobs that need them and shared when identical; they are evaluated only when the suite
 lists them. An `EvalCell` is one unit of an evaluator's work on one job at one IPC; its file under
@@ -132,7 +133,7 @@ def _make_job(
     identity = {
         "method": method_name,
         "version": method.version,
-        "params": full_params,
+        "params": {k: v for k, v in full_params.items() if k not in method.Params.execution_fields},
         "dataset": suite.dataset.name,
         "dataset_params": dataset_params,
         "ipc": ipc,

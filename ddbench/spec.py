@@ -239,11 +239,15 @@ def _dotted(loc: Loc) -> str:
 
 
 def _named_index(items: list[Any], key: str) -> int | None:
-    """Index of the list entry called `key` (by label first, then by name, then as a number)."""
-    for field_name in ("label", "name"):
-        hits = [
-            i for i, it in enumerate(items) if isinstance(it, dict) and it.get(field_name) == key
-        ]
+    """Index of the list entry called `key`: the entry whose key (its label, else its name) is
+    `key`, else the one entry with that name, else `key` as a number."""
+
+    def own_key(it: dict[str, Any]) -> Any:
+        return it.get("label") or it.get("name")
+
+    entries = [(i, it) for i, it in enumerate(items) if isinstance(it, dict)]
+    for key_of in (own_key, lambda it: it.get("name")):
+        hits = [i for i, it in entries if key_of(it) == key]
         if len(hits) == 1:
             return hits[0]
     return int(key) if key.isdigit() and int(key) < len(items) else None

@@ -4,8 +4,8 @@ distillate and compare the ranking with the one training on the whole train spli
 A NAS evaluator's cells are candidate architectures (`{"arch": name, ...}`). Each cell
 1. trains the candidate on the distillate (the *proxy*) `seeds` times for `epochs` epochs with the
    shared recipe (`ddbench.fit`; image sets as they are, generators one fixed draw per eval seed)
-   -> rows `proxy_top1` (val and test, one per eval seed), `proxy_seconds` and `precision_bits`
-   (16 = bf16 autocast, 32 = fp32: what the recipe's `precision` resolved to on the device);
+   -> rows `proxy_top1` (val and test, one per eval seed), `proxy_seconds` and the execution
+   path's rows (`precision_bits`: 16 = bf16, 32 = fp32, and the rest of `ddbench.fastpath`'s);
 2. reads or computes the candidate's *whole-set reference*: the candidate trained on the whole
    train split for `whole_set_epochs` (eval seed `whole_set_seed`) -> rows `whole_top1` (val,
    test) and `whole_seconds`. It is a reference result shared by every method: cached as
@@ -58,7 +58,7 @@ from pydantic import Field
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.evals import EvalJob, EvalParams, Evaluator
-from ddbench.fit import Recipe, fit_and_test, fit_artifact, precision_bits
+from ddbench.fit import Recipe, fit_and_test, fit_artifact
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import atomic_write
@@ -239,15 +239,16 @@ class NasEvaluator(Evaluator):
         recipe = Recipe.of(params, epochs=epochs)
         rows: list[dict[str, Any]] = []
         tic = time.perf_counter()
+        path: dict[str, float] = {}
         for seed in range(params.seeds):
-            top1, _ = fit_artifact(
+            top1, path = fit_artifact(
                 arch, job.artifact, job.ipc, job.real, recipe, seed, "fixed", ctx.device, options
             )
             rows += _accuracy_rows(name, seed, PROXY, top1)
         seconds = time.perf_counter() - tic
         rows.append(_row(name, None, "test", "proxy_seconds", seconds, higher_is_better=False))
-        bits = precision_bits(recipe.precision, arch, ctx.device)  # the proxy runs' precision
-        rows.append(_row(name, None, "test", "precision_bits", bits, higher_is_better=False))
+        for metric, value in path.items():  # the proxy runs' execution path (the last seed's)
+            rows.append(_row(name, None, "test", metric, value, higher_is_better=False))
         whole = self.reference(cell, job, params, ctx)
         rows += _accuracy_rows(name, params.whole_set_seed, WHOLE, whole)
         if "seconds" in whole:

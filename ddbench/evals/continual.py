@@ -18,7 +18,8 @@ Cells are (order_seed, step, model): one network each, the unit of work the eval
 sized for, so every step of every order trains in parallel. A cell hangs off the method's
 normal job at the IPC (rows carry its job id and label) and lists the subset jobs of its steps
 so far; it runs once they are all distilled. Rows: top1 on val and test (the seen classes'
-images of each split) and `precision_bits` (16 = bf16 autocast, 32 = fp32, as resolved) with
+images of each split) and the execution path's rows (`precision_bits`: 16 = bf16, 32 = fp32;
+`channels_last`, `compiled`, `step_ms`, `fp32_step_ms`; `ddbench.fastpath`) with
 `step` = the 0-based increment and `eval_seed` = order_seed x models + model (a unique run
 id; the order seed is eval_seed // models). `reduce` writes, per run
 (eval_seed) and split, `avg_inc_top1` (mean top1 over the steps) and the final `top1` (after the
@@ -46,7 +47,7 @@ from ddbench.fit import (
     artifact_recipe,
     draw_generator,
     fit_and_test,
-    precision_bits,
+    path_metrics,
     select_labels,
 )
 
@@ -135,6 +136,7 @@ class Continual(Evaluator):
         seen = tuple(c for classes in memory.values() for c in classes)
         # a learned lr of the step distillates (from_files with MTT's syn_lr) replaces the recipe's
         recipe = artifact_recipe(Recipe.of(params), *(job.inputs[key] for key in memory))
+        stats: dict[str, float] = {}
         top1 = fit_and_test(
             params.arch,
             real.subset(seen),
@@ -143,8 +145,8 @@ class Continual(Evaluator):
             recipe,
             cell["eval_seed"],
             ctx.device,
+            stats=stats,
         )
-        bits = precision_bits(recipe.precision, params.arch, ctx.device)
         return [
             {
                 "arch": params.arch,
@@ -157,7 +159,7 @@ class Continual(Evaluator):
             }
             for split, metric, value in [
                 *[(split, "top1", value) for split, value in top1.items()],
-                ("test", "precision_bits", bits),
+                *[("test", metric, value) for metric, value in path_metrics(stats).items()],
             ]
         ]
 

@@ -25,9 +25,11 @@ augmentation, with KL at `temperature` (D4M's training-time matching). The teach
 shares one (`ddbench.teacher`). These are in `eval_params`, so every row records the label mode
 and the teacher.
 
-`precision` (`auto` | `fp32` | `bf16`, `ddbench.fit`) is in `eval_params` as asked; what `auto`
-resolved to on the cell's device is written as one more row per cell, `precision_bits` (16 =
-bf16 autocast, 32 = fp32; split `test`), since it depends on where the cell ran.
+`precision` and `compile` (`auto` | ..., `ddbench.fit`) are in `eval_params` as asked; the
+execution path they resolved to on the cell's device (`ddbench.fastpath`: calibrated there) is
+written as rows of each model (split `test`): `precision_bits` (16 = bf16 autocast, 32 = fp32),
+`channels_last`, `compiled` (0 / 1) and, where calibrated, `step_ms` and `fp32_step_ms`, since
+they depend on where the cell ran.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pydantic import Field, model_validator
 from ddbench.archs import ArchName, ArchNames
 from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
-from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator, precision_bits
+from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
 from ddbench.fit_vmap import use_vectorised
 
 
@@ -131,7 +133,7 @@ class CrossArch(Evaluator):
         )
         if is_generator(job.artifact):
             extra = {**generator_costs(arch, job.artifact, job.real, recipe, ctx.device), **extra}
-        return _seed_rows(arch, seed, top1, extra, recipe, ctx.device)
+        return _seed_rows(arch, seed, top1, extra)
 
     def _run_vectorised(
         self,
@@ -144,7 +146,7 @@ class CrossArch(Evaluator):
         from ddbench.fit_vmap import fit_artifact_seeds
 
         arch, seeds = cell["arch"], cell["eval_seeds"]
-        top1s = fit_artifact_seeds(
+        results = fit_artifact_seeds(
             arch,
             job.artifact,
             job.ipc,
@@ -160,20 +162,16 @@ class CrossArch(Evaluator):
         if is_generator(job.artifact):
             costs = generator_costs(arch, job.artifact, job.real, recipe, ctx.device)
         rows = []
-        for i, (seed, top1) in enumerate(zip(seeds, top1s, strict=True)):
-            rows += _seed_rows(arch, seed, top1, costs if i == 0 else {}, recipe, ctx.device)
+        for i, (seed, (top1, path)) in enumerate(zip(seeds, results, strict=True)):
+            rows += _seed_rows(arch, seed, top1, {**(costs if i == 0 else {}), **path})
         return rows
 
 
 def _seed_rows(
-    arch: str,
-    seed: int,
-    top1: dict[str, float],
-    extra: dict[str, float],
-    recipe: Recipe,
-    device: str,
+    arch: str, seed: int, top1: dict[str, float], extra: dict[str, float]
 ) -> list[dict[str, Any]]:
-    """One eval seed's rows: top1 per split, then `extra` measurements and `precision_bits`."""
+    """One eval seed's rows: top1 per split, then the `extra` measurements (the execution
+    path's `precision_bits` and timings, generator costs, time-matched figures)."""
     rows = [
         {
             "arch": arch,
@@ -185,7 +183,6 @@ def _seed_rows(
         }
         for split, value in top1.items()
     ]
-    extra = {**extra, "precision_bits": precision_bits(recipe.precision, arch, device)}
     rows += [
         {
             "arch": arch,

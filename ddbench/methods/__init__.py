@@ -39,9 +39,14 @@ if TYPE_CHECKING:
 
 
 class MethodParams(BaseModel):
-    """Base of every method's Params: unknown keys are errors."""
+    """Base of every method's Params: unknown keys are errors.
+
+    `execution_fields` names the params that only say how a job runs, not what it computes
+    (checkpoint spacing, memory layout, compilation: the artifact is the same up to
+    floating-point rounding): they stay out of the job id, so changing them reuses artifacts."""
 
     model_config = ConfigDict(extra="forbid")
+    execution_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class Method:

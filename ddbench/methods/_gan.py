@@ -44,7 +44,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,7 @@ class GanTrainingParams(GeneratorArchParams):
     lr: float = Field(1e-4, gt=0)  # Adam step of generator and discriminator (DiM: 1e-4)
     gan_augment: bool = True  # DiffAugment on D's inputs; keeps D from memorising small splits
     checkpoint_every: int = Field(10, ge=1)  # epochs between checkpoints (resume points)
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})  # not in job ids
 
 
 class CGANParams(GanTrainingParams):

@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -53,6 +53,7 @@ class PixelParams(MethodParams):
     dsa: bool = True  # siamese DSA on real and synthetic batches during matching
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
     checkpoint_every: int = Field(200, ge=1)  # iterations between checkpoints (resume points)
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})  # not in job ids
     amp: bool = False  # bf16 autocast for the networks' forward passes (helps on GPUs)
 
 

@@ -45,7 +45,7 @@ order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +97,7 @@ class D2MParams(PoolParams):
     attention_power: float = Field(4.0, gt=0)  # p in mean |A|^p (DataDAM's value)
     pool: list[str] = Field(list(D2M_POOL), min_length=1)  # matching architectures
     checkpoint_every: int = Field(10, ge=1)  # epochs between checkpoints (resume points)
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})  # not in job ids
 
 
 def channel_attention(feature_map: Tensor, power: float) -> Tensor:

@@ -59,7 +59,7 @@ from ddbench.methods._pixel import (
     draw_classes,
     dsa_strategy,
 )
-from ddbench.methods.dm import MeanMatchParams, matching_net, mean_matching_loss
+from ddbench.methods.dm import MatchingForward, MeanMatchParams, matching_net, mean_matching_loss
 
 LOW_RES_TASK_BALANCE = 0.01  # DataDAM paper, 32-px datasets (CIFAR)
 HIGH_RES_TASK_BALANCE = 0.02  # DataDAM paper, >= 64-px datasets (Tiny ImageNet, ImageNet subsets)
@@ -119,10 +119,12 @@ class DataDAM(Method):
         weights = self.term_weights(real, params, ctx)
         strategy = dsa_strategy(params, real)
 
-        def stats(net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+        def attention_stats(net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
             maps, embedding, _ = net.forward_features(x)
             attention = [spatial_attention(m, params.power, params.normalize) for m in maps[:-1]]
             return [*attention, embedding]
+
+        stats = MatchingForward(attention_stats, params, self.name)
 
         def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)

@@ -34,8 +34,9 @@ removes the per-call overhead of 2 x classes small forwards and backwards, not F
 largest where calls are expensive (GPU kernel launches) and smaller on a CPU (measured in
 benchmarks/RESULTS.md). A single forward holds classes x batch_real activations at once (about
 3.7 GB peak RSS for CIFAR-10 shapes at batch_real 256); `forward_chunk` bounds that without
-changing the loss. Activations are channels-last (`channels_last`), oneDNN's and cuDNN's fast
-layout.
+changing the loss. The forward's memory layout (`channels_last`) and whether it is compiled
+(`compile`) are chosen by measuring the job's own forward (`MatchingForward`): on a 2-core CPU,
+compiling the forward halved DM's iteration at IPC 10 (benchmarks/RESULTS.md).
 
 Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what ddbench uses:
 
@@ -51,7 +52,9 @@ Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what dd
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -61,6 +64,7 @@ from ddbench.artifact import ImageSet
 from ddbench.augment import DSAParams, apply_dsa
 from ddbench.context import Context
 from ddbench.data import RealData
+from ddbench.fastpath import Switch
 from ddbench.methods import Method, register_method
 from ddbench.methods._pixel import (
     ClassDraws,
@@ -85,8 +89,142 @@ class MeanMatchParams(PixelParams):
     per_class_loop: bool = False  # True = reference per-class forwards (slow; for tests/benchmarks)
     # images per batched forward, 0 = every class in one; a bound on peak memory, same loss
     forward_chunk: int = Field(0, ge=0)
-    # NHWC activations: oneDNN's (CPU) and cuDNN's fast layout; the loss only changes by rounding
-    channels_last: bool = True
+    # NHWC activations (on / off), or auto: the layout a calibration of this job's forward
+    # measures faster (`MatchingForward`); the loss only changes by rounding
+    channels_last: Switch = "auto"
+    # torch.compile of the matching network's forward, one graph for the whole job (each
+    # iteration's new random weights are inputs of it): auto = where the calibration says the
+    # compile time pays over the job's iterations (`MatchingForward`)
+    compile: Switch = "auto"
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"checkpoint_every", "channels_last", "compile"}
+    )  # rounding at most: not in job ids
+
+
+class MatchingForward:
+    """How the iteration's random network computes the matched statistics (`stats_fn(net, x)`):
+    memory layout (NCHW or channels-last) and eager or compiled, chosen once per job.
+
+    Compiling. The network is rebuilt with new random weights every iteration, so the compiled
+    function takes the weights as inputs (`torch.func.functional_call` on a copy of the first
+    iteration's network): one graph serves every iteration (one per grad mode and batch shape).
+    Inductor fuses each block's norm, activation and pooling around the convolutions, which on a
+    CPU is a large share of an eager forward's time (benchmarks/RESULTS.md).
+
+    Choosing (`auto`). At the job's first forward (the real batch, the bulk of an iteration's
+    work), the allowed layouts are timed eager; where `iterations x` the best eager time exceeds
+    `fastpath.COMPILE_WORTH_TRYING_S`, the compiled variants are timed too, compile time
+    included. The path with the least `compile_s + iterations x step_s` is taken, a compiled one
+    only when it beats the best eager by the calibration's margin. Measurements are cached per
+    device model and shape like `ddbench.fastpath`'s, so a node calibrates a shape once."""
+
+    def __init__(self, stats_fn: StatsFn, params: MeanMatchParams, name: str) -> None:
+        self.stats_fn, self.params, self.name = stats_fn, params, name
+        self.path: tuple[bool, bool] | None = None  # (channels_last, compiled), once chosen
+        self.compiled: dict[bool, Callable[..., list[torch.Tensor]]] = {}
+
+    def __call__(self, net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.path is None:
+            self.path = self._choose(net, x)
+        return self._run(self.path, net, x)
+
+    def _run(
+        self, path: tuple[bool, bool], net: FeatureModel, x: torch.Tensor
+    ) -> list[torch.Tensor]:
+        channels_last, compiled = path
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        net.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
+        if not compiled:
+            return self.stats_fn(net, x)
+        if channels_last not in self.compiled:
+            self.compiled[channels_last] = self._compile(net)
+        state = {**dict(net.named_parameters()), **dict(net.named_buffers())}
+        return self.compiled[channels_last](state, x)
+
+    def _compile(self, net: FeatureModel) -> Callable[..., list[torch.Tensor]]:
+        import copy
+
+        template, stats_fn = copy.deepcopy(net), self.stats_fn
+
+        class Stats(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = template
+
+            def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+                return stats_fn(self.net, x)
+
+        wrapper = Stats()
+
+        def run(state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+            named = {f"net.{key}": value for key, value in state.items()}
+            return torch.func.functional_call(wrapper, named, (x,))
+
+        return torch.compile(run)
+
+    def _choose(self, net: FeatureModel, x: torch.Tensor) -> tuple[bool, bool]:
+        from ddbench.fastpath import (
+            COMPILE_WORTH_TRYING_S,
+            MARGIN,
+            calibrated,
+            median_seconds,
+            shape_key,
+        )
+
+        allowed = {"auto": [False, True], "on": [True], "off": [False]}
+        layouts = allowed[self.params.channels_last]
+        compiles = allowed[self.params.compile]
+        if torch.device(x.device).type == "cpu" and not _have_compiler():
+            compiles = [False]
+        if len(layouts) * len(compiles) == 1:
+            return layouts[0], compiles[0]
+        device, iterations = str(x.device), self.params.iterations
+        shape = (x.shape[1], x.shape[2], x.shape[3])
+        key = shape_key(self.params.arch, shape, len(x), device, stats=self.name)
+
+        def name(path: tuple[bool, bool]) -> str:
+            return f"{'cl' if path[0] else 'nchw'}_{'compiled' if path[1] else 'eager'}"
+
+        def measure(paths: list[tuple[bool, bool]]) -> dict[str, float]:
+            out = {}
+            with torch.no_grad():
+                for path in paths:
+                    self.compiled.pop(path[0], None)  # a compiled path compiles afresh
+                    tic = time.perf_counter()
+                    self._run(path, net, x)  # warm-up (and, compiled, the compile)
+                    first = time.perf_counter() - tic
+                    out[name(path)] = median_seconds(
+                        lambda p=path: self._run(p, net, x), device, 2, 0
+                    )
+                    if path[1]:
+                        out[f"{name(path)}/compile"] = max(0.0, first - out[name(path)])
+            return out
+
+        def cost(seconds: dict[str, float], path: tuple[bool, bool]) -> float:
+            return seconds.get(f"{name(path)}/compile", 0.0) + iterations * seconds[name(path)]
+
+        with torch.random.fork_rng(devices=[]):  # measuring draws nothing the job sees
+            eager = [(layout, False) for layout in layouts] if False in compiles else []
+            seconds = calibrated(key, [name(p) for p in eager], lambda: measure(eager))
+            best = min(eager, key=lambda p: cost(seconds, p)) if eager else None
+            if True in compiles and (best is None or cost(seconds, best) > COMPILE_WORTH_TRYING_S):
+                fast = [(layout, True) for layout in layouts]
+                names = [n for p in fast for n in (name(p), f"{name(p)}/compile")]
+                seconds = {**seconds, **calibrated(key, names, lambda: measure(fast))}
+                quickest = min(fast, key=lambda p: cost(seconds, p))
+                if best is None or cost(seconds, quickest) < cost(seconds, best) * (1 - MARGIN):
+                    best = quickest
+        self.compiled.clear()  # the chosen compiled path recompiles (from inductor's cache)
+        assert best is not None
+        return best
+
+
+def _have_compiler() -> bool:
+    """Inductor generates C++ on a CPU: it needs a compiler."""
+    import shutil
+
+    return shutil.which("g++") is not None
 
 
 def owners(sizes: Sequence[int]) -> torch.Tensor:
@@ -134,8 +272,6 @@ def _stats_chunked(
 ) -> list[torch.Tensor]:
     """`stats_fn` over `x` in one forward (chunk 0) or in chunks of `chunk` images, in float32."""
     device_type = x.device.type
-    if params.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     parts = [x] if chunk <= 0 or chunk >= len(x) else list(torch.split(x, chunk))
     outs = []
     for part in parts:
@@ -195,8 +331,6 @@ def matching_net(real: RealData, params: MeanMatchParams, ctx: Context, it: int)
 
     net = random_net(build, ctx, it)
     net.requires_grad_(False)
-    if params.channels_last:
-        net.to(memory_format=torch.channels_last)
     return net.train()
 
 
@@ -229,10 +363,11 @@ class DM(Method):
         """The loss of iteration `it` summed over `classes`: a pure function of (job, it, classes,
         images)."""
         strategy = dsa_strategy(params, real)
+        stats = MatchingForward(embedding_stats, params, self.name)
 
         def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)
             draws = draw_classes(real, classes, params.batch_real, strategy, ctx, self.name, it)
-            return mean_matching_loss(net, embedding_stats, [1.0], draws, syn, params)
+            return mean_matching_loss(net, stats, [1.0], draws, syn, params)
 
         return loss_fn

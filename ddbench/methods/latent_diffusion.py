@@ -85,6 +85,7 @@ class LatentDiffusionParams(MethodParams):
     cond_drop: float = Field(0.1, ge=0, lt=1)  # label -> null class (classifier-free guidance)
     train_timesteps: int = Field(1000, ge=10)  # DDPM training steps (Stable Diffusion: 1000)
     checkpoint_every: int = Field(25, ge=1)  # epochs (of both stages) between checkpoints
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})  # not in job ids
 
 
 # seconds on digits: a few passes of each stage (shared by d4m's smoke `pretrain`)
