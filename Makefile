@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine: `make quickstart` and `make test`.
 # Both create .venv when it is missing, install ddbench into it (pip; torch comes from the
-# pinned wheels), then run. The install step reruns only when pyproject.toml changes. `make test`
+# pinned wheels; --no-compile: modules are byte-compiled when first imported, not all up front),
+# then run. The install step reruns only when pyproject.toml changes. `make test`
 # also installs Chromium (apt) when no chromium or google-chrome is on PATH.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,6 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ddbench-installed
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
+# pytest-xdist processes: most end-to-end tests wait on Ray and process start-up, so two share
+# two cores well (`make test TEST_WORKERS=1` runs them one by one)
+TEST_WORKERS ?= 2
 # tests/test_report_html.py renders the HTML report in headless Chromium (Debian package, as root)
 APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
@@ -18,7 +22,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q --no-compile -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import ddbench.cli, torch, ray, mlflow, polars"  # fail loudly if broken
 	@touch $(STAMP)
 
@@ -33,7 +37,7 @@ quickstart: install
 
 test: install browser
 	$(BIN)/ruff check ddbench tests benchmarks
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: install
 	$(BIN)/ruff check ddbench tests benchmarks
