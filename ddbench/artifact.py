@@ -15,6 +15,11 @@ kind back by the `kind` field of meta.json. The runner's `distill_job` adds what
 directory self-describing (dataset, classes, normalisation, image shape, method, seeds; the ZCA
 matrices as `zca.safetensors` when the dataset is whitened: docs/results.md#artifact-metadata).
 A new kind (e.g. a generator) subclasses `Artifact` and registers itself in `ARTIFACT_KINDS`.
+
+Integrity: meta.json's `files` maps each other file of the directory to its size and sha256
+(`record_files`, when the directory is written); `verify_artifact` checks a directory against
+it, cheaply (sizes) or fully (digests), and raises `CorruptArtifact`. A file added to an artifact
+directory is covered by calling `record_files` once it is written.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ddbench.storage import Store, stream_sha256
+
 if TYPE_CHECKING:
     import torch
 
@@ -38,6 +45,21 @@ TENSOR_FILE = "tensors.safetensors"
 # images can be turned back into pixels without the dataset (`zca_state`)
 ZCA_FILE = "zca.safetensors"
 ARTIFACT_KINDS: dict[str, type[Artifact]] = {}
+# meta.json key: {file name: {"bytes": size, "sha256": hex digest}} of every other file
+FILES_KEY = "files"
+
+
+class CorruptArtifact(Exception):
+    """An artifact directory that does not match its meta.json: a missing, truncated or altered
+    file, or a meta.json that is missing or not JSON. `job_id` is set once known."""
+
+    def __init__(self, file: str, problem: str, job_id: str | None = None) -> None:
+        super().__init__(file, problem, job_id)
+        self.file, self.problem, self.job_id = file, problem, job_id
+
+    def __str__(self) -> str:
+        who = f"artifact {self.job_id}" if self.job_id else "artifact"
+        return f"{who} is corrupt: {self.file} {self.problem}"
 
 
 class Artifact:
@@ -96,6 +118,7 @@ class Artifact:
             **self.extra_meta(),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        record_files(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -109,6 +132,60 @@ def load_artifact(directory: str | Path) -> Artifact:
     kind = meta.pop("kind")
     meta.pop("artifact_bytes", None)
     return ARTIFACT_KINDS[kind].from_tensors(load_file(str(directory / TENSOR_FILE)), meta)
+
+
+def record_files(directory: str | Path) -> None:
+    """Record the size and sha256 of every file of `directory` but meta.json under its
+    `FILES_KEY` (replacing what was there): call it once the directory's files are written."""
+    directory = Path(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != META_FILE):
+        with path.open("rb") as stream:
+            digest = stream_sha256(stream)
+        files[path.relative_to(directory).as_posix()] = {
+            "bytes": path.stat().st_size,
+            "sha256": digest,
+        }
+    meta[FILES_KEY] = files
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def verify_artifact(store: Store, rel: str, deep: bool = True) -> dict[str, Any]:
+    """Check the artifact directory `rel` of `store` against its meta.json; return that meta.
+
+    Raises `CorruptArtifact` when meta.json is missing or not a JSON object, when a file it
+    records is missing or has another size, and (`deep`) when a file's sha256 differs.
+    Cost: `deep=False` reads meta.json and lists the directory (sizes come from the listing),
+    never a tensor byte, so it stays cheap on an object store; `deep=True` also reads every
+    recorded file once through sha256 (about a second per GB on one core, plus the download
+    on a URI store). Artifacts written before digests were recorded (no `files` key) are
+    accepted as they are: only their meta.json is checked. A flipped byte inside meta.json that
+    keeps it valid JSON is not detected (it holds no digest of itself).
+    """
+    try:
+        meta = json.loads(store.read_bytes(f"{rel}/{META_FILE}"))
+    except FileNotFoundError:
+        raise CorruptArtifact(META_FILE, "is missing") from None
+    except ValueError:  # also UnicodeDecodeError
+        raise CorruptArtifact(META_FILE, "is not valid JSON") from None
+    files = meta.get(FILES_KEY, {}) if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(f, dict) and {"bytes", "sha256"} <= f.keys() for f in files.values()
+    ):
+        raise CorruptArtifact(META_FILE, f"is not an artifact's meta (no valid {FILES_KEY!r})")
+    sizes = store.file_sizes(rel) if files else {}
+    for name, want in sorted(files.items()):
+        if name not in sizes:
+            raise CorruptArtifact(name, "is missing")
+        if sizes[name] != want["bytes"]:
+            raise CorruptArtifact(
+                name, f"has {sizes[name]} bytes where {want['bytes']} were written (truncated?)"
+            )
+    for name, want in sorted(files.items()) if deep else ():
+        if store.sha256(f"{rel}/{name}") != want["sha256"]:
+            raise CorruptArtifact(name, "does not match its sha256 digest (altered bytes)")
+    return meta
 
 
 def artifact_exists(directory: str | Path) -> bool:

@@ -235,7 +235,7 @@ def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
 
     uri = args.tracking_uri or default_tracking_uri(args.out)
     try:
-        n = log_plan(plan, suite_dir, summary, uri)
+        n = log_plan(plan, suite_dir, summary, uri, log)
     except Exception as exc:  # noqa: BLE001 - results are safe on disk; tracking can catch up
         log(
             f"MLflow at {uri} could not be reached ({type(exc).__name__}: {exc}); results are "

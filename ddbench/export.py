@@ -23,12 +23,17 @@ seed `seed` under fixed sampling (`ddbench.fit.draw_generator(seed, ipc, "fixed"
 images `cross_arch`'s model of that seed trains on); a real subset (`whole_dataset`) becomes its
 images. Those need the dataset, loaded from the meta's `dataset` and `dataset_params`.
 The folder of one export is `<out>/<label>-ipc<ipc>-seed<distill seed>-<job id>/`.
+
+Damage in the run is skipped and reported through `warn`, never a traceback: an artifact whose
+meta.json cannot be parsed or whose files fail their digests (`verify_artifact`), and result
+files that cannot be read (which only narrows the IPCs a generator is drawn at).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +45,7 @@ from ddbench.artifact import (
     META_FILE,
     ZCA_FILE,
     Artifact,
+    CorruptArtifact,
     ImageSet,
     RealSubset,
     load_artifact,
@@ -74,20 +80,26 @@ def export_run(
     out: Path,
     ipcs: list[int] | None = None,  # generators: IPCs to draw at; None = those evaluated
     seed: int = 0,  # generators: eval seed whose fixed draw is exported (cross_arch's first)
+    warn: Callable[[str], None] = print,  # where skipped damage is reported (one line each)
 ) -> list[Exported]:
-    """Export the named jobs (ids or method labels; [] = every job with result rows) of `run`."""
+    """Export the named jobs (ids or method labels; [] = every job with result rows) of `run`,
+    skipping (and reporting through `warn`) corrupt artifacts and unreadable result files."""
     from ddbench.runner.work import local_artifact  # copies a URI store's artifact once
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    metas = _artifact_metas(run)
-    evaluated = _evaluated_ipcs(run)
+    metas = _artifact_metas(run, warn)
+    evaluated = _evaluated_ipcs(run, warn)
     chosen = _select(metas, evaluated, jobs, run)
     datasets: dict[str, RealData] = {}
     done: list[Exported] = []
     for job_id in chosen:
         meta = metas[job_id]
-        adir = local_artifact(run, job_id)
+        try:
+            adir = local_artifact(run, job_id)
+        except CorruptArtifact as exc:
+            warn(f"skipped: {exc} (a rerun of its suite distils it again)")
+            continue
         artifact = load_artifact(adir)
         zca = zca_state(adir)
         for ipc, images, labels, materialised in _contents(
@@ -124,22 +136,30 @@ def export_run(
 # --------------------------------------------------------------------------- which jobs
 
 
-def _artifact_metas(run: Store) -> dict[str, dict[str, Any]]:
+def _artifact_metas(run: Store, warn: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     metas = {}
     for rel in run.list_files("artifacts", suffix=META_FILE):
         parts = rel.split("/")
-        if len(parts) == 3:  # artifacts/<job_id>/meta.json
-            metas[parts[1]] = json.loads(run.read_text(rel))
+        if len(parts) != 3:  # artifacts/<job_id>/meta.json
+            continue
+        try:
+            metas[parts[1]] = json.loads(run.read_bytes(rel))
+        except ValueError:
+            warn(f"skipped: artifact {parts[1]} is corrupt: {META_FILE} is not valid JSON")
     if not metas:
         raise UserError(f"{run.location('artifacts')}: no artifacts (is this a run directory?)")
     return metas
 
 
-def _evaluated_ipcs(run: Store) -> dict[str, list[int]]:
-    """job id -> the IPCs its result rows were evaluated at (jobs the suite evaluated)."""
-    from ddbench.schema import read_results
+def _evaluated_ipcs(run: Store, warn: Callable[[str], None]) -> dict[str, list[int]]:
+    """job id -> the IPCs its readable result rows were evaluated at (jobs the suite
+    evaluated); unreadable result files are reported and skipped."""
+    from ddbench.schema import read_readable, result_files
 
-    table = read_results(run).select(["job_id", "ipc"])
+    table, unreadable = read_readable(run, result_files(run))
+    for rel in unreadable:
+        warn(f"skipped unreadable result file {rel} (corrupt or truncated Parquet)")
+    table = table.select(["job_id", "ipc"])
     out: dict[str, set[int]] = {}
     for job_id, ipc in zip(
         table.column("job_id").to_pylist(), table.column("ipc").to_pylist(), strict=True

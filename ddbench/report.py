@@ -31,7 +31,7 @@ import polars as pl
 
 from ddbench.errors import UserError
 from ddbench.report_html import write_html
-from ddbench.schema import read_results
+from ddbench.schema import read_readable, result_files
 from ddbench.storage import Store
 from ddbench.viz import GRID_FILE
 
@@ -39,11 +39,31 @@ REFERENCE = "whole_dataset"
 BASELINE = "random_real"
 
 
-def load_rows(run: Store) -> pl.DataFrame:
-    rows = pl.from_arrow(read_results(run))
+def load_rows(run: Store) -> tuple[pl.DataFrame, list[str]]:
+    """Every readable row of the run, and the result files that could not be read (corrupt or
+    truncated Parquet: skipped, the report lists them)."""
+    table, unreadable = read_readable(run, result_files(run))
+    rows = pl.from_arrow(table)
     if rows.is_empty():
-        raise UserError(f"no result files under {run.location('results')}: run the suite first")
-    return rows
+        damaged = f" ({len(unreadable)} unreadable: {', '.join(unreadable)})" if unreadable else ""
+        raise UserError(
+            f"no readable result files under {run.location('results')}{damaged}: run the suite"
+        )
+    return rows, unreadable
+
+
+def unreadable_section(unreadable: list[str]) -> list[str]:
+    """The result files the report skipped because they could not be read."""
+    if not unreadable:
+        return []
+    lines = [
+        "## Unreadable files",
+        "",
+        "These result files could not be read (corrupt or truncated Parquet) and are left out of "
+        "every table above; rerunning the suite moves them aside and evaluates their cells again.",
+        "",
+    ]
+    return [*lines, *(f"- `{rel}`" for rel in unreadable), ""]
 
 
 def latest_config(
@@ -535,7 +555,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     from ddbench.report_tune import tune_section
     from ddbench.tuning import SELECTION
 
-    loaded = load_rows(run)
+    loaded, unreadable = load_rows(run)
     # Tune's selection rows differ in eval params per trial: shown apart, never "left out"
     selection = loaded.filter(pl.col("evaluator") == SELECTION)
     every = loaded.filter(pl.col("evaluator") != SELECTION)  # DD-Ranking reads every config
@@ -583,6 +603,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
             last = (r["error"] or "").strip().splitlines()[-1:] or [""]
             lines.append(f"- {r['method_label']} ipc={r['ipc']} {r['arch']}: {last[0]}")
         lines.append("")
+    lines += unreadable_section(unreadable)
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     if "csv" in formats:

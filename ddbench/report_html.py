@@ -6,13 +6,12 @@
 or opened offline. No section has code of its own here: whatever report.py writes as markdown
 appears in the HTML.
 
-The converter knows exactly the markdown subset report.py writes. Block level, line by line:
-`#` to `###` headings, pipe tables (a header row, a `|---|` rule, body rows), an image alone on
-its line (`![alt](path relative to out_dir)`), `- ` list items, and paragraphs (runs of other
-lines); inline: `**bold**`, `*italic*` and `` `code` ``. All text is escaped with `html.escape`.
-To support a new construct in report.py, give it a kind in `_kind` (block) or an alternative in
-`_INLINE` (inline), render it in `_blocks` / `_inline`, and add a case to
-tests/test_report_html.py.
+The markdown is parsed by `markdown-it-py` (CommonMark plus pipe tables, raw HTML off, so any
+`<` in a report, e.g. an error message, is shown as text). Two render rules are ddbench's own:
+an image becomes an `<img>` whose `src` is the file's bytes as a data URI, and a paragraph that
+holds a single image becomes a `<figure>`. A new markdown construct in report.py needs nothing
+here when CommonMark or tables cover it; otherwise enable the markdown-it rule in `_parser` (or
+add a render rule beside `_image`) and add a case to tests/test_report_html.py.
 """
 
 from __future__ import annotations
@@ -20,17 +19,17 @@ from __future__ import annotations
 import base64
 import mimetypes
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from html import escape
-from itertools import groupby
 from pathlib import Path
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 HTML_FILE = "report.html"
 
-_HEADING = re.compile(r"(#{1,6}) +(.*)")
-_IMAGE = re.compile(r"!\[(.*?)\]\((.+)\)")
-_RULE = re.compile(r"\|(?: *:?-+:? *\|)+")
-_INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|\*(\S(?:.*?\S)?)\*")  # code | bold | italic
+_TITLE = re.compile(r"# +(.*)")
 _CSS = """
 body { font-family: system-ui, sans-serif; color: #222; line-height: 1.45;
        max-width: 1100px; margin: 2em auto; padding: 0 1em; }
@@ -56,10 +55,10 @@ def write_html(markdown: str, out_dir: Path) -> Path:
 
 
 def markdown_to_html(markdown: str, image_dir: Path) -> str:
-    """A whole HTML document from report markdown, titled by its first `#` heading."""
-    lines = markdown.splitlines()
-    titles = (m[2] for m in map(_HEADING.fullmatch, lines) if m and len(m[1]) == 1)
-    body = "\n".join(_blocks(lines, image_dir))
+    """A whole HTML document from report markdown, titled by its first `#` heading; images are
+    read from `image_dir` (paths in the markdown are relative to it)."""
+    titles = (m[1] for m in map(_TITLE.fullmatch, markdown.splitlines()) if m)
+    body = _parser(image_dir).render(markdown).strip()
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(next(titles, 'ddbench report'))}</title>\n<style>{_CSS}</style>\n"
@@ -67,55 +66,42 @@ def markdown_to_html(markdown: str, image_dir: Path) -> str:
     )
 
 
-def _kind(line: str) -> str:
-    """The block a markdown line belongs to."""
-    line = line.strip()
-    if not line:
-        return "blank"
-    if _HEADING.fullmatch(line):
-        return "heading"
-    if _IMAGE.fullmatch(line):
-        return "image"
-    if line.startswith("|") and line.endswith("|"):
-        return "table"
-    if line.startswith("- "):
-        return "list"
-    return "text"
+def _parser(image_dir: Path) -> MarkdownIt:
+    """CommonMark with pipe tables and no raw HTML; images embedded, lone images as figures."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    # render rules are bound to the renderer: `renderer` is its `self`
+    def image(renderer: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+        token = tokens[idx]
+        alt = renderer.renderInlineAsText(token.children or [], options, env)
+        return _image(alt, image_dir / str(token.attrGet("src")))
+
+    def paragraph(tag: str, inline_at: int) -> Callable[..., str]:
+        """A paragraph tag's rule: `tag` around a lone image (its inline token `inline_at`
+        away), the usual `<p>` otherwise."""
+
+        def render(renderer: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+            if _lone_image(tokens, idx + inline_at):
+                return tag
+            return renderer.renderToken(tokens, idx, options, env)
+
+        return render
+
+    md.add_render_rule("image", image)
+    md.add_render_rule("paragraph_open", paragraph("<figure>", 1))
+    md.add_render_rule("paragraph_close", paragraph("</figure>\n", -1))
+    return md
 
 
-def _blocks(lines: list[str], image_dir: Path) -> Iterator[str]:
-    """HTML for each run of same-kind lines (headings and images: one element per line)."""
-    for kind, run in groupby((line.strip() for line in lines), key=_kind):
-        group = list(run)
-        if kind == "heading":
-            for line in group:
-                marks, text = _HEADING.fullmatch(line).groups()
-                yield f"<h{len(marks)}>{_inline(text)}</h{len(marks)}>"
-        elif kind == "image":
-            for line in group:
-                alt, src = _IMAGE.fullmatch(line).groups()
-                yield f"<figure>{_image(alt, image_dir / src)}</figure>"
-        elif kind == "table":
-            yield _table(group)
-        elif kind == "list":
-            items = [f"<li>{_inline(line[2:])}</li>" for line in group]
-            yield "\n".join(["<ul>", *items, "</ul>"])
-        elif kind == "text":
-            text = "\n".join(group)
-            yield f"<p>{_inline(text)}</p>"
-        # "blank": a blank line only ends the block before it
-
-
-def _table(rows: list[str]) -> str:
-    """A pipe table; its first row is the header when the second is a `|---|` rule."""
-    cells = [[c.strip() for c in row[1:-1].split("|")] for row in rows]
-    html = ["<table>"]
-    if len(rows) > 1 and _RULE.fullmatch(rows[1]):
-        head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
-        html.append(f"<thead><tr>{head}</tr></thead>")
-        cells = cells[2:]
-    html += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells]
-    return "\n".join(html + ["</table>"])
+def _lone_image(tokens: Sequence[Token], inline: int) -> bool:
+    """Whether token `inline` is a visible paragraph's content made of one image only."""
+    token = tokens[inline] if 0 <= inline < len(tokens) else None
+    return (
+        token is not None
+        and token.type == "inline"
+        and not tokens[inline - 1].hidden
+        and [c.type for c in token.children or []] == ["image"]
+    )
 
 
 def _image(alt: str, path: Path) -> str:
@@ -125,19 +111,3 @@ def _image(alt: str, path: Path) -> str:
         raise ValueError(f"{path}: the HTML report embeds image files only")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{escape(alt)}" src="data:{mime};base64,{data}">'
-
-
-def _inline(text: str) -> str:
-    """Escaped text with `code`, **bold** and *italic* spans as tags."""
-    out, end = [], 0
-    for match in _INLINE.finditer(text):
-        code, bold, italic = match.groups()
-        out.append(escape(text[end : match.start()]))
-        if code is not None:
-            out.append(f"<code>{escape(code)}</code>")
-        elif bold is not None:
-            out.append(f"<strong>{_inline(bold)}</strong>")
-        else:
-            out.append(f"<em>{_inline(italic)}</em>")
-        end = match.end()
-    return "".join(out) + escape(text[end:])

@@ -3,7 +3,9 @@
 `Row` is a plain dict with exactly the columns of `RESULT_SCHEMA`; `write_rows` writes one Parquet
 file atomically into a run's `Store` (a local directory or a URI, `ddbench.storage`). Read a local
 run back with `polars.scan_parquet("runs/<suite>/results/**/*.parquet")`, any run with
-`read_results(store)`. A column is added here and nowhere else.
+`read_results(store)`; readers that must not stop at a damaged file (reports, export, MLflow)
+use `read_readable`, which skips unreadable Parquet files and names them. A column is added here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def read_rows(store: Store, rel: str) -> list[dict[str, Any]]:
 def result_files(store: Store) -> list[str]:
     """Every result file of a run (cells and reduce rows), relative to the store."""
     return store.list_files("results", suffix=".parquet")
+
+
+def read_readable(store: Store, rels: list[str]) -> tuple[pa.Table, list[str]]:
+    """The rows of the readable files among `rels`, and the unreadable ones (corrupt or
+    truncated Parquet): for readers that list damage instead of stopping at it."""
+    tables, unreadable = [], []
+    for rel in rels:
+        try:
+            tables.append(store.read_table([rel], RESULT_SCHEMA))
+        except (pa.ArrowException, OSError):
+            unreadable.append(rel)
+    table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+    return table, unreadable
 
 
 def read_results(store: Store) -> pa.Table:

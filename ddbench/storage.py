@@ -16,19 +16,23 @@ make a single upload visible all at once, so a file is written in one stream. A 
 (`staged_dir`) is built locally and published with its `marker` file last, so a reader that
 sees the marker sees the whole directory. Listings skip `.tmp-*` names.
 
+Damage. A file or directory found corrupt is never deleted: `move_aside` renames it to
+`<name>.corrupt-<n>` (kept for inspection), which listings skip, so the run redoes that work.
+
 A `Store` pickles as its root string and rebuilds its filesystem on first use, so it travels
 to Ray tasks and Train workers as a plain argument.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -38,12 +42,23 @@ from ddbench.errors import UserError
 from ddbench.seeding import content_hash
 
 TMP_PREFIX = ".tmp-"
+# `<name>.corrupt-<n>`: a damaged file or directory moved aside (`Store.move_aside`)
+CORRUPT_MARK = ".corrupt-"
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing (bounds memory on large files)
 # node-local copies of artifacts from URI stores; DDBENCH_CACHE moves it (e.g. to a local SSD)
 CACHE_ENV = "DDBENCH_CACHE"
 
 
 def is_uri(root: str | Path) -> bool:
     return "://" in str(root)
+
+
+def stream_sha256(stream: BinaryIO | pa.NativeFile) -> str:
+    """The hex sha256 of everything left in `stream`, read in `HASH_CHUNK` pieces."""
+    digest = hashlib.sha256()
+    while chunk := stream.read(HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -146,20 +161,64 @@ class Store:
         elif kind == pafs.FileType.File:
             fs.delete_file(target)
 
-    def list_files(self, rel: str = "", suffix: str = "") -> list[str]:
-        """Relative paths of the files under `rel` (recursive, sorted), skipping temp files."""
-        fs = self.filesystem
+    def _file_infos(self, rel: str) -> Iterator[tuple[str, pafs.FileInfo]]:
+        """(path relative to the store, info) of the files under `rel`, recursive, skipping
+        temp files and moved-aside damage."""
         base = self.path()
         selector = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
-        found = []
-        for info in fs.get_file_info(selector):
-            name = PurePosixPath(info.path).name
-            if info.type != pafs.FileType.File or not name.endswith(suffix):
+        for info in self.filesystem.get_file_info(selector):
+            if info.type != pafs.FileType.File:
                 continue
-            if name.startswith(TMP_PREFIX) or f"/{TMP_PREFIX}" in info.path:
+            found = PurePosixPath(info.path).relative_to(base)
+            if any(p.startswith(TMP_PREFIX) or CORRUPT_MARK in p for p in found.parts):
                 continue
-            found.append(str(PurePosixPath(info.path).relative_to(base)))
-        return sorted(found)
+            yield str(found), info
+
+    def list_files(self, rel: str = "", suffix: str = "") -> list[str]:
+        """Relative paths of the files under `rel` (recursive, sorted), skipping temp files and
+        moved-aside ones (`move_aside`)."""
+        return sorted(found for found, _ in self._file_infos(rel) if found.endswith(suffix))
+
+    def file_sizes(self, rel: str) -> dict[str, int]:
+        """The size in bytes of each file under directory `rel`, by its path relative to `rel`:
+        one listing (no file is read)."""
+        return {
+            str(PurePosixPath(found).relative_to(rel)): info.size
+            for found, info in self._file_infos(rel)
+        }
+
+    def sha256(self, rel: str) -> str:
+        """The hex sha256 of file `rel` (streamed: reads the whole file once)."""
+        with self.filesystem.open_input_stream(self.path(rel)) as stream:
+            return stream_sha256(stream)
+
+    def move_aside(self, rel: str) -> str | None:
+        """Rename the damaged file or directory `rel` to `<rel>.corrupt-<n>` (the lowest free
+        n from 1) and return that; None when `rel` is not there (e.g. moved by another process).
+
+        Nothing is deleted: the damage stays for inspection; listings skip it. Object stores
+        cannot rename a directory, so there its files are copied, then the original removed.
+        """
+        fs, source = self.filesystem, self.path(rel)
+        kind = fs.get_file_info(source).type
+        if kind == pafs.FileType.NotFound:
+            return None
+        n = 1
+        while self.exists(f"{rel}{CORRUPT_MARK}{n}"):
+            n += 1
+        target = f"{rel}{CORRUPT_MARK}{n}"
+        try:
+            if kind == pafs.FileType.File or isinstance(fs, pafs.LocalFileSystem):
+                fs.move(source, self.path(target))
+                return target
+            for found, _ in self._file_infos(rel):
+                dest = self.path(f"{target}/{PurePosixPath(found).relative_to(rel)}")
+                fs.create_dir(str(PurePosixPath(dest).parent), recursive=True)
+                fs.copy_file(self.path(found), dest)
+            fs.delete_dir(source)
+        except FileNotFoundError:  # another process moved it first
+            return None
+        return target
 
     # ---------------------------------------------------------------- result tables
 

@@ -4,8 +4,9 @@
   real train split with the shared recipe (`ddbench.fit`; the whole-dataset reference's recipe).
   It is a cached reference job: saved with safetensors under `cache_dir/teachers/<key>` where the
   key hashes everything that determines it (data content, arch, recipe, seed, this module's
-  version). Concurrent cells take a file lock, so the first trains and the others load; the
-  write is atomic (temporary file + rename). Without `cache_dir` it is memoised in-process.
+  version). Concurrent cells take a file lock (`filelock.FileLock`, any OS), so the first trains
+  and the others load; the write is atomic (temporary file + rename). Without `cache_dir` it is
+  memoised in-process.
 - `teacher_targets(teacher, x_aug, temperature)`: softmax(teacher(x_aug) / T), no gradient.
 - `kd_loss(student_logits, targets, temperature)`: KL(teacher_T ‖ student_T) · T², batch mean —
   Hinton et al.'s scaling, which keeps the gradient magnitude independent of T.
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import Tensor, nn
 
 from ddbench.seeding import content_hash, derive_seed
@@ -113,7 +114,7 @@ def teacher_model(
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{arch}-{key}.safetensors"
         meta_path = path.with_suffix(".json")
-        with _locked(folder / f"{arch}-{key}.lock"):
+        with FileLock(folder / f"{arch}-{key}.lock"):  # one trainer; the others wait, then load
             if not path.is_file():
                 info["cached"] = False
                 trained = _train(real, arch, recipe, seed, device)
@@ -137,28 +138,6 @@ def teacher_model(
         stats.update(info)
     model.to(device).eval().requires_grad_(False)
     return model
-
-
-class _locked:
-    """An exclusive advisory lock on `path` (POSIX flock) for the duration of a with-block."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> _locked:
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import fcntl
-
-        assert self.fd is not None
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
 
 
 @torch.no_grad()

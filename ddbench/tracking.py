@@ -12,7 +12,10 @@ when this invocation changed it or when this tracking URI has not seen it yet (a
 URI under `tracking/` of the run's store), so a rerun after an outage logs what was missing.
 `leaderboard` reads the job runs back (any tracking URI, local sqlite or a server) into the
 best-known result per (dataset, ipc, method, arch). Called from the driver only (rank 0);
-mlflow is imported here and nowhere else.
+mlflow is imported here and nowhere else. Result files that cannot be read (corrupt or truncated
+Parquet) and a meta.json that is not JSON are skipped and named through `warn`; a job with an
+unreadable file gets no marker, so a later invocation (after the rerun that redoes the cell)
+logs it whole.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ddbench.schema import RESULT_SCHEMA, result_files
+from ddbench.schema import read_readable, result_files
 from ddbench.seeding import content_hash
 from ddbench.storage import Store, is_uri
 from ddbench.viz import GRID_FILE
@@ -55,7 +59,13 @@ def _mlflow():
     return mlflow
 
 
-def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int:
+def log_plan(
+    plan: Plan,
+    suite_dir: Store,
+    summary: RunSummary,
+    uri: str,
+    warn: Callable[[str], None] = print,  # where skipped damage is reported (one line each)
+) -> int:
     """Log every job that needs it; returns the number of child runs written."""
     mlflow = _mlflow()
 
@@ -73,7 +83,7 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
     if not todo:
         return 0
     tuned = any(job.tune for job in todo)  # selection rows are read only when they are needed
-    selection = _selection_rows(suite_dir, all_files) if tuned else None
+    selection = _selection_rows(suite_dir, all_files, warn) if tuned else None
     if mlflow.get_experiment_by_name(plan.suite) is None:
         mlflow.create_experiment(plan.suite, artifact_location=_artifact_location(uri, plan.suite))
     mlflow.set_experiment(plan.suite)
@@ -92,11 +102,14 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
         )
         for job in todo:
             files = [f for f in all_files if PurePosixPath(f).parent.name == job.job_id]
+            table, unreadable = read_readable(suite_dir, files)
+            for rel in unreadable:
+                warn(f"MLflow: skipped unreadable result file {rel} (corrupt or truncated)")
+            files = [f for f in files if f not in unreadable]
             if not files:
                 continue
-            rows = pl.from_arrow(suite_dir.read_table(files, RESULT_SCHEMA))
-            meta_file = f"artifacts/{job.job_id}/meta.json"
-            meta = json.loads(suite_dir.read_text(meta_file)) if suite_dir.exists(meta_file) else {}
+            rows = pl.from_arrow(table)
+            meta = _artifact_meta(suite_dir, job.job_id, warn)
             chosen = meta.get("tune")
             with mlflow.start_run(
                 run_name=f"{job.label} [{job.job_id}]",
@@ -138,19 +151,37 @@ def log_plan(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str) -> int
                 if job.tune:
                     trials = selection.filter(pl.col("tuned_job") == job.job_id)
                     _log_trials(mlflow, trials, job_run.info.run_id, chosen, plan.suite)
-            suite_dir.write_text(f"{markers}/{job.job_id}", "")
+            if not unreadable:  # else logged again once the rerun has redone those cells
+                suite_dir.write_text(f"{markers}/{job.job_id}", "")
             logged += 1
     return logged
 
 
-def _selection_rows(suite_dir: Store, files: list[str]) -> pl.DataFrame:
+def _artifact_meta(suite_dir: Store, job_id: str, warn: Callable[[str], None]) -> dict[str, Any]:
+    """The job's artifact meta.json; {} when it is absent or not JSON (reported)."""
+    meta_file = f"artifacts/{job_id}/meta.json"
+    if not suite_dir.exists(meta_file):
+        return {}
+    try:
+        return json.loads(suite_dir.read_bytes(meta_file))
+    except ValueError:
+        warn(f"MLflow: skipped unreadable {meta_file} (not valid JSON)")
+        return {}
+
+
+def _selection_rows(
+    suite_dir: Store, files: list[str], warn: Callable[[str], None]
+) -> pl.DataFrame:
     """The Tune selection rows of the run (`results/tune/`), with their tuned job's id."""
     from ddbench.tuning import SELECTION
 
     tune_files = [f for f in files if PurePosixPath(f).parent.parent.name == SELECTION]
-    if not tune_files:
+    table, unreadable = read_readable(suite_dir, tune_files)
+    for rel in unreadable:
+        warn(f"MLflow: skipped unreadable result file {rel} (corrupt or truncated)")
+    if not table.num_rows:
         return pl.DataFrame(schema={"tuned_job": pl.String})
-    rows = pl.from_arrow(suite_dir.read_table(tune_files, RESULT_SCHEMA))
+    rows = pl.from_arrow(table)
     return rows.with_columns(tuned_job=pl.col("eval_params").str.json_path_match("$.tuned_job"))
 
 

@@ -77,7 +77,7 @@ def result_rows(settings: tuple[str, ...] = ("hard", "plain", "teacher")) -> lis
 def section(tmp_path, rows: list[dict]) -> str:
     run = Store(tmp_path / "run")
     write_rows(run, "results/cross_arch/rows.parquet", rows)
-    return "\n".join(dd_ranking_section(load_rows(run)))
+    return "\n".join(dd_ranking_section(load_rows(run)[0]))
 
 
 def test_report_tables_the_left_out_configs_apart(tmp_path):

@@ -109,8 +109,8 @@ def test_markdown_subset_to_html(tmp_path) -> None:
         "<p>Some <em>italic</em> and <strong>bold</strong> text with <code>code</code> &amp; "
         "&lt;script&gt;alert(1)&lt;/script&gt;\non two lines.</p>",
         "<h3>IPC 1</h3>",
-        "<thead><tr><th>method</th><th>a&lt;b</th></tr></thead>",
-        "<tr><td><em>whole_dataset</em> (reference)</td><td>9.0 ± 0.1 (2)</td></tr>",
+        "<thead>\n<tr>\n<th>method</th>\n<th>a&lt;b</th>\n</tr>\n</thead>",
+        "<tr>\n<td><em>whole_dataset</em> (reference)</td>\n<td>9.0 ± 0.1 (2)</td>\n</tr>",
         "<p><strong>dc</strong> (job j1)</p>",
         f'<figure><img alt="dot" src="data:image/png;base64,{dot}"></figure>',
         "<ul>\n<li>dm ipc=1 mlp: ValueError: 3 * 4 &lt; 5</li>\n<li>dm ipc=2 mlp: boom</li>\n</ul>",

@@ -117,6 +117,6 @@ def node_name() -> str:
 
 def cell_task(
     cell: EvalCell, real: Any, store: Store, device: str, cpus: float, sha: str
-) -> tuple[str, int]:
+) -> tuple[str, int, str]:
     """One eval cell as a Ray task (`run_cell`, its rows naming this node)."""
     return run_cell(cell, real, store, device, cpus, sha, node_name())

@@ -43,7 +43,7 @@ def run_local(
     device = pick_device()
     for job in plan.jobs:
         cells = plan.cells_of(job)
-        if force or not artifact_done(store, job.job_id):
+        if force or not artifact_done(store, job.job_id, log):
             log(f"distill {job.label} ipc={job.ipc} seed={job.distill_seed} [{job.job_id}]")
             try:
                 ctx = LocalContext(derive_seed(job.suite_seed, "distill", job.job_id), device, log)
@@ -55,18 +55,18 @@ def run_local(
                 continue
         else:
             summary.distill_cached += 1
-        missing = [j.job_id for j in plan.inputs_of(job) if not artifact_done(store, j.job_id)]
+        missing = [j.job_id for j in plan.inputs_of(job) if not artifact_done(store, j.job_id, log)]
         if missing:
             error = f"class-subset jobs {missing} of these cells were not distilled"
             fail_cells(cells, error, store, sha, summary, log)
             continue
         for cell in cells:
-            if not force and cell_done(store, cell):
+            if not force and cell_done(store, cell, log):
                 summary.cells_cached += 1
                 continue
-            status, n = run_cell(
+            status, n, note = run_cell(
                 cell, real, store, device, cpus or os.cpu_count() or 1, sha, socket.gethostname()
             )
-            count(summary, cell, status, n, log)
-    write_reduce(plan, store, sha)
+            count(summary, cell, status, n, log, note)
+    write_reduce(plan, store, sha, log)
     return summary

@@ -90,10 +90,10 @@ class RayRun:
         if force:
             for job in plan.jobs:
                 store.delete(artifact_rel(job.job_id))
-        published = {job.job_id for job in plan.jobs if artifact_done(store, job.job_id)}
+        published = {job.job_id for job in plan.jobs if artifact_done(store, job.job_id, log)}
         todo = [job for job in plan.jobs if job.job_id not in published]
         self.summary.distill_cached = len(plan.jobs) - len(todo)
-        cells = [cell for cell in plan.cells if force or not cell_done(store, cell)]
+        cells = [cell for cell in plan.cells if force or not cell_done(store, cell, log)]
         self.summary.cells_cached = len(plan.cells) - len(cells)
         res = self.suite.resources
         nodes = alive_nodes()
@@ -151,7 +151,7 @@ class RayRun:
         for runner in list(self.runners.values()):  # told to stop: let their Train runs end
             ray.get(runner.task)
             ray.kill(runner.feed)
-        write_reduce(self.plan, self.store, self.sha)
+        write_reduce(self.plan, self.store, self.sha, self.log)
         return self.summary
 
     def start(self, unit: Unit) -> None:
@@ -245,12 +245,12 @@ class RayRun:
         unit = self.cells.pop(ref)
         cell: EvalCell = unit.payload
         try:
-            status, n = ray.get(ref)
+            status, n, note = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the task's worker died twice
             rows = failed_rows(cell, f"eval task lost: {exc}", {}, self.sha)
             write_rows(self.store, cell.relpath, rows)
-            status, n = "failed", len(rows)
-        count(self.summary, cell, status, n, self.log)
+            status, n, note = "failed", len(rows), ""
+        count(self.summary, cell, status, n, self.log, note)
         self.scheduler.finish(unit)
 
     def job_ended(self, unit: Unit, outcome: Outcome) -> tuple[list[str], dict[str, str]]:

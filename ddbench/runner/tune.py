@@ -21,7 +21,7 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ddbench.artifact import META_FILE
+from ddbench.artifact import META_FILE, record_files
 from ddbench.plan import DistillJob, EvalCell
 from ddbench.runner.cluster import cell_task
 from ddbench.runner.resources import distill_bundles, eval_bundle, worker_slots
@@ -177,8 +177,9 @@ def publish_choice(
         }
     )
     with store.staged_dir(artifact_rel(job.job_id), marker=META_FILE) as adir:
-        shutil.copytree(src, adir)
+        shutil.copytree(src, adir)  # verified by `local_artifact`: the same bytes
         (adir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        record_files(adir)  # digests of exactly what is published (the trial's, recomputed)
     return meta
 
 
@@ -198,7 +199,7 @@ def tune_trial(
     trial = trial_job(job, config)
     if force:
         store.delete(artifact_rel(trial.job_id))
-    if not artifact_done(store, trial.job_id):
+    if not artifact_done(store, trial.job_id, print):  # damage is moved aside, in its log
         res = suite.resources.distill
         outcome = fit_distill([trial], real_refs[0], store, suite.name, res, max_failures)
         result = outcome.get(trial.job_id, {"status": "failed", "error": "no outcome"})
@@ -221,7 +222,8 @@ def tune_trial(
 
     todo: list[EvalCell] = []
     for cell in selection_cells(job, trial, config, suite.ipc):
-        if not force and cell_done(store, cell):  # scored before: replayed model by model, so
+        # scored before: replayed model by model, so
+        if not force and cell_done(store, cell, print):
             values += [r["value"] for r in read_rows(store, cell.relpath)]
             report()  # a rerun's scheduler (ASHA) sees the reports of the first run
         else:
@@ -234,7 +236,7 @@ def tune_trial(
             pending[task.remote(cell, real_refs[0], store, res.device, res.cpus, sha)] = cell
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         cell = pending.pop(ref)
-        status, _ = ray.get(ref)
+        status, _, _ = ray.get(ref)
         if status == "ok":  # a failed model is a failed row; the trial scores fewer models
             values += [r["value"] for r in read_rows(store, cell.relpath)]
         report()

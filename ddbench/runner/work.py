@@ -11,12 +11,18 @@ mode use it without starting or importing Ray:
   `failed` row); an artifact with a learned lr adds a `learned_lr` row;
 - `write_reduce`: an evaluator's job-level rows once all of its cells are written;
 - `artifact_done` / `cell_done`: what a rerun can skip (the only reads of the store a run makes
-  to find finished work);
+  to find finished work); damage they find (an artifact whose meta.json is missing or not JSON
+  or whose files have the wrong size, an unreadable result file) is moved aside
+  (`Store.move_aside`, never deleted) and that work is done again;
+- `local_artifact`: an artifact on this node, verified against its digests
+  (`ddbench.artifact.verify_artifact`); a cell that finds its artifact corrupt moves it aside
+  (`set_aside`) and becomes a `failed` row saying so; the next run distils it again;
 - `RunSummary`, `count`, `fail_cells`: the counts and log lines a run ends with.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 import traceback
@@ -25,8 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from ddbench import __version__
-from ddbench.artifact import META_FILE, ZCA_FILE, load_artifact
+from ddbench.artifact import (
+    META_FILE,
+    ZCA_FILE,
+    CorruptArtifact,
+    load_artifact,
+    record_files,
+    verify_artifact,
+)
 from ddbench.context import Context
 from ddbench.plan import DistillJob, EvalCell, Plan
 from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
@@ -74,19 +89,100 @@ def artifact_rel(job_id: str) -> str:
     return f"artifacts/{job_id}"
 
 
-def artifact_done(store: Store, job_id: str) -> bool:
-    return store.exists(f"{artifact_rel(job_id)}/{META_FILE}")
+def artifact_done(
+    store: Store,
+    job_id: str,
+    log: Log | None = None,  # None: only look (a dry run), move nothing aside
+) -> bool:
+    """Whether the job's artifact is published and whole as far as a cheap look tells:
+    meta.json parses and every file it records has its size (`verify_artifact` with
+    `deep=False`: one small read and one listing, no tensor bytes, so a run's start stays cheap
+    on an object store). An artifact directory that fails is moved aside (`set_aside`, when
+    `log` is given) so the job is distilled and published anew; altered bytes of the right size
+    are found later, by the cells that read the artifact (`local_artifact`)."""
+    rel = artifact_rel(job_id)
+    try:
+        verify_artifact(store, rel, deep=False)
+    except CorruptArtifact as exc:
+        if log is not None and store.exists(rel):  # an absent artifact is simply not done
+            exc.job_id = job_id
+            set_aside(store, exc, log, then="this run distils it again")
+        return False
+    return True
+
+
+def set_aside(
+    store: Store,
+    exc: CorruptArtifact,
+    log: Log | None = None,  # None: the caller reports the returned line itself
+    then: str = "rerun the suite to distil it again",  # what happens next, for the message
+) -> str:
+    """Move the corrupt artifact of `exc.job_id` aside in `store` (`artifacts/<job_id>.corrupt-
+    <n>/`, kept, never deleted) so that it is distilled again; the one-line message, which is
+    also logged (`log`, when given)."""
+    assert exc.job_id is not None
+    moved = store.move_aside(artifact_rel(exc.job_id))
+    where = f"moved aside to {moved}" if moved else "already moved aside"
+    message = f"{exc}; {where}: {then}"
+    if log is not None:
+        log(message)
+    return message
 
 
 def local_artifact(store: Store, job_id: str) -> Path:
-    """A local directory holding the job's artifact (copied to this node once if remote)."""
-    return store.local_copy(artifact_rel(job_id), marker=META_FILE)
+    """A local directory holding the job's artifact (copied to this node once if remote),
+    verified against the digests of its meta.json (`verify_artifact`) on every call: each call
+    reads the artifact's files once through sha256 (about a second per GB on one core).
+
+    A node-cache copy that fails verification (stale or damaged on this node) is dropped and
+    copied again once; raises `CorruptArtifact` (with the job id) when the store's own copy is
+    corrupt or missing. Moving it aside is the caller's decision (`set_aside`).
+    """
+    rel = artifact_rel(job_id)
+    for fetch in ("first", "again"):
+        try:
+            path = store.local_copy(rel, marker=META_FILE)
+            verify_artifact(Store(path.parent), path.name)
+            return path
+        except FileNotFoundError:  # no meta.json: never published, or moved aside meanwhile
+            raise CorruptArtifact(META_FILE, "is missing", job_id) from None
+        except CorruptArtifact as exc:
+            if store.local_root is not None or fetch == "again":
+                exc.job_id = job_id
+                raise
+            shutil.rmtree(path, ignore_errors=True)  # a bad node-cache copy: fetch it again
+    raise AssertionError("unreachable")
 
 
-def cell_done(store: Store, cell: EvalCell) -> bool:
-    if not store.exists(cell.relpath):
-        return False
-    return all(r["status"] == "ok" for r in read_rows(store, cell.relpath))
+def readable_rows(
+    store: Store,
+    rel: str,
+    log: Log | None = None,  # None: only look (a dry run), move nothing aside
+) -> list[dict[str, Any]] | None:
+    """The rows of result file `rel`, or None when it is absent or unreadable (corrupt or
+    truncated Parquet). An unreadable file is moved aside (`<rel>.corrupt-<n>`, when `log` is
+    given) and logged, so its cell runs again."""
+    if not store.exists(rel):
+        return None
+    try:
+        return read_rows(store, rel)
+    except (pa.ArrowException, OSError) as exc:
+        if log is not None:
+            moved = store.move_aside(rel)
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log(f"unreadable result file {rel} ({cause}); moved aside to {moved}: its cell reruns")
+        return None
+
+
+def cell_done(
+    store: Store,
+    cell: EvalCell,
+    log: Log | None = None,  # None: only look (a dry run), move nothing aside
+) -> bool:
+    """Whether the cell's result file holds only `ok` rows; an unreadable one is moved aside
+    (`readable_rows`) and the cell is not done."""
+    rows = readable_rows(store, cell.relpath, log)
+    return rows is not None and all(r["status"] == "ok" for r in rows)
 
 
 # --------------------------------------------------------------------------- rows
@@ -164,7 +260,10 @@ def distill_job(
 
     method = METHODS.get(job.method)()
     params = method.Params.model_validate(job.params)
-    ctx.dependencies = {key: str(local_artifact(store, dep_id)) for key, dep_id in job.depends}
+    try:
+        ctx.dependencies = {key: str(local_artifact(store, dep)) for key, dep in job.depends}
+    except CorruptArtifact as exc:  # rank 0 moves it aside; the next run distils it again
+        raise RuntimeError(set_aside(store, exc) if ctx.is_main else str(exc)) from None
     if job.classes is not None:  # a class-subset job (continual learning): global labels kept
         real = real.subset(job.classes)
     started_at = now_utc()
@@ -204,6 +303,7 @@ def distill_job(
             shown = artifact.preview(real, ctx.rng("preview"))
             if shown is not None:
                 grid_png(*shown, real, adir / GRID_FILE)
+            record_files(adir)  # the digests cover the zca matrices and the grid too
     return {**artifact.meta, "artifact_bytes": artifact.artifact_bytes()}
 
 
@@ -266,10 +366,14 @@ def run_cell(
     cpus: float,
     sha: str,
     node: str | None = None,
-) -> tuple[str, int]:
+) -> tuple[str, int, str]:
     """Evaluate one cell and write its Parquet file; never raises (a failure is a failed row).
+    Returns (status, rows written, a line for the run log or "").
 
     `node` names the machine (Ray node id on a cluster, host name in-process) in every row.
+    An artifact (the cell's or an input) found corrupt (`local_artifact`) is moved aside
+    (`set_aside`) and the cell is a failed row whose error is that one line, also returned for
+    the log.
     """
     import json
 
@@ -278,6 +382,7 @@ def run_cell(
 
     set_threads(cpus)
     meta: dict[str, Any] = {}
+    note = ""
     start = time.perf_counter()
     try:
         adir = local_artifact(store, cell.job.job_id)
@@ -297,18 +402,29 @@ def run_cell(
             partial = [*partial, learned_lr_row(cell, lr)]
         rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha, node)
         status = "ok"
+    except CorruptArtifact as exc:  # one line, no traceback: the cause is known
+        note = set_aside(store, exc)
+        rows = failed_rows(cell, note, meta, sha, node)
+        status = "failed"
     except Exception:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
         rows = failed_rows(cell, traceback.format_exc(), meta, sha, node)
         status = "failed"
     write_rows(store, cell.relpath, rows)
-    return status, len(rows)
+    return status, len(rows), note
 
 
-def write_reduce(plan: Plan, store: Store, sha: str) -> None:
+def write_reduce(
+    plan: Plan,
+    store: Store,
+    sha: str,
+    log: Log | None = None,  # None: unreadable cell files are skipped without moving them aside
+) -> None:
     """Job-level rows from each evaluator's `reduce`, once all of a job's cells are written.
 
     One file per (job, evaluator entry, IPC): a suite may list an evaluator twice with other
-    params (continual learning in 5 and in 10 steps), so the params' hash names the file."""
+    params (continual learning in 5 and in 10 steps), so the params' hash names the file.
+    A group with an unreadable cell file is skipped; that file is moved aside (`readable_rows`)
+    so the next run evaluates the cell again and then reduces the group."""
     from ddbench.evals import EVALS
 
     groups: dict[tuple[str, str, int, str], list[EvalCell]] = {}
@@ -319,7 +435,10 @@ def write_reduce(plan: Plan, store: Store, sha: str) -> None:
         paths = [c.relpath for c in cells]
         if not all(store.exists(p) for p in paths):
             continue
-        rows = [r for p in paths for r in read_rows(store, p)]
+        read = [readable_rows(store, p, log) for p in paths]
+        if any(r is None for r in read):
+            continue
+        rows = [r for rs in read if rs is not None for r in rs]
         evaluator = EVALS.get(evaluator_name)()
         params = evaluator.Params.model_validate(cells[0].eval_params)
         partial = evaluator.reduce([r for r in rows if r["status"] == "ok"], params)
@@ -344,13 +463,20 @@ def write_reduce(plan: Plan, store: Store, sha: str) -> None:
             write_rows(store, f"results/{evaluator_name}/{job_id}/{name}", reduced)
 
 
-def count(summary: RunSummary, cell: EvalCell, status: str, n: int, log: Log) -> None:
+def count(
+    summary: RunSummary,
+    cell: EvalCell,
+    status: str,
+    n: int,
+    log: Log,
+    note: str = "",  # a line `run_cell` returned for the log ("" = nothing to add)
+) -> None:
     summary.cells_run += 1
     summary.rows_written += n
     summary.changed_jobs.add(cell.job.job_id)
     if status != "ok":
         summary.cells_failed += 1
-    log(f"{status:6s} {cell.describe()}")
+    log(f"{status:6s} {cell.describe()}" + (f": {note}" if note else ""))
 
 
 def fail_cells(
