@@ -26,6 +26,12 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
     out, reports = tmp_path / "runs", tmp_path / "reports"
     proc = run_cli("run", QUICK, "--set", "profile=smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # a quiet log: none of Ray's own lines, each worker progress line once, no colour codes
+    printed = proc.stdout + proc.stderr
+    assert "PlacementGroupCleaner" not in printed and "Failed to query" not in printed
+    assert "\x1b[" not in printed
+    progress = [line.split("] ", 1)[1] for line in proc.stdout.splitlines() if "iteration=" in line]
+    assert progress and len(progress) == len(set(progress)), progress
 
     from ddbench.plan import make_plan
     from ddbench.spec import load_suite
