@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from ddbench.runner.loopback import LoopbackCluster
 from tests.conftest import REPO, run_cli
@@ -214,25 +213,6 @@ def test_two_nodes_distil_two_jobs_side_by_side(tmp_path):
     overlap = min(end for _, end in windows) - max(start for start, _ in windows)
     shortest = min(end - start for start, end in windows)
     assert overlap > shortest / 2, (windows, overlap)  # side by side, not one after the other
-
-
-@pytest.fixture
-def failing_eval():
-    """An evaluator whose cells with eval_seed 1 raise, registered only for this test."""
-    from ddbench.evals import EVALS
-    from ddbench.evals.cross_arch import CrossArch
-
-    class Failing(CrossArch):
-        name = "failing_for_test"
-
-        def run(self, cell, job, params, ctx):
-            if cell["eval_seed"] == 1:
-                raise RuntimeError("this cell fails on purpose")
-            return super().run(cell, job, params, ctx)
-
-    EVALS.register(Failing.name)(Failing)
-    yield Failing.name
-    EVALS._items.pop(Failing.name)
 
 
 def test_failed_cell_is_a_row_and_exit_code_1(tmp_path, failing_eval, capsys):

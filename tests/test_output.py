@@ -6,33 +6,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from ddbench.plan import ipc_text
 from ddbench.progress import next_steps
 from ddbench.runner.work import RunSummary
 
 ANSI = re.compile(r"\x1b\[")
 STAMP = re.compile(r"^\[\s*\d+\.\ds\] ")
-
-
-@pytest.fixture
-def failing_eval():
-    """cross_arch whose cells with eval_seed 1 raise, registered only for this test."""
-    from ddbench.evals import EVALS
-    from ddbench.evals.cross_arch import CrossArch
-
-    class FailingForOutput(CrossArch):
-        name = "failing_for_output"
-
-        def run(self, cell, job, params, ctx):
-            if cell["eval_seed"] == 1:
-                raise RuntimeError("this cell fails on purpose\nsecond line not shown")
-            return super().run(cell, job, params, ctx)
-
-    EVALS.register(FailingForOutput.name)(FailingForOutput)
-    yield FailingForOutput.name
-    EVALS._items.pop(FailingForOutput.name)
 
 
 def test_local_run_output(tmp_path, failing_eval, capsys):

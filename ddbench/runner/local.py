@@ -69,9 +69,8 @@ def run_local(
                 error = traceback.format_exc()
                 summary.distill_failed += 1
                 out.counts(summary)
-                out.problem(
-                    f"{summary.tally()} distillation of {job_name(job)} failed: {error_line(error)}"
-                )
+                cause = error_line(error)
+                out.problem(f"{summary.tally()} distillation failed for {job_name(job)}: {cause}")
                 if cells:
                     fail_cells(cells, error, store, sha, summary, out)
                 continue

@@ -289,7 +289,7 @@ class RayRun:
         self.summary.distill_failed += 1
         self.log.counts(self.summary)
         self.log.problem(
-            f"{self.summary.tally()} distillation of {job_name(job)} failed: "
+            f"{self.summary.tally()} distillation failed for {job_name(job)}: "
             f"{error_line(outcome['error'])}"
         )
         return [], {job_id: outcome["error"]}
