@@ -1,4 +1,5 @@
-"""The `ddbench` command line (docs/architecture.md#command-line); the only module that prints.
+"""The `ddbench` command line (docs/architecture.md#command-line); with `ddbench.progress` (what a
+run prints), the only module that prints.
 
 Verbs: run, eval (a distillate from files, as a one-method suite), export (a run's distillates
 as files), validate, ls, report, leaderboard. Exit codes: 0 all cells ok; 1 finished with failed
