@@ -1,4 +1,5 @@
-"""The `ddbench` command line (docs/architecture.md#command-line); the only module that prints.
+"""The `ddbench` command line (docs/architecture.md#command-line); with `ddbench.progress` (what a
+run prints), the only module that prints.
 
 Verbs: run, eval (a distillate from files, as a one-method suite), export (a run's distillates
 as files), validate, ls, report, leaderboard. Exit codes: 0 all cells ok; 1 finished with failed
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,8 @@ from ddbench.spec import SuiteError
 if TYPE_CHECKING:
     from ddbench.data import RealData
     from ddbench.plan import Plan
+    from ddbench.progress import RunOutput, Verbosity
+    from ddbench.runner.work import RunSummary
     from ddbench.spec import LoadedSuite
     from ddbench.storage import Store
 
@@ -26,20 +28,14 @@ EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
 LS_KINDS = ("methods", "evals", "archs", "datasets")
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
+def _verbosity(args: argparse.Namespace) -> Verbosity:
+    return "quiet" if args.quiet else "verbose" if args.verbose else "normal"
 
 
-def _log_fn():
-    console = _console()
-    start = time.monotonic()
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from ddbench.tracking import default_tracking_uri
 
-    def log(message: str) -> None:
-        console.print(f"[{time.monotonic() - start:7.1f}s] {message}", markup=False)
-
-    return log
+    return args.tracking_uri or default_tracking_uri(args.out)
 
 
 # --------------------------------------------------------------------------- verbs
@@ -155,12 +151,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, source: str) -> int:
     """Plan, check, run (in-process or on Ray) and track a validated suite: `run` and `eval`."""
     from ddbench.data import load_dataset
-    from ddbench.plan import make_plan
+    from ddbench.plan import ipc_text, make_plan
+    from ddbench.progress import RunOutput
     from ddbench.runner.work import artifact_done, cell_done
     from ddbench.storage import Store
     from ddbench.tuning import trial_count
 
-    log = _log_fn()
+    log = RunOutput(_verbosity(args))
     plan = make_plan(loaded, only)
     if not plan.jobs:
         raise UserError(f"--only {only!r} matches no method of {source}")
@@ -172,7 +169,7 @@ def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, so
             cached = artifact_done(suite_dir, job.job_id)
             tuned = f" tune: {trial_count(job.tune)} trials" if job.tune else ""
             print(
-                f"{job.job_id} {job.label:16s} ipc={job.ipc} seed={job.distill_seed} "
+                f"{job.job_id} {job.label:16s} ipc={ipc_text(job.ipc)} seed={job.distill_seed} "
                 f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done{tuned}"
             )
         return EXIT_OK
@@ -186,35 +183,49 @@ def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, so
     if args.local:
         from ddbench.runner.local import run_local
 
-        summary = run_local(plan, real, suite_dir, args.force, log)
+        with log.bars():
+            summary = run_local(plan, real, suite_dir, args.force, log)
     else:
         from ddbench.runner.cluster import check_resources, init_ray, shutdown_ray
-        from ddbench.runner.scheduler import run_ray
 
-        url = init_ray(args.address, dashboard=args.dashboard)
+        url = init_ray(args.address, dashboard=args.dashboard, verbose=args.verbose)
+        from ddbench.runner.scheduler import run_ray  # imports ray: after init_ray set its env
+
         if url:
             log(
                 f"Ray dashboard (Tune trials, tasks, actors) at {url}; "
                 "`ray get-auth-token` prints its token"
             )
         try:
-            check_resources(loaded, embedded=not args.address, log=log)
-            summary = run_ray(plan, real, suite_dir, args.force, log)
+            check_resources(loaded, embedded=not args.address, log=log.problem)
+            with log.bars():
+                summary = run_ray(plan, real, suite_dir, args.force, log)
         finally:
             shutdown_ray()
-    if summary.distilled == 0 and summary.cells_run == 0:
-        log(
+    _summarise(summary, suite_dir, log)
+    _track(plan, suite_dir, summary, args, log)
+    from ddbench.progress import next_steps
+
+    log.next_steps(
+        next_steps(suite.name, args.out, _tracking_uri(args), suite_dir.location("results"))
+    )
+    return summary.exit_code
+
+
+def _summarise(summary: RunSummary, suite_dir: Store, log: RunOutput) -> None:
+    """The run's totals: its one line under `--quiet`."""
+    if summary.distilled == 0 and summary.cells_run == 0 and not summary.distill_failed:
+        log.summary(
             f"nothing to do: all {summary.distill_cached} jobs and {summary.cells_cached} cells "
             f"are already done in {suite_dir} (use --force to recompute)"
         )
-    else:
-        log(
-            f"distilled {summary.distilled} jobs ({summary.distill_cached} cached); ran "
-            f"{summary.cells_run} cells ({summary.cells_cached} cached, {summary.cells_failed} "
-            f"failed); wrote {summary.rows_written} rows under {suite_dir.location('results')}"
-        )
-    _track(plan, suite_dir, summary, args, log)
-    return summary.exit_code
+        return
+    failed = f", {summary.distill_failed} failed" if summary.distill_failed else ""
+    log.summary(
+        f"distilled {summary.distilled} jobs ({summary.distill_cached} cached{failed}); ran "
+        f"{summary.cells_run} cells ({summary.cells_cached} cached, {summary.cells_failed} "
+        f"failed); wrote {summary.rows_written} rows under {suite_dir.location('results')}"
+    )
 
 
 def _check_inputs(plan: Plan, real: RealData) -> None:
@@ -230,14 +241,14 @@ def _check_inputs(plan: Plan, real: RealData) -> None:
         method.check(data, job.ipc or 0, params)
 
 
-def _track(plan, suite_dir, summary, args: argparse.Namespace, log) -> None:
-    from ddbench.tracking import default_tracking_uri, log_plan
+def _track(plan, suite_dir, summary, args: argparse.Namespace, log: RunOutput) -> None:
+    from ddbench.tracking import log_plan
 
-    uri = args.tracking_uri or default_tracking_uri(args.out)
+    uri = _tracking_uri(args)
     try:
         n = log_plan(plan, suite_dir, summary, uri, log)
     except Exception as exc:  # noqa: BLE001 - results are safe on disk; tracking can catch up
-        log(
+        log.problem(
             f"MLflow at {uri} could not be reached ({type(exc).__name__}: {exc}); results are "
             f"written locally in {suite_dir}; rerun the same command to log them"
         )
@@ -355,6 +366,13 @@ def _execution_args(p: argparse.ArgumentParser) -> None:
         "--dashboard",
         action="store_true",
         help="start the Ray dashboard with the embedded Ray (127.0.0.1; needs ray[default])",
+    )
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "-q", "--quiet", action="store_true", help="print only problems and the final summary"
+    )
+    shown.add_argument(
+        "-v", "--verbose", action="store_true", help="also print Ray's and MLflow's own logs"
     )
 
 

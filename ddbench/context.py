@@ -52,6 +52,7 @@ class Context:
         self._report_every_s = report_every_s
         self._last_report = float("-inf")
         self._log = log
+        self.name: str | None = None  # what progress lines start with (the job); set by runner
 
     @property
     def is_main(self) -> bool:
@@ -127,9 +128,10 @@ class Context:
 
     def _emit(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
         """Pass on one progress event (and a checkpoint state, which this base flavour cannot
-        keep): a log line from the main rank."""
+        keep): a log line from the main rank, after the job's `name` when it has one."""
         if self._log is not None and self.is_main:
-            self._log(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+            shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            self._log(f"{self.name}: {shown}" if self.name else shown)
 
     def save_checkpoint(self, state: dict[str, Any], **metrics: float) -> None:
         """Persist `state` (tensors and plain values) so a restarted job resumes from it."""

@@ -73,7 +73,13 @@ class EvalCell:
 
     def describe(self) -> str:
         keys = " ".join(f"{k}={v}" for k, v in self.cell.items())
-        return f"{self.job.label} ipc={self.ipc} {self.evaluator} {keys}"
+        return f"{self.evaluator} {self.job.label} ipc={ipc_text(self.ipc)} {keys}"
+
+
+def ipc_text(ipc: int | None) -> str:
+    """How logs and labels spell an IPC: `all` for a job that serves every IPC (`None`) and for
+    the whole train split (rows' `ipc` 0), else the number (docs/results.md#columns)."""
+    return "all" if not ipc else str(ipc)
 
 
 @dataclass

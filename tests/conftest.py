@@ -1,5 +1,6 @@
 """Shared fixtures: the real digits data (loaded once), quiet Ray / MLflow settings, CLI runner,
-a tiny untrained generator artifact, `from_files` inputs written from real images."""
+a tiny untrained generator artifact, `from_files` inputs written from real images, an evaluator
+whose cells fail on purpose."""
 
 from __future__ import annotations
 
@@ -77,6 +78,26 @@ def digits():
     from ddbench.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture
+def failing_eval():
+    """cross_arch whose cells with eval_seed 1 raise (a two-line message), registered only for
+    the test that asks for it."""
+    from ddbench.evals import EVALS
+    from ddbench.evals.cross_arch import CrossArch
+
+    class Failing(CrossArch):
+        name = "failing_for_test"
+
+        def run(self, cell, job, params, ctx):
+            if cell["eval_seed"] == 1:
+                raise RuntimeError("this cell fails on purpose\nsecond line not shown")
+            return super().run(cell, job, params, ctx)
+
+    EVALS.register(Failing.name)(Failing)
+    yield Failing.name
+    EVALS._items.pop(Failing.name)
 
 
 def run_cli(

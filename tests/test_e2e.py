@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from ddbench.runner.loopback import LoopbackCluster
 from tests.conftest import REPO, run_cli
@@ -26,6 +25,12 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
     out, reports = tmp_path / "runs", tmp_path / "reports"
     proc = run_cli("run", QUICK, "--set", "profile=smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # a quiet log: none of Ray's own lines, each worker progress line once, no colour codes
+    printed = proc.stdout + proc.stderr
+    assert "PlacementGroupCleaner" not in printed and "Failed to query" not in printed
+    assert "\x1b[" not in printed
+    progress = [line.split("] ", 1)[1] for line in proc.stdout.splitlines() if "iteration=" in line]
+    assert progress and len(progress) == len(set(progress)), progress
 
     from ddbench.plan import make_plan
     from ddbench.spec import load_suite
@@ -208,25 +213,6 @@ def test_two_nodes_distil_two_jobs_side_by_side(tmp_path):
     overlap = min(end for _, end in windows) - max(start for start, _ in windows)
     shortest = min(end - start for start, end in windows)
     assert overlap > shortest / 2, (windows, overlap)  # side by side, not one after the other
-
-
-@pytest.fixture
-def failing_eval():
-    """An evaluator whose cells with eval_seed 1 raise, registered only for this test."""
-    from ddbench.evals import EVALS
-    from ddbench.evals.cross_arch import CrossArch
-
-    class Failing(CrossArch):
-        name = "failing_for_test"
-
-        def run(self, cell, job, params, ctx):
-            if cell["eval_seed"] == 1:
-                raise RuntimeError("this cell fails on purpose")
-            return super().run(cell, job, params, ctx)
-
-    EVALS.register(Failing.name)(Failing)
-    yield Failing.name
-    EVALS._items.pop(Failing.name)
 
 
 def test_failed_cell_is_a_row_and_exit_code_1(tmp_path, failing_eval, capsys):

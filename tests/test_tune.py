@@ -170,7 +170,7 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
     try:
         proc = run_cli("run", str(suite), "--out", str(out), "--tracking-uri", server.uri)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "tuning dm ipc=1: a Ray Tune experiment" in proc.stdout
+        assert "tuning dm ipc=1 seed=0 [" in proc.stdout and "a Ray Tune experiment" in proc.stdout
         # the two sweeps ran side by side, each trial on its own job with its own space's config
         selection = selection_rows(out)
         space_of = {"dm": {"lr_img"}, "herding": {"embedding"}}

@@ -13,9 +13,11 @@ order, as far as the cluster's nodes hold their bundles, and the driver starts e
 - an eval cell starts a Ray task, softly pinned to the node it was packed on.
 
 The driver waits on object refs (`ray.wait`): a runner's next report, a Tune driver's or a cell's
-return value, a runner task's end. A published job makes its dependants ready at once (d2m after
-its cgan, d4m after its latent diffusion model, continual cells after their class-subset jobs, a
-job's cells after the job); a failed one makes them `failed` rows. Nothing is polled: the loop
+return value, a runner task's end, and the next batch of workers' progress lines (its
+`ProgressInbox`, logged as the driver's own lines, so Ray's log forwarding can stay off). A
+published job makes its dependants ready at once (d2m after its cgan, d4m after its latent
+diffusion model, continual cells after their class-subset jobs, a job's cells after the job); a
+failed one makes them `failed` rows. Nothing is polled: the loop
 wakes when something ends, or every `NODES_REFRESH_S` to see nodes that joined or left.
 
 Runner actors and Tune driver tasks hold no CPU; on a cluster whose head carries the custom
@@ -37,18 +39,22 @@ from ddbench.plan import EvalCell, Plan
 from ddbench.runner.cluster import alive_nodes, cell_task
 from ddbench.runner.resources import worker_slots
 from ddbench.runner.schedule import Scheduler, Unit, plan_units
-from ddbench.runner.train import DistillRunner, Outcome
+from ddbench.runner.train import DistillRunner, Outcome, ProgressInbox
 from ddbench.runner.tune import concurrent_trials, tune_task
 from ddbench.runner.work import (
     Log,
+    RunLog,
     RunSummary,
     artifact_done,
     artifact_rel,
+    as_run_log,
     cell_done,
     count,
+    error_line,
     fail_cells,
     failed_rows,
     git_sha,
+    job_name,
     write_reduce,
 )
 from ddbench.schema import write_rows
@@ -58,9 +64,10 @@ NODES_REFRESH_S = 30.0  # seconds between looks at the cluster's nodes while uni
 
 
 def run_ray(
-    plan: Plan, real: Any, store: Store, force: bool, log: Log, max_failures: int = 2
+    plan: Plan, real: Any, store: Store, force: bool, log: Log | RunLog, max_failures: int = 2
 ) -> RunSummary:
-    """Run every pending job and cell of `plan` on the connected Ray cluster."""
+    """Run every pending job and cell of `plan` on the connected Ray cluster; `log` gets the
+    lines (a `RunLog` also the problems and counts)."""
     return RayRun(plan, real, store, force, log, max_failures).run()
 
 
@@ -79,11 +86,11 @@ class RayRun:
     """The state of one `run_ray`: the scheduler and what runs on Ray, by the refs it waits on."""
 
     def __init__(
-        self, plan: Plan, real: Any, store: Store, force: bool, log: Log, max_failures: int
+        self, plan: Plan, real: Any, store: Store, force: bool, log: Log | RunLog, max_failures: int
     ) -> None:
-        self.plan, self.store, self.force, self.log = plan, store, force, log
+        self.plan, self.store, self.force, self.log = plan, store, force, as_run_log(log)
         self.max_failures = max_failures
-        self.summary = RunSummary()
+        self.summary = RunSummary(jobs_total=len(plan.jobs), cells_total=len(plan.cells))
         self.sha = git_sha()
         self.suite = plan.loaded.suite
         self.jobs = {job.job_id: job for job in plan.jobs}
@@ -107,10 +114,11 @@ class RayRun:
             nodes, plan_units(plan, todo, cells, res, self.trials), published
         )
         runs = worker_slots(res.distill, list(nodes.values())) // res.distill.workers
-        log(
+        self.log(
             f"{len(todo) - len(tuned)} jobs to distill, {len(tuned)} to tune, {len(cells)} eval "
             f"cells; the cluster runs {runs} distill runners side by side on {len(nodes)} node(s)"
         )
+        self.log.counts(self.summary)
         self.real_ref = ray.put(real)
         # On a cluster whose head carries the custom resource `driver` (cluster/), driver tasks
         # run there and never hold a GPU node's CPU.
@@ -120,6 +128,8 @@ class RayRun:
         self.tunes: dict[Any, Unit] = {}
         self.cells: dict[Any, Unit] = {}
         self.names = (f"runner-{i}" for i in itertools.count())
+        self.inbox = ProgressInbox.options(**self.on_head).remote()
+        self.lines = self.inbox.drain.remote()  # the next batch of workers' progress lines
 
     # ------------------------------------------------------------------ the loop
 
@@ -137,12 +147,17 @@ class RayRun:
                 self.scheduler.set_nodes(alive_nodes())
                 continue
             waiting_for_nodes = False
-            ready, _ = ray.wait(refs, num_returns=1, timeout=NODES_REFRESH_S)
+            # progress lines last: when units end at the same time, they are handled first
+            ready, _ = ray.wait([*refs, self.lines], num_returns=1, timeout=NODES_REFRESH_S)
             if not ready:
                 self.scheduler.set_nodes(alive_nodes())
                 continue
             (ref,) = ready
-            if ref in self.cells:
+            if ref is self.lines:
+                for line in ray.get(ref):
+                    self.log(line)
+                self.lines = self.inbox.drain.remote()
+            elif ref in self.cells:
                 self.cell_ended(ref)
             elif ref in self.tunes:
                 self.tune_ended(ref)
@@ -151,6 +166,7 @@ class RayRun:
         for runner in list(self.runners.values()):  # told to stop: let their Train runs end
             ray.get(runner.task)
             ray.kill(runner.feed)
+        ray.kill(self.inbox)  # lines still on their way are of jobs that ended
         write_reduce(self.plan, self.store, self.sha, self.log)
         return self.summary
 
@@ -169,7 +185,7 @@ class RayRun:
             self.cells[ref] = unit
         elif unit.kind == "tune":
             job = unit.payload
-            self.log(f"tuning {job.label} ipc={job.ipc}: a Ray Tune experiment [{job.job_id}]")
+            self.log(f"tuning {job_name(job)}: a Ray Tune experiment")
             ref = (
                 ray.remote(tune_task)
                 .options(**self.on_head)
@@ -183,6 +199,7 @@ class RayRun:
                     self.force,
                     self.trials[job.job_id],
                     self.has_driver,
+                    self.inbox,
                 )
             )
             self.tunes[ref] = unit
@@ -195,6 +212,7 @@ class RayRun:
                 res.distill,
                 self.max_failures,
                 next(self.names),
+                self.inbox,
             )
             runner = Runner(feed, task)
             self.runners[task] = runner
@@ -245,12 +263,13 @@ class RayRun:
         unit = self.cells.pop(ref)
         cell: EvalCell = unit.payload
         try:
-            status, n, note = ray.get(ref)
+            status, n, cause = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the task's worker died twice
             rows = failed_rows(cell, f"eval task lost: {exc}", {}, self.sha)
             write_rows(self.store, cell.relpath, rows)
-            status, n, note = "failed", len(rows), ""
-        count(self.summary, cell, status, n, self.log, note)
+            status, n = "failed", len(rows)
+            cause = f"eval task lost: {str(exc).strip().splitlines()[0]}"
+        count(self.summary, cell, status, n, self.log, cause)
         self.scheduler.finish(unit)
 
     def job_ended(self, unit: Unit, outcome: Outcome) -> tuple[list[str], dict[str, str]]:
@@ -260,15 +279,19 @@ class RayRun:
         if outcome["status"] == "ok":
             self.summary.distilled += 1
             self.summary.changed_jobs.add(job_id)
+            self.log.counts(self.summary)
             meta = outcome["meta"]
             self.log(
-                f"distilled {job.label} ipc={job.ipc} seed={job.distill_seed} in "
-                f"{meta.get('distill_seconds', float('nan')):.1f} s on "
-                f"{meta.get('node', '?')} [{job_id}]"
+                f"{self.summary.tally()} distilled {job_name(job)} in "
+                f"{meta.get('distill_seconds', float('nan')):.1f} s on {meta.get('node', '?')}"
             )
             return [job_id], {}
-        last = outcome["error"].strip().splitlines()[-1:]
-        self.log(f"distillation of {job.label} ipc={job.ipc} failed: {' '.join(last)}")
+        self.summary.distill_failed += 1
+        self.log.counts(self.summary)
+        self.log.problem(
+            f"{self.summary.tally()} distillation failed for {job_name(job)}: "
+            f"{error_line(outcome['error'])}"
+        )
         return [], {job_id: outcome["error"]}
 
     def fail_lost(self, lost: Iterable[tuple[Unit, str]]) -> None:
@@ -278,7 +301,12 @@ class RayRun:
             if unit.kind == "cell":
                 by_cause.setdefault(cause, []).append(unit.payload)
             else:
-                self.log(f"not distilled: {', '.join(unit.publishes)}: {cause.splitlines()[0]}")
+                self.summary.distill_failed += len(unit.publishes)
+                self.log.counts(self.summary)
+                names = ", ".join(job_name(self.jobs[job_id]) for job_id in unit.publishes)
+                self.log.problem(
+                    f"{self.summary.tally()} not distilled: {names}: {error_line(cause)}"
+                )
         for cause, cells in by_cause.items():
             fail_cells(cells, cause, self.store, self.sha, self.summary, self.log)
 

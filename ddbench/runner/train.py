@@ -9,12 +9,15 @@ measured in benchmarks/RESULTS.md) is so paid once per runner, not once per job,
 still runs on its own, side by side with the other runners' jobs.
 
 - `RayContext`: the `Context` of a Train worker. Progress goes to the run's log as one line per
-  event from rank 0, named by the job (method, IPC, distill seed); checkpoints go through
+  event from rank 0, named by the job (`job_name`: label, IPC, distill seed, short job id),
+  posted to the run's `ProgressInbox` (a plain print without one); checkpoints go through
   `ray.train.report` (rank 0 writes the state, every rank reports, as Train requires) and
   `load_checkpoint` finds the job's last one after a restart.
 - `DistillRunner`: the actor that drives a runner's Train run and is its inbox and outbox. A
   restarted worker group (`FailureConfig`) asks it again and gets the job it was on, which
   resumes from its checkpoint.
+- `ProgressInbox`: the actor through which workers' progress lines reach the driver, which logs
+  them as its own lines (so the driver needs none of Ray's log forwarding to show them).
 - `train_loop`: one Train worker. Distils each job it is given (from a `JobFeed`, or from a
   fixed list, for a Tune trial's one job). A job that raises is a failed outcome, not a failed
   run: Train restarts lost workers, not deterministic errors.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import queue
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ import torch
 from ddbench.context import Context
 from ddbench.plan import DistillJob
 from ddbench.runner.cluster import node_name
-from ddbench.runner.work import distill_job
+from ddbench.runner.work import distill_job, job_name
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import Store
 
@@ -50,22 +53,27 @@ Outcome = dict[str, Any]
 class RayContext(Context):
     """The Context of one rank of a Ray Train run, distilling `job`."""
 
-    def __init__(self, job: DistillJob, device: str, rank: int, world_size: int) -> None:
+    def __init__(
+        self,
+        job: DistillJob,
+        device: str,
+        rank: int,
+        world_size: int,
+        log: Callable[[str], None] = print,
+    ) -> None:
         super().__init__(
             derive_seed(job.suite_seed, "distill", job.job_id),
             device=device,
             rank=rank,
             world_size=world_size,
+            log=log,
         )
         self.job = job
-        ipc = "all" if job.ipc is None else job.ipc
-        self.name = f"{job.label} ipc={ipc} seed={job.distill_seed}"
+        self.name = job_name(job)
 
     def _emit(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
         if checkpoint is None:  # plain progress: a log line from rank 0, no collective call
-            if self.is_main:
-                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                print(f"{self.name}: {shown}", flush=True)
+            super()._emit(metrics, None)
             return
         tagged = {**metrics, "job": self.job.job_id}
         with tempfile.TemporaryDirectory() as tmp:
@@ -107,12 +115,14 @@ class DistillRunner:
         resources: Any,
         max_failures: int,
         name: str,
+        progress: Any = None,
     ) -> str | None:
         """Run the Train run until the feed says stop (`real_refs`: a list, so Ray passes the
-        reference rather than the data). Returns None, or the error of a run that failed as a
-        whole (its workers lost more than `max_failures` times)."""
+        reference rather than the data; `progress`: the run's `ProgressInbox`). Returns None, or
+        the error of a run that failed as a whole (its workers lost more than `max_failures`
+        times)."""
         feed = ray.get_runtime_context().current_actor
-        config = {"feed": feed, "real_ref": real_refs[0], "suite": suite}
+        config = {"feed": feed, "real_ref": real_refs[0], "suite": suite, "progress": progress}
         try:
             _trainer(config, store, resources, max_failures, name).fit()
         except Exception:  # noqa: BLE001 - reported to the driver, which fails the job it was on
@@ -133,6 +143,35 @@ class DistillRunner:
 
     def next_report(self) -> tuple[str, Outcome]:
         return self._reports.get()
+
+
+@ray.remote(num_cpus=0, max_concurrency=8)  # `drain` waits in a thread; posts take the others
+class ProgressInbox:
+    """Progress lines of a run's workers on their way to the driver: workers `post` (fire and
+    forget), the driver waits on `drain`, which returns every line waiting once there is one."""
+
+    def __init__(self) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+
+    def post(self, line: str) -> None:
+        self._lines.put(line)
+
+    def drain(self) -> list[str]:
+        lines = [self._lines.get()]
+        while not self._lines.empty():
+            lines.append(self._lines.get_nowait())
+        return lines
+
+
+def _poster(inbox: Any) -> Callable[[str], None]:
+    """A log function posting to `inbox` (a `ProgressInbox` handle), or print without one."""
+    if inbox is None:
+        return print
+
+    def post(line: str) -> None:
+        inbox.post.remote(line)
+
+    return post
 
 
 def _share(value: Any, rank: int, world: int) -> Any:
@@ -173,9 +212,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Outcome]:
     real = ray.get(config["real_ref"])
     node = node_name()
     feed = config.get("feed")
+    post = _poster(config.get("progress"))
     outcomes: dict[str, Outcome] = {}
     for job in _jobs(config, rank, world):
-        ctx = RayContext(job, device, rank, world)
+        ctx = RayContext(job, device, rank, world, post)
         try:
             meta = distill_job(job, ctx, real, store, config["suite"], node)
             outcome: Outcome = {"status": "ok", "meta": meta}
@@ -228,10 +268,12 @@ def fit_distill(
     suite: str,
     resources: Any,
     max_failures: int,
+    progress: Any = None,
 ) -> dict[str, Outcome]:
-    """One Train run over a fixed list of `jobs` (a Tune trial's); every job's outcome."""
+    """One Train run over a fixed list of `jobs` (a Tune trial's); every job's outcome
+    (`progress`: the run's `ProgressInbox`, else worker progress is printed)."""
     name = "distill-" + content_hash("".join(j.job_id for j in jobs))
-    config = {"jobs": jobs, "real_ref": real_ref, "suite": suite}
+    config = {"jobs": jobs, "real_ref": real_ref, "suite": suite, "progress": progress}
     try:
         result = _trainer(config, store, resources, max_failures, name).fit()
         return dict(result.return_value or {})

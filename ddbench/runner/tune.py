@@ -82,9 +82,11 @@ def tune_task(
     force: bool,
     trials_at_once: int,
     has_driver: bool,
+    progress: Any = None,
 ) -> dict[str, Outcome]:
     """A Ray task running the Tune experiment of a tuned job, then publishing the chosen
-    trial's artifact as the job's; `force` recomputes every trial."""
+    trial's artifact as the job's; `force` recomputes every trial; the trials' progress lines
+    go to `progress` (the run's `ProgressInbox`)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     spec = job.tune
@@ -107,6 +109,7 @@ def tune_task(
         max_failures=max_failures,
         sha=sha,
         force=force,
+        progress=progress,
     )
     # Tune registers a trainable under its name in a registry shared by the whole Ray job: the
     # tuned jobs' experiments run side by side, so each needs its own name, or their trials
@@ -192,6 +195,7 @@ def tune_trial(
     max_failures: int,
     sha: str,
     force: bool,
+    progress: Any = None,
 ) -> None:
     """One Tune trial: distil the trial job in a Train run (skipped when its artifact exists,
     unless `force`), then score it with the selection cells as Ray tasks, reporting the running
@@ -201,7 +205,7 @@ def tune_trial(
         store.delete(artifact_rel(trial.job_id))
     if not artifact_done(store, trial.job_id, print):  # damage is moved aside, in its log
         res = suite.resources.distill
-        outcome = fit_distill([trial], real_refs[0], store, suite.name, res, max_failures)
+        outcome = fit_distill([trial], real_refs[0], store, suite.name, res, max_failures, progress)
         result = outcome.get(trial.job_id, {"status": "failed", "error": "no outcome"})
         if result["status"] != "ok":
             last = str(result.get("error", "")).strip().splitlines()[-1:]

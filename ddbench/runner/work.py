@@ -17,7 +17,8 @@ mode use it without starting or importing Ray:
 - `local_artifact`: an artifact on this node, verified against its digests
   (`ddbench.artifact.verify_artifact`); a cell that finds its artifact corrupt moves it aside
   (`set_aside`) and becomes a `failed` row saying so; the next run distils it again;
-- `RunSummary`, `count`, `fail_cells`: the counts and log lines a run ends with.
+- `RunLog`, `RunSummary`, `count`, `fail_cells`: where a run's lines go, its counts (with the
+  `[distill n/N · eval n/N · ETA]` tally its lines carry) and the lines of ended units.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -43,7 +44,7 @@ from ddbench.artifact import (
     verify_artifact,
 )
 from ddbench.context import Context
-from ddbench.plan import DistillJob, EvalCell, Plan
+from ddbench.plan import DistillJob, EvalCell, Plan, ipc_text
 from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import Store
@@ -57,17 +58,104 @@ Log = Callable[[str], None]
 
 @dataclass
 class RunSummary:
+    """What a run did so far, and what it has to do (`jobs_total`, `cells_total`: the plan's)."""
+
+    jobs_total: int = 0
+    cells_total: int = 0
     distilled: int = 0
     distill_cached: int = 0
+    distill_failed: int = 0  # failed jobs, and jobs never run because a prerequisite failed
     cells_run: int = 0
     cells_cached: int = 0
     cells_failed: int = 0
     rows_written: int = 0
     changed_jobs: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)  # time.monotonic() at the start
 
     @property
     def exit_code(self) -> int:
         return 1 if self.cells_failed else 0
+
+    @property
+    def jobs_done(self) -> int:
+        return self.distilled + self.distill_cached + self.distill_failed
+
+    @property
+    def cells_done(self) -> int:
+        return self.cells_run + self.cells_cached
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace of the units this run ended so far (a job and a cell count
+        alike); None before the first one ends, or when nothing is left."""
+        ended = self.distilled + self.distill_failed + self.cells_run
+        left = self.jobs_total - self.jobs_done + self.cells_total - self.cells_done
+        if not ended or left <= 0:
+            return None
+        return (time.monotonic() - self.started) / ended * left
+
+    def tally(self) -> str:
+        """`[distill 3/21 · eval 57/138 · ETA 4 min]`: the prefix of the lines of ended units."""
+        eta = self.eta_s()
+        shown = f" · ETA {duration_text(eta)}" if eta is not None else ""
+        return (
+            f"[distill {self.jobs_done}/{self.jobs_total} · "
+            f"eval {self.cells_done}/{self.cells_total}{shown}]"
+        )
+
+
+def duration_text(seconds: float) -> str:
+    """A rough duration for people: `40 s`, `4 min`, `2.5 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class RunLog(Protocol):
+    """Where a run's lines go (`ddbench.progress.RunOutput` in the CLI; `LineLog` otherwise):
+    detail lines (`__call__`, hidden by `--quiet`), problems (`problem`, always shown) and the
+    counts after each ended unit (`counts`, e.g. for progress bars)."""
+
+    def __call__(self, message: str) -> None: ...
+
+    def problem(self, message: str) -> None: ...
+
+    def counts(self, summary: RunSummary) -> None: ...
+
+
+@dataclass
+class LineLog:
+    """A `RunLog` over a plain callable (`print`, a test's list): every line goes to it."""
+
+    line: Log
+
+    def __call__(self, message: str) -> None:
+        self.line(message)
+
+    def problem(self, message: str) -> None:
+        self.line(message)
+
+    def counts(self, summary: RunSummary) -> None:
+        pass
+
+
+def as_run_log(log: Log | RunLog) -> RunLog:
+    """`log` itself when it is a `RunLog`, else a `LineLog` over it."""
+    if callable(getattr(log, "problem", None)) and callable(getattr(log, "counts", None)):
+        return log  # type: ignore[return-value]
+    return LineLog(log)
+
+
+def job_name(job: DistillJob) -> str:
+    """How log lines name a distill job: `dm ipc=10 seed=0 [542520d1]` (a short job id)."""
+    return f"{job.label} ipc={ipc_text(job.ipc)} seed={job.distill_seed} [{job.job_id[:8]}]"
+
+
+def error_line(error: str) -> str:
+    """The one line that says why a traceback's code failed (its exception, the last line)."""
+    lines = error.strip().splitlines()
+    return lines[-1] if lines else "unknown error"
 
 
 def git_sha() -> str:
@@ -366,9 +454,9 @@ def run_cell(
     cpus: float,
     sha: str,
     node: str | None = None,
-) -> tuple[str, int, str]:
+) -> tuple[str, int, str | None]:
     """Evaluate one cell and write its Parquet file; never raises (a failure is a failed row).
-    Returns (status, rows written, a line for the run log or "").
+    Returns its status, its number of rows and, when it failed, the one line saying why.
 
     `node` names the machine (Ray node id on a cluster, host name in-process) in every row.
     An artifact (the cell's or an input) found corrupt (`local_artifact`) is moved aside
@@ -382,7 +470,6 @@ def run_cell(
 
     set_threads(cpus)
     meta: dict[str, Any] = {}
-    note = ""
     start = time.perf_counter()
     try:
         adir = local_artifact(store, cell.job.job_id)
@@ -401,16 +488,17 @@ def run_cell(
         if lr is not None:  # the models trained with it instead of the recipe's lr (fit.py)
             partial = [*partial, learned_lr_row(cell, lr)]
         rows = full_rows(cell, partial, meta, time.perf_counter() - start, sha, node)
-        status = "ok"
+        status, cause = "ok", None
     except CorruptArtifact as exc:  # one line, no traceback: the cause is known
-        note = set_aside(store, exc)
-        rows = failed_rows(cell, note, meta, sha, node)
+        cause = set_aside(store, exc)
+        rows = failed_rows(cell, cause, meta, sha, node)
         status = "failed"
-    except Exception:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
+    except Exception as exc:  # noqa: BLE001 - a failing cell becomes a failed row, the suite goes on
         rows = failed_rows(cell, traceback.format_exc(), meta, sha, node)
-        status = "failed"
+        message = str(exc).strip().splitlines()
+        status, cause = "failed", f"{type(exc).__name__}: {message[0] if message else ''}"
     write_rows(store, cell.relpath, rows)
-    return status, len(rows), note
+    return status, len(rows), cause
 
 
 def write_reduce(
@@ -468,22 +556,27 @@ def count(
     cell: EvalCell,
     status: str,
     n: int,
-    log: Log,
-    note: str = "",  # a line `run_cell` returned for the log ("" = nothing to add)
+    log: RunLog,
+    cause: str | None = None,
+    shown: bool = True,
 ) -> None:
+    """Count an ended cell and log it (a failed one as a problem, with its `cause`)."""
     summary.cells_run += 1
     summary.rows_written += n
     summary.changed_jobs.add(cell.job.job_id)
     if status != "ok":
         summary.cells_failed += 1
-    log(f"{status:6s} {cell.describe()}" + (f": {note}" if note else ""))
 
 
 def fail_cells(
-    cells: list[EvalCell], error: str, store: Store, sha: str, summary: RunSummary, log: Log
+    cells: list[EvalCell], error: str, store: Store, sha: str, summary: RunSummary, log: RunLog
 ) -> None:
-    log(f"distillation failed: {error.strip().splitlines()[-1]}")
+    """Cells whose inputs were never distilled: failed rows (`error` in full), one problem line."""
     for cell in cells:
         rows = failed_rows(cell, "distillation failed:\n" + error, {}, sha)
         write_rows(store, cell.relpath, rows)
-        count(summary, cell, "failed", len(rows), log)
+        count(summary, cell, "failed", len(rows), log, shown=False)
+    jobs = ", ".join(sorted({job_name(cell.job) for cell in cells}))
+    log.problem(
+        f"{summary.tally()} failed {len(cells)} cells of {jobs}, not distilled: {error_line(error)}"
+    )
