@@ -1,7 +1,8 @@
 """Ray itself: start or join a cluster, and check what it can hold.
 
 - `init_ray` / `shutdown_ray`: join a cluster (`--address`) or start a private embedded one on
-  127.0.0.1, with the environment Ray Train needs (`RAY_ENV`), and leave it;
+  127.0.0.1, with the environment Ray Train needs (`RAY_ENV`) and the `--include` plugin files
+  (`plugin_runtime_env`), and leave it;
 - `alive_nodes`: node id -> total resources, what the scheduler packs units onto;
 - `check_resources`: stop before any work when no node could ever hold what the suite asks for;
 - `cell_task`: one eval cell as a Ray task, its rows naming the node (`node_name`).
@@ -10,10 +11,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddbench.errors import UserError
 from ddbench.plan import EvalCell
+from ddbench.plugins import PLUGIN_MODULES_ENV, included_paths, plugin_files
 from ddbench.runner.resources import unplaceable
 from ddbench.runner.work import Log, run_cell
 from ddbench.storage import Store
@@ -33,12 +37,28 @@ RAY_ENV = {
 }
 
 
+def plugin_runtime_env(include: Sequence[str | Path]) -> dict[str, Any]:
+    """The runtime-environment keys that bring `--include` plugin files to every Ray worker:
+    each file (helpers too) as a single-file `py_modules` entry, which Ray uploads once and puts
+    on the workers' import path, and the plugin modules' names in `PLUGIN_MODULES_ENV`, which
+    each registry imports on its first lookup (`ddbench.plugins`)."""
+    plugins, shipped = plugin_files(include)
+    if not plugins:
+        return {}
+    return {
+        "py_modules": [str(file) for file in shipped],
+        "env_vars": {PLUGIN_MODULES_ENV: ",".join(file.stem for file in plugins)},
+    }
+
+
 def init_ray(
     address: str | None, num_cpus: int | None = None, dashboard: bool = False
 ) -> str | None:
     """Join a cluster at `address`, or start a private embedded one on 127.0.0.1; returns the
     Ray dashboard's URL when `dashboard` asks the embedded cluster for one (a cluster's own
-    dashboard is the cluster's business).
+    dashboard is the cluster's business). The plugin files this process imported with
+    `--include` reach every worker through the job's runtime environment
+    (`plugin_runtime_env`); entry-point plugins are installed packages, needed on every node.
 
     The environment is set before ray is imported: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
     once, at import. The embedded cluster sets it to 0 (single-node mode), without which Ray
@@ -51,7 +71,11 @@ def init_ray(
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    runtime_env = {"env_vars": dict(RAY_ENV)}
+    plugins = plugin_runtime_env(included_paths())
+    runtime_env: dict[str, Any] = {
+        **plugins,
+        "env_vars": {**RAY_ENV, **plugins.get("env_vars", {})},
+    }
     try:
         if address:
             ray.init(
