@@ -28,13 +28,17 @@ from typing import TYPE_CHECKING, Any
 from ddbench.execute import ExecOptions, RunResult, execute, run_store
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import polars as pl
 
     from ddbench.export import Distillate
     from ddbench.spec import LoadedSuite
     from ddbench.storage import Store
 
-Run = RunResult | str | Path  # a run: what `run` returned, a run directory or URI, a suite name
+    # a run: what `run` returned, its Store, a run directory or URI, or a suite name
+    Run: TypeAlias = RunResult | Store | str | Path
+
 LOGGER = logging.getLogger("ddbench")
 
 
@@ -50,7 +54,7 @@ def _overrides(set_: Sequence[str] | Mapping[str, Any], profile: str | None) -> 
         ]
         pairs = [p.removesuffix("\n...") for p in pairs]  # YAML's end-of-document for scalars
     else:
-        pairs = list(set_)
+        pairs = [set_] if isinstance(set_, str) else list(set_)
     return pairs + ([f"profile={profile}"] if profile else [])
 
 
@@ -121,7 +125,7 @@ def run(
     return execute(loaded, options, loaded.path, log or LOGGER.info)
 
 
-def _store(run: Run | Store, runs: str | Path) -> Store:
+def _store(run: Run, runs: str | Path) -> Store:
     from ddbench.storage import Store
 
     if isinstance(run, RunResult):
@@ -133,7 +137,8 @@ def _store(run: Run | Store, runs: str | Path) -> Store:
 
 def rows(run: Run, runs: str | Path = "runs") -> pl.DataFrame:
     """Every result row of a run as a Polars DataFrame (columns: docs/results.md). `run` is a
-    `RunResult`, a run directory or URI, or a suite name under `runs` (the output root).
+    `RunResult`, a `Store`, a run directory or URI, or a suite name under `runs` (the output
+    root).
 
     Example::
 
