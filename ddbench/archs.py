@@ -98,7 +98,7 @@ class ArchConfigError(UserError, ValueError):
 
 
 ArchBuilder = Callable[..., "FeatureModel"]
-ARCHS: Registry[ArchBuilder] = Registry("arch")
+ARCHS: Registry[ArchBuilder] = Registry("arch", "ddbench.archs")
 
 
 def known_arch(name: str) -> str:

@@ -17,12 +17,8 @@ from ddbench.errors import UserError
 from ddbench.spec import SuiteError
 
 if TYPE_CHECKING:
-    from ddbench.data import RealData
-    from ddbench.plan import Plan
-    from ddbench.progress import RunOutput, Verbosity
-    from ddbench.runner.work import RunSummary
+    from ddbench.progress import Verbosity
     from ddbench.spec import LoadedSuite
-    from ddbench.storage import Store
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
 LS_KINDS = ("methods", "evals", "archs", "datasets")
@@ -149,114 +145,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, source: str) -> int:
-    """Plan, check, run (in-process or on Ray) and track a validated suite: `run` and `eval`."""
-    from ddbench.data import load_dataset
-    from ddbench.plan import ipc_text, make_plan
-    from ddbench.progress import RunOutput
-    from ddbench.runner.work import artifact_done, cell_done
-    from ddbench.storage import Store
-    from ddbench.tuning import trial_count
+    """`run` and `eval`: the suite through `ddbench.execute` (the API's path too), printed by a
+    `RunOutput` at the verbosity asked for; the run ends with its next commands."""
+    from ddbench.execute import ExecOptions, execute
+    from ddbench.progress import RunOutput, next_steps
 
     log = RunOutput(_verbosity(args))
-    plan = make_plan(loaded, only)
-    if not plan.jobs:
-        raise UserError(f"--only {only!r} matches no method of {source}")
-    suite_dir = Store(args.out).child(loaded.suite.name)
-    if args.dry_run:
-        for job in plan.jobs:
-            cells = plan.cells_of(job)
-            done = sum(cell_done(suite_dir, c) for c in cells)
-            cached = artifact_done(suite_dir, job.job_id)
-            tuned = f" tune: {trial_count(job.tune)} trials" if job.tune else ""
-            print(
-                f"{job.job_id} {job.label:16s} ipc={ipc_text(job.ipc)} seed={job.distill_seed} "
-                f"artifact={'cached' if cached else 'todo'} cells {done}/{len(cells)} done{tuned}"
-            )
-        return EXIT_OK
-    suite = loaded.suite
-    real = load_dataset(suite.dataset.name, loaded.dataset_params)
-    _check_inputs(plan, real)
-    log(
-        f"suite {suite.name}: {len(plan.jobs)} distill jobs, {len(plan.cells)} eval cells; "
-        f"{real.describe()}"
+    options = ExecOptions(
+        out=args.out,
+        local=args.local,
+        address=args.address,
+        force=args.force,
+        dry_run=args.dry_run,
+        tracking_uri=args.tracking_uri,
+        dashboard=args.dashboard,
+        verbose=args.verbose,
+        only=only,
     )
-    if args.local:
-        from ddbench.runner.local import run_local
-
-        with log.bars():
-            summary = run_local(plan, real, suite_dir, args.force, log)
-    else:
-        from ddbench.runner.cluster import check_resources, init_ray, shutdown_ray
-
-        url = init_ray(args.address, dashboard=args.dashboard, verbose=args.verbose)
-        from ddbench.runner.scheduler import run_ray  # imports ray: after init_ray set its env
-
-        if url:
-            log(
-                f"Ray dashboard (Tune trials, tasks, actors) at {url}; "
-                "`ray get-auth-token` prints its token"
-            )
-        try:
-            check_resources(loaded, embedded=not args.address, log=log.problem)
-            with log.bars():
-                summary = run_ray(plan, real, suite_dir, args.force, log)
-        finally:
-            shutdown_ray()
-    _summarise(summary, suite_dir, log)
-    _track(plan, suite_dir, summary, args, log)
-    from ddbench.progress import next_steps
-
-    log.next_steps(
-        next_steps(suite.name, args.out, _tracking_uri(args), suite_dir.location("results"))
-    )
-    return summary.exit_code
-
-
-def _summarise(summary: RunSummary, suite_dir: Store, log: RunOutput) -> None:
-    """The run's totals: its one line under `--quiet`."""
-    if summary.distilled == 0 and summary.cells_run == 0 and not summary.distill_failed:
-        log.summary(
-            f"nothing to do: all {summary.distill_cached} jobs and {summary.cells_cached} cells "
-            f"are already done in {suite_dir} (use --force to recompute)"
-        )
-        return
-    failed = f", {summary.distill_failed} failed" if summary.distill_failed else ""
-    log.summary(
-        f"distilled {summary.distilled} jobs ({summary.distill_cached} cached{failed}); ran "
-        f"{summary.cells_run} cells ({summary.cells_cached} cached, {summary.cells_failed} "
-        f"failed); wrote {summary.rows_written} rows under {suite_dir.location('results')}"
-    )
-
-
-def _check_inputs(plan: Plan, real: RealData) -> None:
-    """Each job's `Method.check` on the driver before any work (bad inputs: exit code 2)."""
-    from ddbench.methods import METHODS, Method
-
-    for job in plan.jobs:
-        method = METHODS.get(job.method)()
-        if type(method).check is Method.check:
-            continue
-        params = method.Params.model_validate(job.params)
-        data = real if job.classes is None else real.subset(job.classes)
-        method.check(data, job.ipc or 0, params)
-
-
-def _track(plan, suite_dir, summary, args: argparse.Namespace, log: RunOutput) -> None:
-    from ddbench.tracking import log_plan
-
-    uri = _tracking_uri(args)
-    try:
-        n = log_plan(plan, suite_dir, summary, uri, log)
-    except Exception as exc:  # noqa: BLE001 - results are safe on disk; tracking can catch up
-        log.problem(
-            f"MLflow at {uri} could not be reached ({type(exc).__name__}: {exc}); results are "
-            f"written locally in {suite_dir}; rerun the same command to log them"
-        )
-        return
-    log(f"MLflow: logged {n} job runs to {uri}" if n else f"MLflow: up to date at {uri}")
+    done = execute(loaded, options, source, log)
+    for line in done.status:
+        print(line)
+    if done.summary is not None:
+        results = done.store.location("results")
+        log.next_steps(next_steps(done.suite, args.out, _tracking_uri(args), results))
+    return done.exit_code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ddbench.execute import run_store
     from ddbench.report import write_report
     from ddbench.report_html import HTML_FILE
 
@@ -264,7 +180,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     unknown = sorted(set(formats) - {"md", "csv", "html"})
     if unknown:
         raise UserError(f"--format: unknown or unsupported format(s) {unknown}; use md, csv, html")
-    run = _run_store(args.target, args.runs)
+    run = run_store(args.target, args.runs)
     out_dir = Path(args.out) / PurePosixPath(run.uri).name
     path = write_report(run, out_dir, formats)
     print(f"report written to {path}")
@@ -273,25 +189,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_store(target: str, runs: str) -> Store:
-    """A run named on the command line: a run directory or URI, else a suite name under
-    `runs` (`report`, `export`)."""
-    from ddbench.storage import Store, is_uri
-
-    given = target.rstrip("/").removesuffix("/results")
-    if is_uri(given) or Path(given).is_dir():
-        return Store(given)
-    return Store(runs).child(given)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
+    from ddbench.execute import run_store
     from ddbench.export import export_run
 
     if not args.jobs and not args.all:
         raise UserError("name the jobs to export (job ids or method labels) or pass --all")
     if args.jobs and args.all:
         raise UserError("give job names or --all, not both")
-    run = _run_store(args.run, args.runs)
+    run = run_store(args.run, args.runs)
     ipcs = [int(i) for i in args.ipc.split(",")] if args.ipc else None
     for done in export_run(run, args.jobs, args.format, Path(args.out), ipcs, args.seed):
         clamped = ""
@@ -345,8 +251,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _include_arg(p: argparse.ArgumentParser) -> None:
+    """`--include`, on the verbs that look plugins up (imported in `main`, before the verb)."""
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a plugin .py file or a folder of them, imported first (repeatable)",
+    )
+
+
 def _execution_args(p: argparse.ArgumentParser) -> None:
     """The options of commands that run a suite (`run`, `eval`)."""
+    _include_arg(p)
     p.add_argument("--address", help="join a Ray cluster (auto, host:6379, ray://host:10001)")
     p.add_argument(
         "--set",
@@ -425,17 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,  # eval seed 0: the draw cross_arch's first model trains on (fixed sampling)
         help="a generator's draw: the one cross_arch's eval seed SEED trains on (default 0)",
     )
+    _include_arg(ex)
     ex.set_defaults(func=cmd_export)
 
     val = sub.add_parser("validate", help="check suites; every located error at once")
     val.add_argument("suites", nargs="+")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _include_arg(val)
     val.set_defaults(func=cmd_validate)
 
     ls = sub.add_parser("ls", help="list registered plugins")
     ls.add_argument("kind", choices=LS_KINDS)
     ls.add_argument("pattern", nargs="?")
     ls.add_argument("-v", "--verbose", action="store_true")
+    _include_arg(ls)
     ls.set_defaults(func=cmd_ls)
 
     rep = sub.add_parser("report", help="write a report from a suite's results")
@@ -463,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "include", None):
+            from ddbench.plugins import include_plugins
+
+            include_plugins(args.include)
         return args.func(args)
     except SuiteError as exc:  # already "file:line: path: message" lines
         print(str(exc), file=sys.stderr)

@@ -220,7 +220,7 @@ def pixels_to_normalised(
 
 
 DatasetLoader = Callable[[Any], RawSplits]
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
+DATASETS: Registry[DatasetLoader] = Registry("dataset", "ddbench.datasets")
 
 
 def dataset_params_model(name: str) -> type[DatasetParams]:

@@ -1,7 +1,9 @@
-"""`ddbench export`: a run's distillates written as plain files that other code can read.
+"""`ddbench export`: a run's distillates written as plain files that other code can read, or
+loaded as a torch `Dataset` (`ddbench.load_distillate`).
 
 What lives here: `export_run` (pick a run's jobs by id or method label, or every evaluated job,
-and write each one) and the three writers behind `--format`:
+and write each one), `load_distillate` (one job's images and labels as a `Distillate`, materialised
+exactly as `export_run` writes them) and the three writers behind `--format`:
 
 - `pt`: `images.pt` and `labels.pt` (`torch.save` of exactly the stored tensors, in the
   dataset's normalised space), `lr.pt` when the distillate learned a learning rate;
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from ddbench import __version__
 from ddbench.artifact import (
@@ -131,6 +134,68 @@ def export_run(
             (directory / META_FILE).write_text(json.dumps(export_meta, indent=2, sort_keys=True))
             done.append(Exported(job_id, str(meta.get("label", "")), ipc, directory, clamped))
     return done
+
+
+class Distillate(TensorDataset):
+    """One distillate as a torch `Dataset` of (image, label): images `[C, H, W]` in the
+    dataset's normalised space (`ddbench.data.normalised_to_pixels(images, meta["mean"],
+    meta["std"])` gives pixels), labels hard (int64) or soft (`[K]` probabilities)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        job_id: str,
+        ipc: int,  # images per class; 0 = the whole train split (whole_dataset)
+        meta: dict[str, Any],  # the artifact's meta.json (dataset, classes, method, seeds, ...)
+        learned_lr: float | None,  # a learning rate distilled with the data; None: none
+        materialised: dict[str, Any] | None,  # how a generator / real subset was drawn
+    ) -> None:
+        super().__init__(images, labels)
+        self.images, self.labels = images, labels
+        self.job_id, self.ipc, self.meta = job_id, ipc, meta
+        self.learned_lr, self.materialised = learned_lr, materialised
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(name) for name in self.meta.get("class_names", [])]
+
+    def __repr__(self) -> str:
+        return (
+            f"Distillate({self.meta.get('label')!r}, job {self.job_id}, ipc={self.ipc}, "
+            f"{len(self)} images {tuple(self.images.shape[1:])})"
+        )
+
+
+def load_distillate(run: Store, name: str, ipc: int | None = None, seed: int = 0) -> Distillate:
+    """The distillate of the job `name` (a job id or a method label) of `run`, as `export_run`
+    would write it: a label naming several jobs is narrowed to those with result rows and to
+    `ipc`; a generator is drawn at `ipc` (default: the one IPC it was evaluated at) with the
+    fixed draw of eval seed `seed`."""
+    from ddbench.runner.work import local_artifact
+
+    metas = _artifact_metas(run)
+    evaluated = _evaluated_ipcs(run)
+    hits = _select(metas, evaluated, [name], run)
+    if ipc is not None:  # per-IPC jobs at that IPC; IPC-independent ones (ipc None) draw at it
+        hits = [j for j in hits if metas[j].get("ipc") in (ipc, None)]
+    hits = [j for j in hits if j in evaluated] or hits  # not prerequisites or subset jobs
+    if len(hits) != 1:
+        found = ", ".join(f"{j} (ipc={metas[j].get('ipc')})" for j in hits) or "none"
+        raise UserError(
+            f"{run.uri}: {name!r} names {len(hits)} jobs at ipc={ipc}: {found}; "
+            "pass ipc= or a job id"
+        )
+    job_id = hits[0]
+    artifact = load_artifact(local_artifact(run, job_id))
+    contents = _contents(
+        artifact, metas[job_id], job_id, evaluated, None if ipc is None else [ipc], seed, {}
+    )
+    if len(contents) != 1:
+        ipcs = [c[0] for c in contents]
+        raise UserError(f"job {job_id} ({artifact.kind}) was evaluated at IPCs {ipcs}: pass ipc=")
+    at, images, labels, how = contents[0]
+    return Distillate(images, labels, job_id, at, metas[job_id], artifact.learned_lr(), how)
 
 
 # --------------------------------------------------------------------------- which jobs

@@ -26,6 +26,7 @@ every evaluated job in `Plan.jobs`, so running the jobs in order meets that cond
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,17 +200,21 @@ def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
     return list(subsets)
 
 
-def make_plan(loaded: LoadedSuite, only: str | None = None) -> Plan:
-    """Expand a validated suite. `only` keeps methods whose name or label matches a glob."""
+def make_plan(loaded: LoadedSuite, only: str | Sequence[str] | None = None) -> Plan:
+    """Expand a validated suite. `only` keeps methods whose name or label matches a glob (or
+    one of several globs)."""
     from ddbench.evals import EVALS
     from ddbench.methods import METHODS
 
     suite = loaded.suite
     plan = Plan(suite.name, loaded)
+    globs = [only] if isinstance(only, str) else list(only or [])
     subsets = _class_subsets(loaded)
     selected = []  # (spec, params, tune, ipc, distill_seed) of every evaluated job
     for spec, params in zip(suite.methods, loaded.method_params, strict=True):
-        if only and not (fnmatch.fnmatch(spec.name, only) or fnmatch.fnmatch(spec.key, only)):
+        if globs and not any(
+            fnmatch.fnmatch(spec.name, glob) or fnmatch.fnmatch(spec.key, glob) for glob in globs
+        ):
             continue
         method = METHODS.get(spec.name)()
         tune = spec.tune

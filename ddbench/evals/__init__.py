@@ -73,7 +73,7 @@ class Evaluator:
         return {}
 
 
-EVALS: Registry[type[Evaluator]] = Registry("evaluator")
+EVALS: Registry[type[Evaluator]] = Registry("evaluator", "ddbench.evals")
 
 
 def register_eval(cls: type[Evaluator]) -> type[Evaluator]:

@@ -80,7 +80,7 @@ class Method:
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", "ddbench.methods")
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -1,10 +1,10 @@
 """Ray itself: start or join a cluster, and check what it can hold.
 
 - `init_ray` / `shutdown_ray`: join a cluster (`--address`) or start a private embedded one on
-  127.0.0.1, with the environment Ray Train needs (`RAY_ENV`), and leave it. Ray's own output
-  stays out of the run's log unless `verbose` (`--verbose`): workers' output is not forwarded
-  to the driver (their progress comes through `ddbench.runner.train.ProgressInbox`) and the
-  driver's `ray` loggers show errors only;
+  127.0.0.1, with the environment Ray Train needs (`RAY_ENV`) and the `--include` plugin files
+  (`plugin_runtime_env`), and leave it. Ray's own output stays out of the run's log unless
+  `verbose` (`--verbose`): workers' output is not forwarded to the driver (their progress comes
+  through `ddbench.runner.train.ProgressInbox`) and the driver's `ray` loggers show errors only;
 - `alive_nodes`: node id -> total resources, what the scheduler packs units onto;
 - `check_resources`: stop before any work when no node could ever hold what the suite asks for;
 - `cell_task`: one eval cell as a Ray task, its rows naming the node (`node_name`).
@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddbench.errors import UserError
 from ddbench.plan import EvalCell
+from ddbench.plugins import PLUGIN_MODULES_ENV, included_paths, plugin_files
 from ddbench.runner.resources import unplaceable
 from ddbench.runner.work import Log, run_cell
 from ddbench.storage import Store
@@ -58,6 +61,20 @@ def _log_env(verbose: bool) -> dict[str, str]:
     return {"RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0"}
 
 
+def plugin_runtime_env(include: Sequence[str | Path]) -> dict[str, Any]:
+    """The runtime-environment keys that bring `--include` plugin files to every Ray worker:
+    each file (helpers too) as a single-file `py_modules` entry, which Ray uploads once and puts
+    on the workers' import path, and the plugin modules' names in `PLUGIN_MODULES_ENV`, which
+    each registry imports on its first lookup (`ddbench.plugins`)."""
+    plugins, shipped = plugin_files(include)
+    if not plugins:
+        return {}
+    return {
+        "py_modules": [str(file) for file in shipped],
+        "env_vars": {PLUGIN_MODULES_ENV: ",".join(file.stem for file in plugins)},
+    }
+
+
 def init_ray(
     address: str | None,
     num_cpus: int | None = None,
@@ -69,6 +86,9 @@ def init_ray(
     dashboard is the cluster's business). `verbose` forwards Ray's workers' output (Train
     controllers, Tune, the placement-group cleaner's polling) and the driver's Ray warnings to
     the console; otherwise only ddbench's own lines are shown (Ray's session logs keep the rest).
+    The plugin files this process imported with `--include` reach every worker through the
+    job's runtime environment (`plugin_runtime_env`); entry-point plugins are installed
+    packages, needed on every node.
 
     The environment is set before ray is imported: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
     once, at import. The embedded cluster sets it to 0 (single-node mode), without which Ray
@@ -81,7 +101,11 @@ def init_ray(
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    runtime_env = {"env_vars": dict(RAY_ENV)}
+    plugins = plugin_runtime_env(included_paths())
+    runtime_env: dict[str, Any] = {
+        **plugins,
+        "env_vars": {**RAY_ENV, **plugins.get("env_vars", {})},
+    }
     shown = {"logging_level": "WARNING" if verbose else "ERROR", "log_to_driver": verbose}
     try:
         if address:
