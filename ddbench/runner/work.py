@@ -566,6 +566,13 @@ def count(
     summary.changed_jobs.add(cell.job.job_id)
     if status != "ok":
         summary.cells_failed += 1
+    log.counts(summary)
+    if not shown:
+        return
+    if status == "ok":
+        log(f"{summary.tally()} ok {cell.describe()}")
+    else:
+        log.problem(f"{summary.tally()} {status} {cell.describe()}: {cause or 'no cause given'}")
 
 
 def fail_cells(
