@@ -311,10 +311,14 @@ def protocol_sections(summary: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
         return shared, lines
     with_own = own["method_label"].unique().to_list()
     view = pl.concat([own, shared.filter(~pl.col("method_label").is_in(with_own))])
+    # a method with a paper protocol of its own that this run did not evaluate it under
+    missing = [m for m in view["method"].unique().to_list() if METHODS.get(m).paper_protocol]
     view = view.with_columns(
-        method_label=pl.when(pl.col("protocol") == SHARED)
-        .then(pl.col("method_label"))
-        .otherwise(pl.col("method_label") + " (" + pl.col("protocol") + ")")
+        method_label=pl.when(pl.col("protocol") != SHARED)
+        .then(pl.col("method_label") + " (" + pl.col("protocol") + ")")
+        .when(pl.col("method").is_in(missing))
+        .then(pl.col("method_label") + " (shared: its paper protocol not run)")
+        .otherwise(pl.col("method_label"))
     )
     changes = []
     for method in sorted(own["method"].unique().to_list()):

@@ -238,7 +238,7 @@ def test_report_shows_a_table_per_protocol_and_the_papers_numbers(tmp_path):
     assert "| dim | 90.0 ± 0.0 (2) |" in shared and "97.0" not in shared
     assert "- `paper:dim`: the shared params with sampling: fresh" in paper
     assert "| dim (paper:dim) | 97.0 ± 0.0 (2) |" in paper
-    assert "| cgan | 80.0 ± 0.0 (2) |" in paper  # no paper rows: its shared ones, unlabelled
+    assert "| cgan (shared: its paper protocol not run) | 80.0 ± 0.0 (2) |" in paper
     published = text.split("## Published numbers beside ddbench")[1]
     dim_line = next(line for line in published.splitlines() if line.startswith("| dim |"))
     assert "97.0 ± 0.0 (2) | 98.6 ± 0.2 | paper:dim | DiM" in dim_line
