@@ -313,8 +313,8 @@ def _cells(
             named = [] if protocol == SHARED else [protocol]
             key = to_json([name, evaluator.version, eval_params, eval_ipc, cell, *named])
             inputs = tuple(
-                (key_, inputs_of[job.job_id][classes])
-                for key_, classes in sorted(evaluator.inputs(cell, params).items())
+                (input_key, inputs_of[job.job_id][classes])
+                for input_key, classes in sorted(evaluator.inputs(cell, params).items())
             )
             cells.append(
                 EvalCell(
