@@ -146,7 +146,7 @@ def rows(run: Run, runs: str | Path = "runs") -> pl.DataFrame:
     """
     from ddbench.report import load_rows
 
-    return load_rows(_store(run, runs))
+    return load_rows(_store(run, runs))[0]  # the unreadable files' names are the report's
 
 
 def report(

@@ -211,40 +211,50 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ddbench.tracking import default_tracking_uri, leaderboard
+    """`ddbench leaderboard`: MLflow finds the runs' stores, the report's Polars code
+    (`report.leaderboard_table`) aggregates their rows, one line per protocol config."""
+    from ddbench.protocols import PROTOCOL_PARAMS
+    from ddbench.report import leaderboard_table
+    from ddbench.tracking import default_tracking_uri, leaderboard_rows
 
     fmt = args.format
     if fmt not in ("md", "csv", "json"):
         raise UserError(f"--format {fmt!r}: use md, csv or json")
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--where {item!r}: use KEY=VALUE (e.g. labels=teacher)")
+        where[key] = value
     uri = args.tracking_uri or default_tracking_uri(args.runs)
-    table = leaderboard(uri, suite=args.suite, dataset=args.dataset, metric=args.metric)
+    rows = leaderboard_rows(
+        uri, args.runs, args.suite, args.dataset, lambda line: print(line, file=sys.stderr)
+    )
+    if rows.is_empty():
+        raise UserError(f"no job runs with result rows in MLflow at {uri}")
+    table = leaderboard_table(rows, args.metric, protocol=args.protocol, where=where)
     if table.is_empty():
-        raise UserError(f"no job runs with metric {args.metric!r} in MLflow at {uri}")
+        raise UserError(f"no {args.metric!r} rows match the filters")
     if fmt == "csv":
-        print(table.write_csv(), end="")
+        print(table.drop("eval_params").write_csv(), end="")
     elif fmt == "json":
         print(table.write_json())
     else:
-        header = [
-            "dataset",
-            "ipc",
-            "method",
-            "arch",
-            f"{args.metric} % (n)",
-            "artifact bytes",
-            "distill s",
-            "suite",
-            "run",
-        ]
+        header = ["dataset", "ipc", "method", "arch", "protocol", *PROTOCOL_PARAMS]
+        header += [f"{args.metric} % (n)", "artifact bytes", "distill s", "total s", "suites"]
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for r in table.iter_rows(named=True):
-            print(
-                f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['arch']} | "
-                f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({r['n']}) | "
-                f"{r['artifact_bytes']:,} | {r['distill_seconds']:.1f} | {r['suite']} | "
-                f"{r['run']} |"
-            )
+            cells = [str(r[k]) for k in ("dataset", "ipc", "method", "arch", "protocol")]
+            cells += [str(r[k]) if r[k] is not None else "–" for k in PROTOCOL_PARAMS]
+            cells += [
+                f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({r['n']})",
+                f"{r['artifact_bytes']:,}",
+                f"{r['distill_seconds']:.1f}",
+                f"{r['total_seconds']:.1f}",
+                r["suites"],
+            ]
+            print("| " + " | ".join(cells) + " |")
     return EXIT_OK
 
 
@@ -370,12 +380,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=cmd_report)
 
-    lb = sub.add_parser("leaderboard", help="best-known results from MLflow")
+    lb = sub.add_parser(
+        "leaderboard", help="mean ± std (n) per method and protocol over the runs MLflow knows"
+    )
     lb.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<runs>/mlflow.db)")
     lb.add_argument("--runs", default="runs", help="output root holding the default store")
     lb.add_argument("--suite", help="only this suite (MLflow experiment)")
     lb.add_argument("--dataset", help="only this dataset")
     lb.add_argument("--metric", default="top1")
+    lb.add_argument("--protocol", help="only these protocols: a name or glob (shared, paper:*)")
+    lb.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only rows whose column or eval param KEY is VALUE (labels=teacher, augment=false)",
+    )
     lb.add_argument("--format", default="md", help="md, csv or json")
     lb.set_defaults(func=cmd_leaderboard)
     return p

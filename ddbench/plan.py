@@ -7,8 +7,14 @@ params' `execution_fields`, dataset and its params, ipc, distill seed, suite see
 has equal ids across suites and reruns.
 A method's `dependencies` (e.g. d2m's pre-trained cgan generator) become jobs of their own, placed
 before the jobs that need them and shared when identical; they are evaluated only when the suite
-lists them. An `EvalCell` is one unit of an evaluator's work on one job at one IPC; its file under
+lists them. An `EvalCell` is one unit of an evaluator's work on one job at one IPC under one
+evaluation protocol (`Evaluator.protocols`: `cross_arch` may evaluate a job under the shared
+protocol and its method's paper protocol, `ddbench.protocols`); its file under
 `results/<evaluator>/<job_id>/` is named by the hash of what determines its rows.
+
+A tuned job's selection (`ddbench.tuning`) scores its trials under the protocol the suite's
+first `cross_arch` entry reports the method with (its paper protocol under `paper` or `both`),
+unless the tune block sets `eval_sampling` / `eval_labels` itself (`_selection_spec`).
 
 Class subsets (continual learning). An evaluator may ask, per cell, for the cell's method to be
 distilled on subsets of the classes (`Evaluator.inputs(cell, params) -> {key: classes}`). For
@@ -30,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddbench.protocols import SHARED
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash
 from ddbench.spec import LoadedSuite, TuneSpec
@@ -51,6 +58,8 @@ class DistillJob:
     tune: TuneSpec | None = None  # a Ray Tune sweep picks this job's params (ddbench.tuning)
     depends: tuple[tuple[str, str], ...] = ()  # (key, job_id) of prerequisite jobs
     classes: tuple[int, ...] | None = None  # distil on these classes only (None: all classes)
+    # the protocol name of a tuned job's selection rows (`_selection_spec`); not in the job id
+    selection_protocol: str = "shared"
 
     @property
     def params_json(self) -> str:
@@ -67,6 +76,7 @@ class EvalCell:
     cell: dict[str, Any]
     cell_id: str
     inputs: tuple[tuple[str, str], ...] = ()  # (key, job_id) of class-subset jobs the cell reads
+    protocol: str = "shared"  # the evaluation protocol of its rows (`ddbench.protocols`)
 
     @property
     def relpath(self) -> str:
@@ -74,7 +84,8 @@ class EvalCell:
 
     def describe(self) -> str:
         keys = " ".join(f"{k}={v}" for k, v in self.cell.items())
-        return f"{self.evaluator} {self.job.label} ipc={ipc_text(self.ipc)} {keys}"
+        shown = "" if self.protocol == SHARED else f" [{self.protocol}]"
+        return f"{self.evaluator}{shown} {self.job.label} ipc={ipc_text(self.ipc)} {keys}"
 
 
 def ipc_text(ipc: int | None) -> str:
@@ -110,6 +121,7 @@ def _make_job(
     plan: Plan,
     evaluate: bool,
     classes: tuple[int, ...] | None = None,
+    selection_protocol: str = SHARED,  # `DistillJob.selection_protocol` of a tuned job
 ) -> DistillJob:
     """Create a job (and, first, the jobs it depends on); identical jobs are shared.
 
@@ -166,6 +178,7 @@ def _make_job(
         tune=tune,
         depends=tuple(sorted(depends.items())),
         classes=classes,
+        selection_protocol=selection_protocol,
     )
     known = {j.job_id: i for i, j in enumerate(plan.jobs)}
     if job.job_id in known:  # an identical job exists: keep one, evaluated if either asks
@@ -184,8 +197,49 @@ TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
 
 
 def _tune_identity(tune: TuneSpec | None) -> dict[str, Any] | None:
-    """What of a tune block enters the job id."""
-    return None if tune is None else tune.model_dump(mode="json", exclude=TUNE_EXECUTION_FIELDS)
+    """What of a tune block (resolved by `_selection_spec`) enters the job id. `eval_sampling`
+    enters only when it is not `fixed`, so blocks scored as before keep their ids."""
+    if tune is None:
+        return None
+    exclude = set(TUNE_EXECUTION_FIELDS) | (
+        {"eval_sampling"} if tune.eval_sampling == "fixed" else set()
+    )
+    return tune.model_dump(mode="json", exclude=exclude)
+
+
+def _selection_spec(
+    tune: TuneSpec | None, method_name: str, loaded: LoadedSuite
+) -> tuple[TuneSpec | None, str]:
+    """A tune block with its selection protocol filled in, and that protocol's name.
+
+    Unset `eval_sampling` / `eval_labels` (None) take the protocol the suite's first
+    `cross_arch` entry reports the method with: its last protocol, i.e. the paper one under
+    `paper` or `both` (the method's params are chosen for the protocol of its own paper), with
+    that entry's teacher settings under teacher labels; without such an entry, fixed sampling
+    and hard labels. A block that sets either itself is named `tune` (its own protocol)."""
+    from ddbench.evals import EVALS
+    from ddbench.evals.cross_arch import CrossArch, CrossArchParams
+    from ddbench.methods import METHODS
+
+    if tune is None:
+        return None, SHARED
+    name, protocol = SHARED, CrossArchParams()
+    for espec, eparams in zip(loaded.suite.evals, loaded.eval_params, strict=True):
+        if espec.name == CrossArch.name:
+            evaluator = EVALS.get(espec.name)()
+            name, protocol = evaluator.protocols(eparams, METHODS.get(method_name))[-1]
+            break
+    update: dict[str, Any] = {}
+    if tune.eval_sampling is None:
+        update["eval_sampling"] = protocol.sampling
+    if tune.eval_labels is None:
+        update["eval_labels"] = protocol.labels
+        if protocol.labels == "teacher":  # the same teacher as cross_arch's: one cached model
+            update["eval_temperature"] = protocol.temperature
+            update["eval_teacher_arch"] = protocol.teacher_arch
+            update["eval_teacher_epochs"] = protocol.teacher_epochs
+    own = tune.eval_sampling is not None or tune.eval_labels is not None
+    return tune.model_copy(update=update), "tune" if own else name
 
 
 def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
@@ -217,41 +271,73 @@ def make_plan(loaded: LoadedSuite, only: str | Sequence[str] | None = None) -> P
         ):
             continue
         method = METHODS.get(spec.name)()
-        tune = spec.tune
+        tune, selection = _selection_spec(spec.tune, spec.name, loaded)
         job_ipcs: list[int | None] = [None] if method.ipc_independent else list(suite.ipc)
         for distill_seed in suite.distill_seeds:
             for ipc in job_ipcs:
-                selected.append((spec, params.model_dump(mode="json"), tune, ipc, distill_seed))
+                selected.append(
+                    (spec, params.model_dump(mode="json"), tune, selection, ipc, distill_seed)
+                )
     # subset jobs first (see the module docstring), then the evaluated jobs
     subset_ids: list[dict[tuple[int, ...], str]] = []
-    for spec, params, tune, ipc, seed in selected:
+    for spec, params, tune, selection, ipc, seed in selected:
         args = (loaded, spec.name, spec.key, params, ipc, seed, tune, plan)
-        subset_ids.append({c: _make_job(*args, evaluate=False, classes=c).job_id for c in subsets})
+        subset_ids.append(
+            {
+                c: _make_job(*args, evaluate=False, classes=c, selection_protocol=selection).job_id
+                for c in subsets
+            }
+        )
     inputs_of: dict[str, dict[tuple[int, ...], str]] = {}  # evaluated job id -> subset job ids
-    for (spec, params, tune, ipc, seed), ids in zip(selected, subset_ids, strict=True):
-        job = _make_job(loaded, spec.name, spec.key, params, ipc, seed, tune, plan, evaluate=True)
+    for (spec, params, tune, selection, ipc, seed), ids in zip(selected, subset_ids, strict=True):
+        args = (loaded, spec.name, spec.key, params, ipc, seed, tune, plan)
+        job = _make_job(*args, evaluate=True, selection_protocol=selection)
         inputs_of[job.job_id] = ids
     for job in plan.jobs:
         for espec, eparams in zip(suite.evals, loaded.eval_params, strict=True):
             evaluator = EVALS.get(espec.name)()
-            eval_params = eparams.model_dump(mode="json")
-            for eval_ipc in job.eval_ipcs:
-                for cell in evaluator.cells(eparams, suite.resources.eval.device):
-                    key = to_json([espec.name, evaluator.version, eval_params, eval_ipc, cell])
-                    inputs = tuple(
-                        (name, inputs_of[job.job_id][classes])
-                        for name, classes in sorted(evaluator.inputs(cell, eparams).items())
-                    )
-                    plan.cells.append(
-                        EvalCell(
-                            job,
-                            espec.name,
-                            evaluator.version,
-                            eval_params,
-                            eval_ipc,
-                            cell,
-                            content_hash(key),
-                            inputs,
-                        )
-                    )
+            for protocol, pparams in evaluator.protocols(eparams, METHODS.get(job.method)):
+                plan.cells += _cells(plan, job, espec.name, protocol, pparams, inputs_of)
     return plan
+
+
+def _cells(
+    plan: Plan,
+    job: DistillJob,
+    name: str,
+    protocol: str,
+    params: Any,
+    inputs_of: dict[str, dict[tuple[int, ...], str]],
+) -> list[EvalCell]:
+    """The cells of evaluator `name` on `job` under one protocol, at each of its IPCs.
+
+    The cell id hashes the evaluator, its version, the eval params (without the plan fields),
+    the IPC and the cell, plus the protocol's name unless it is `shared` (so cells of the
+    shared protocol keep the ids they had before protocols were named)."""
+    from ddbench.evals import EVALS
+
+    evaluator = EVALS.get(name)()
+    eval_params = params.model_dump(mode="json", exclude=set(params.plan_fields))
+    cells = []
+    for eval_ipc in job.eval_ipcs:
+        for cell in evaluator.cells(params, plan.loaded.suite.resources.eval.device):
+            named = [] if protocol == SHARED else [protocol]
+            key = to_json([name, evaluator.version, eval_params, eval_ipc, cell, *named])
+            inputs = tuple(
+                (input_key, inputs_of[job.job_id][classes])
+                for input_key, classes in sorted(evaluator.inputs(cell, params).items())
+            )
+            cells.append(
+                EvalCell(
+                    job,
+                    name,
+                    evaluator.version,
+                    eval_params,
+                    eval_ipc,
+                    cell,
+                    content_hash(key),
+                    inputs,
+                    protocol,
+                )
+            )
+    return cells

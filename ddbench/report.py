@@ -7,8 +7,18 @@ a local directory or a URI) and writes `<out_dir>/README.md` (markdown tables: t
 test-split, final-epoch accuracies in percent (the rows hold fractions in [0, 1]). Add a section
 by adding a function that takes the rows DataFrame and returns markdown lines.
 
+Every number belongs to one evaluation protocol (`protocol`, `eval_config` columns;
+`ddbench.protocols`) and no aggregate mixes two: the main tables are one set per protocol, the
+shared protocol's (every method trained alike) and, when the run has any, each method's paper
+protocol (the methods whose paper protocol is the shared one appear there with their shared
+rows), each saying what it is. `published_section` sets the papers' own numbers
+(`Method.published`) beside ddbench's where the run's dataset has them, and says where the run's
+protocol is not the paper's. The cost table counts a job's prerequisites (d2m's cgan, d4m's
+diffusion model: `prerequisite_seconds`). `leaderboard_table` is `ddbench leaderboard`: the same
+aggregation over rows of many runs, one line per (dataset, IPC, method, arch, protocol config).
+
 `other_configs_section` shows the rows of the eval params left out of the main tables (only the
-latest config of an evaluator is there) one table per config.
+latest config of an evaluator per protocol is there) one table per config.
 `cross_arch_section` adds `cross_arch_heatmap.png`: top1 per method x arch, a panel per IPC.
 With `html` in `formats`, `ddbench.report_html` writes the same markdown as one self-contained
 `report.html` (a new section needs no HTML code).
@@ -24,12 +34,14 @@ suite runs 5 and 10 steps side by side; the tables never mix them).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path, PurePosixPath
 
 import polars as pl
 
 from ddbench.errors import UserError
+from ddbench.protocols import PROTOCOL_PARAMS, SHARED, eval_config, paper_name
 from ddbench.report_html import write_html
 from ddbench.schema import read_readable, result_files
 from ddbench.storage import Store
@@ -49,7 +61,7 @@ def load_rows(run: Store) -> tuple[pl.DataFrame, list[str]]:
         raise UserError(
             f"no readable result files under {run.location('results')}{damaged}: run the suite"
         )
-    return rows, unreadable
+    return fill_protocol(rows), unreadable
 
 
 def unreadable_section(unreadable: list[str]) -> list[str]:
@@ -64,6 +76,34 @@ def unreadable_section(unreadable: list[str]) -> list[str]:
         "",
     ]
     return [*lines, *(f"- `{rel}`" for rel in unreadable), ""]
+
+
+def fill_protocol(rows: pl.DataFrame) -> pl.DataFrame:
+    """Rows with `protocol` and `eval_config` set also where files written before those
+    columns existed hold nulls: such rows were measured with their entry's params as written
+    (`shared`), and their config hash is computed from their eval params."""
+    if rows.is_empty() or not rows["eval_config"].is_null().any():
+        return rows
+    configs = {
+        key: eval_config(*key)
+        for key in rows.select("evaluator", "eval_version", "eval_params").unique().iter_rows()
+    }
+    hashed = pl.struct("evaluator", "eval_version", "eval_params").map_elements(
+        lambda r: configs[(r["evaluator"], r["eval_version"], r["eval_params"])],
+        return_dtype=pl.String,
+    )
+    return rows.with_columns(
+        protocol=pl.col("protocol").fill_null(SHARED),
+        eval_config=pl.col("eval_config").fill_null(hashed),
+    )
+
+
+def protocol_params(rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` with one string column per `PROTOCOL_PARAMS` entry (labels, sampling, augment,
+    epochs), read from `eval_params`; null where the evaluator has no such param."""
+    return rows.with_columns(
+        pl.col("eval_params").str.json_path_match(f"$.{key}").alias(key) for key in PROTOCOL_PARAMS
+    )
 
 
 def latest_config(
@@ -123,8 +163,14 @@ def other_configs_section(every: pl.DataFrame, shown: pl.DataFrame) -> list[str]
     return lines
 
 
-def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> pl.DataFrame:
-    """mean, std, n of a metric per (method_label, ipc, arch), over eval seeds and distill seeds.
+def summarise(
+    rows: pl.DataFrame,
+    metric: str = "top1",
+    split: str = "test",
+    by: tuple[str, ...] = ("protocol", "eval_config"),  # never average two protocols' numbers
+) -> pl.DataFrame:
+    """mean, std, n of a metric per (method_label, ipc, arch, *by), over eval seeds and
+    distill seeds, with the costs of the distillates (own and prerequisite distill seconds).
     Per-step (continual) rows are left to `continual_section`."""
     ok = rows.filter(
         (pl.col("status") == "ok")
@@ -134,13 +180,16 @@ def summarise(rows: pl.DataFrame, metric: str = "top1", split: str = "test") -> 
         & pl.col("step").is_null()
     )
     return (
-        ok.group_by("dataset", "method_label", "method", "ipc", "arch")
+        ok.group_by("dataset", "method_label", "method", "ipc", "arch", *by)
         .agg(
             *mean_std_n(),
             pl.col("artifact_bytes").first(),
             pl.col("distill_seconds").mean(),
+            pl.col("prerequisite_seconds").mean(),
+            pl.col("eval_params").first(),
+            pl.col("suite").unique().sort().str.join(", ").alias("suites"),
         )
-        .sort("ipc", "method_label", "arch")
+        .sort("ipc", "method_label", "arch", *by)
     )
 
 
@@ -221,24 +270,208 @@ def gain_table(summary: pl.DataFrame) -> list[str]:
 
 
 def cost_table(summary: pl.DataFrame) -> list[str]:
+    """Bytes and seconds of each distillate: its own distill seconds, its prerequisites' (d2m's
+    cgan, d4m's diffusion model; – on rows written before they were recorded) and the total."""
     costs = (
         summary.group_by("method_label", "ipc")
-        .agg(pl.col("artifact_bytes").first(), pl.col("distill_seconds").first())
+        .agg(
+            pl.col("artifact_bytes").first(),
+            pl.col("distill_seconds").first(),
+            pl.col("prerequisite_seconds").first(),
+        )
         .sort("ipc", "method_label")
     )
-    body = [
-        [
-            r["method_label"],
-            str(r["ipc"]),
-            f"{r['artifact_bytes']:,}",
-            f"{r['distill_seconds']:.1f}",
-        ]
-        for r in costs.iter_rows(named=True)
-    ]
+    body = []
+    for r in costs.iter_rows(named=True):
+        own, before = r["distill_seconds"], r["prerequisite_seconds"]
+        body.append(
+            [
+                r["method_label"],
+                str(r["ipc"]),
+                f"{r['artifact_bytes']:,}",
+                f"{own:.1f}",
+                "–" if before is None else f"{before:.1f}",
+                f"{own + (before or 0.0):.1f}",
+            ]
+        )
+    header = ["method", "ipc", "artifact bytes", "distill s", "prerequisites s", "total s"]
     return (
-        ["## Cost of each distillate", ""]
-        + _markdown_table(["method", "ipc", "artifact bytes", "distill seconds"], body)
+        [
+            "## Cost of each distillate",
+            "",
+            "Distill seconds of the job itself, of the jobs it starts from (d2m's cgan, d4m's "
+            "diffusion model) and their total: the whole cost of the distillate.",
+            "",
+        ]
+        + _markdown_table(header, body)
         + [""]
+    )
+
+
+def protocol_sections(summary: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """The main tables, one set per protocol, and the shared protocol's summary (gain, cost and
+    plots use it). With paper-protocol rows, a second set shows each method under its paper's
+    protocol (methods whose paper protocol is the shared one with their shared rows), each
+    non-shared row labelled with its protocol, and a list of what each protocol changes."""
+    from ddbench.methods import METHODS
+
+    shared = summary.filter(pl.col("protocol") == SHARED)
+    own = summary.filter(pl.col("protocol") != SHARED)
+    lines: list[str] = []
+    if not shared.is_empty():
+        settings = _settings(shared["eval_params"][0])
+        lines += [
+            "## Top-1 by method and architecture: shared protocol",
+            "",
+            f"Every method trained with the same evaluation params ({settings}).",
+            "",
+            *pivot_tables(shared),
+        ]
+    if own.is_empty():
+        return shared, lines
+    with_own = own["method_label"].unique().to_list()
+    view = pl.concat([own, shared.filter(~pl.col("method_label").is_in(with_own))])
+    # a method with a paper protocol of its own that this run did not evaluate it under
+    missing = [m for m in view["method"].unique().to_list() if METHODS.get(m).paper_protocol]
+    view = view.with_columns(
+        method_label=pl.when(pl.col("protocol") != SHARED)
+        .then(pl.col("method_label") + " (" + pl.col("protocol") + ")")
+        .when(pl.col("method").is_in(missing))
+        .then(pl.col("method_label") + " (shared: its paper protocol not run)")
+        .otherwise(pl.col("method_label"))
+    )
+    changes = []
+    for method in sorted(own["method"].unique().to_list()):
+        paper = METHODS.get(method).paper_protocol
+        what = ", ".join(f"{k}: {v}" for k, v in sorted(paper.items()))
+        changes.append(f"- `{paper_name(method)}`: the shared params with {what}")
+    lines += [
+        "## Top-1 by method and architecture: each method's paper protocol",
+        "",
+        "Each method evaluated the way its paper evaluates it (`Method.paper_protocol`); a "
+        "method whose paper uses the DC recipe with hard labels has its shared-protocol rows "
+        "here. Protocols other than the shared one:",
+        "",
+        *changes,
+        "",
+        *pivot_tables(view),
+    ]
+    return shared, lines
+
+
+def _settings(eval_params: str) -> str:
+    """`labels: hard, sampling: fixed, ...`: the protocol params of one eval params JSON."""
+    params = json.loads(eval_params)
+    return ", ".join(f"{k}: {params[k]}" for k in PROTOCOL_PARAMS if k in params)
+
+
+def published_section(summary: pl.DataFrame) -> list[str]:
+    """The papers' reported ConvNet top-1 (`Method.published`) beside ddbench's `convnet`
+    number under the paper's protocol, for the run's dataset and IPCs. Where the run has no rows
+    under the paper's protocol, ddbench's shared-protocol number is shown and the note says so;
+    the note also names protocol params that differ from the DC recipe's defaults (epochs,
+    augmentation). Empty when no method of the run has a published number for its dataset."""
+    from ddbench.evals.cross_arch import CrossArchParams
+    from ddbench.methods import METHODS
+
+    convnet = summary.filter(pl.col("arch") == "convnet")
+    body = []
+    for (method, label, dataset, ipc), rows in sorted(
+        convnet.group_by("method", "method_label", "dataset", "ipc"), key=_key
+    ):
+        cls = METHODS.get(method)
+        reported = [p for p in cls.published if (p.dataset, p.ipc) == (dataset, ipc)]
+        if not reported:
+            continue
+        own = paper_name(method) if cls.paper_protocol else SHARED
+        matched = rows.filter(pl.col("protocol") == own)
+        shown = matched if len(matched) else rows.filter(pl.col("protocol") == SHARED)
+        if shown.is_empty():
+            continue
+        r = shown.row(0, named=True)
+        expected = {**CrossArchParams().model_dump(), **cls.paper_protocol}
+        params = json.loads(r["eval_params"])
+        differs = [
+            f"{k} {params[k]} (paper: {expected[k]})"
+            for k in PROTOCOL_PARAMS
+            if k in params and params[k] != expected[k]
+        ]
+        note = (
+            "; ".join(differs)
+            if len(matched)
+            else f"not run under `{own}`: " + ("; ".join(differs) or "shared protocol")
+        )
+        for p in reported:
+            paper = f"{p.top1:.1f}" + ("" if p.std is None else f" ± {p.std:.1f}")
+            body.append(
+                [label, str(ipc), _cell(r["mean"], r["std"], r["n"]), paper, own, p.source]
+                + [note or "same protocol"]
+            )
+    if not body:
+        return []
+    return [
+        "## Published numbers beside ddbench",
+        "",
+        "ConvNet test top-1 (%): ddbench's under the paper's protocol beside the number the "
+        "paper reports (`Method.published`). The papers train on the whole train split "
+        "(ddbench holds 10 % out as val) with their own code, so compare trends, not decimals; "
+        "the note names where this run's protocol is not the paper's.",
+        "",
+        *_markdown_table(["method", "ipc", "ddbench", "paper", "protocol", "source", "note"], body),
+        "",
+    ]
+
+
+LEADERBOARD_KEY = (  # one measured number: rows of the same cell read from two stores count once
+    "job_id",
+    "evaluator",
+    "eval_config",
+    "ipc",
+    "arch",
+    "eval_seed",
+    "step",
+    "split",
+    "metric",
+)
+
+
+def leaderboard_table(
+    rows: pl.DataFrame,
+    metric: str = "top1",
+    split: str = "test",  # reported numbers: test; selection reads val only
+    protocol: str | None = None,  # glob over protocol names (`paper:*`); None = every protocol
+    where: dict[str, str] | None = None,  # column or eval param -> value (as text)
+) -> pl.DataFrame:
+    """`ddbench leaderboard`: mean ± std (n) of `metric` per (dataset, IPC, method, arch,
+    evaluator, protocol config) over distill seeds and eval seeds, from the rows of any number
+    of runs (duplicates of a cell, by `LEADERBOARD_KEY`, counted once: the latest), with the
+    protocol columns (`protocol`, labels, sampling, augment, epochs) and costs. Numbers of two
+    protocols or configs are never averaged together."""
+    from ddbench.tuning import SELECTION
+
+    rows = protocol_params(fill_protocol(rows)).filter(pl.col("evaluator") != SELECTION)
+    rows = rows.sort("created_at").unique(subset=list(LEADERBOARD_KEY), keep="last")
+    if protocol is not None:
+        names = [n for n in rows["protocol"].unique().to_list() if fnmatch.fnmatch(n, protocol)]
+        rows = rows.filter(pl.col("protocol").is_in(names))
+    for key, value in (where or {}).items():
+        column = (
+            pl.col(key).cast(pl.String)
+            if key in rows.columns
+            else pl.col("eval_params").str.json_path_match(f"$.{key}")
+        )
+        rows = rows.filter(column == value)
+    table = summarise(
+        rows, metric, split, by=("evaluator", "protocol", "eval_config", *PROTOCOL_PARAMS)
+    )
+    return (
+        table.drop("method")  # the label names the entry (two configs of one method differ)
+        .rename({"method_label": "method"})
+        .with_columns(
+            total_seconds=pl.col("distill_seconds") + pl.col("prerequisite_seconds").fill_null(0.0)
+        )
+    ).sort(
+        "dataset", "ipc", "arch", "protocol", "mean", descending=[False, False, False, False, True]
     )
 
 
@@ -559,9 +792,10 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     # Tune's selection rows differ in eval params per trial: shown apart, never "left out"
     selection = loaded.filter(pl.col("evaluator") == SELECTION)
     every = loaded.filter(pl.col("evaluator") != SELECTION)  # DD-Ranking reads every config
-    rows, left_out = latest_config(every)
+    rows, left_out = latest_config(every, by=("protocol",))
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(rows)
+    every_protocol = summarise(rows)
+    summary, protocol_lines = protocol_sections(every_protocol)
     suite = rows["suite"].drop_nulls().first() or PurePosixPath(run.uri).name
     status = rows.group_by("status").len().sort("status")
     counts = ", ".join(f"{r['len']} {r['status']}" for r in status.iter_rows(named=True))
@@ -576,12 +810,13 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
         lines += [
             f"{left_out} rows measured with other evaluation params (an earlier run, or another "
             "entry of the same evaluator) are left out of the main tables (each evaluator is "
-            "shown with the params of its latest run); they are under Other evaluation configs.",
+            "shown with the params of its latest run per protocol); they are under Other "
+            "evaluation configs.",
             "",
         ]
-    if not summary.is_empty():  # a continual-only suite has just its own section
-        lines += ["## Top-1 by method and architecture", ""]
-        lines += pivot_tables(summary)
+    if protocol_lines:  # a continual-only suite has just its own section
+        lines += protocol_lines
+        lines += published_section(every_protocol)
         lines += gain_table(summary)
         lines += cost_table(summary)
     plot = plot_accuracy_vs_ipc(summary, out_dir / "accuracy_vs_ipc.png")
@@ -591,7 +826,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     lines += cross_arch_section(summary, out_dir)
     lines += continual_section(rows, out_dir)
     lines += nas_section(rows, out_dir)
-    lines += dd_ranking_section(every)
+    lines += dd_ranking_section(every.filter(pl.col("protocol") == SHARED))
     lines += tune_section(selection, out_dir)
     grids = write_grids(run, rows, out_dir)
     if grids:
@@ -607,7 +842,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     if "csv" in formats:
-        summary.write_csv(out_dir / "summary.csv")
+        every_protocol.write_csv(out_dir / "summary.csv")
     if "html" in formats:
         write_html("\n".join(lines), out_dir)
     return path

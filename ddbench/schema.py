@@ -33,9 +33,15 @@ RESULT_SCHEMA = pa.schema(
         ("distill_seed", pa.int32()),
         ("artifact_bytes", pa.int64()),
         ("distill_seconds", pa.float64()),
+        # seconds of the job's prerequisite jobs (d2m's cgan, d4m's diffusion model), from their
+        # artifacts' meta; 0 without any; null on rows written before the column existed
+        ("prerequisite_seconds", pa.float64()),
         ("evaluator", pa.string()),
         ("eval_version", pa.int16()),
         ("eval_params", pa.string()),
+        # the evaluation protocol: `shared` or `paper:<method>` (ddbench.protocols)
+        ("protocol", pa.string()),
+        ("eval_config", pa.string()),  # hash of evaluator, version and eval_params (protocols)
         ("arch", pa.string()),
         ("eval_seed", pa.int32()),
         ("step", pa.int32()),
@@ -53,7 +59,10 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(RESULT_SCHEMA.names)
-NULLABLE = {"arch", "eval_seed", "step", "error", "node"}
+# columns that may be null (`make_row` requires the others). Rows read back from files written
+# before `protocol`, `eval_config` and `prerequisite_seconds` existed hold nulls there;
+# `prerequisite_seconds` is also null when the distillation failed.
+NULLABLE = {"arch", "eval_seed", "step", "error", "node", "prerequisite_seconds"}
 
 
 def to_json(params: dict[str, Any]) -> str:

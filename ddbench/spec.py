@@ -63,10 +63,14 @@ class TuneSpec(Strict):
     # IPC a trial of an IPC-independent method (generators) is scored at; None = the suite's
     # first IPC. Methods distilled per IPC are scored at their job's IPC.
     eval_ipc: int | None = Field(None, ge=1)
-    # what the selection models learn: hard labels, or the soft labels of a teacher trained on
-    # the whole train split (D4M's training-time matching; cross_arch's labels: teacher with the
-    # same temperature / arch / epochs shares its cached teacher)
-    eval_labels: Literal["hard", "teacher"] = "hard"
+    # the selection's protocol (`ddbench.plan._selection_spec`); None = the protocol the suite's
+    # first cross_arch entry reports the method with (its paper protocol under `paper` / `both`)
+    # how a generator becomes the selection models' data (cross_arch's `sampling`)
+    eval_sampling: Literal["fixed", "fresh", "time_matched"] | None = None
+    # what the selection models learn: hard labels, the artifact's soft labels, or the soft
+    # labels of a teacher trained on the whole train split (D4M's training-time matching;
+    # cross_arch's labels: teacher with the same temperature / arch / epochs shares its teacher)
+    eval_labels: Literal["hard", "soft", "teacher"] | None = None
     eval_temperature: float = Field(20.0, gt=0)  # KD temperature T (cross_arch's default)
     eval_teacher_arch: str = "convnet"  # teacher network (cross_arch's default)
     eval_teacher_epochs: int = Field(300, ge=1)  # teacher's whole-split epochs (cross_arch's)

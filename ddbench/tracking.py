@@ -5,30 +5,34 @@ the chosen config as `tune.<param>` params and one nested run per Tune trial und
 (tag `ddbench.kind` = `trial`: the trial's config as params, its mean val top1, the models it
 scored and whether it was chosen).
 
-The child run of a job holds its params (method params prefixed `p.`), its metrics (test top1
-mean per evaluator / ipc / arch, artifact bytes, distill seconds), tags (job_id, method, label,
-dataset, ipc, suite) and artifacts (the job's Parquet rows and the image grid). A job is logged
-when this invocation changed it or when this tracking URI has not seen it yet (a marker file per
-URI under `tracking/` of the run's store), so a rerun after an outage logs what was missing.
-`leaderboard` reads the job runs back (any tracking URI, local sqlite or a server) into the
-best-known result per (dataset, ipc, method, arch). Called from the driver only (rank 0);
-mlflow is imported here and nowhere else. Result files that cannot be read (corrupt or truncated
-Parquet) and a meta.json that is not JSON are skipped and named through `warn`; a job with an
-unreadable file gets no marker, so a later invocation (after the rerun that redoes the cell)
-logs it whole.
+The child run of a job holds its params (method params prefixed `p.`), its metrics (means of
+every metric per evaluator / protocol / eval config / ipc / arch / split, artifact bytes, own
+and prerequisite distill seconds), tags (job_id, method, label, dataset, ipc, suite, the run's
+store, its protocols and, per eval config, the protocol and eval params) and artifacts (the
+job's Parquet rows and the image grid). Metrics are never averaged across eval configs: each
+config is its own metric family, named `<evaluator>.<protocol>.<eval_config>.ipc<ipc>.<arch>.
+<split>_<metric>` (the protocol's `:` written `-`, as MLflow allows no `:` in a name). A job is
+logged when this invocation changed it or when this tracking URI has not seen it yet (a marker
+file per URI under `tracking/` of the run's store), so a rerun after an outage logs what was
+missing. `leaderboard_rows` uses MLflow as the index of the runs: it finds their stores (the
+`ddbench.store` tag) and returns their Parquet rows, which `ddbench.report.leaderboard_table`
+aggregates. Called from the driver only (rank 0); mlflow is imported here and nowhere else.
+Result files that cannot be read (corrupt or truncated Parquet) and a meta.json that is not
+JSON are skipped and named through `warn`; a job with an unreadable file gets no marker, so a
+later invocation (after the rerun that redoes the cell) logs it whole.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ddbench.report import fill_protocol, mean_std_n
 from ddbench.schema import read_readable, result_files
 from ddbench.seeding import content_hash
 from ddbench.storage import Store, is_uri
@@ -108,7 +112,7 @@ def log_plan(
             files = [f for f in files if f not in unreadable]
             if not files:
                 continue
-            rows = pl.from_arrow(table)
+            rows = fill_protocol(pl.from_arrow(table))
             meta = _artifact_meta(suite_dir, job.job_id, warn)
             chosen = meta.get("tune")
             with mlflow.start_run(
@@ -126,6 +130,8 @@ def log_plan(
                         "suite": plan.suite,
                         "ipc": str(job.ipc if job.ipc is not None else "all"),
                         "distill_seed": str(job.distill_seed),
+                        STORE_TAG: suite_dir.uri,
+                        **_protocol_tags(rows),
                     }
                 )
                 params = {
@@ -218,7 +224,14 @@ def _artifact_location(uri: str, suite: str) -> str | None:
     return (db.parent / "mlartifacts" / suite).resolve().as_uri()
 
 
+def metric_prefix(evaluator: str, protocol: str, config: str) -> str:
+    """The metric family of one eval config: `cross_arch.paper-dim.1a2b3c4d`."""
+    return f"{evaluator}.{protocol.replace(':', '-')}.{config}"
+
+
 def _job_metrics(rows: pl.DataFrame) -> dict[str, float]:
+    """A job's MLflow metrics: counts and costs, and mean / std / n of every metric per
+    evaluator, protocol, eval config, IPC, arch and split (never across two configs)."""
     ok = rows.filter(pl.col("status") == "ok")
     metrics: dict[str, float] = {
         "cells_failed": float(rows.filter(pl.col("status") == "failed").height),
@@ -227,86 +240,69 @@ def _job_metrics(rows: pl.DataFrame) -> dict[str, float]:
         return metrics
     metrics["artifact_bytes"] = float(ok["artifact_bytes"][0])
     metrics["distill_seconds"] = float(ok["distill_seconds"][0])
-    grouped = ok.group_by("evaluator", "ipc", "arch", "split", "metric").agg(
-        pl.col("value").mean().alias("mean"),
-        pl.col("value").std().fill_null(0.0).alias("std"),
-        pl.len().alias("n"),
-    )
+    before = ok["prerequisite_seconds"].drop_nulls()
+    if len(before):
+        metrics["prerequisite_seconds"] = float(before[0])
+    grouped = ok.group_by(
+        "evaluator", "protocol", "eval_config", "ipc", "arch", "split", "metric"
+    ).agg(*mean_std_n())
     for r in grouped.iter_rows(named=True):
-        key = f"{r['evaluator']}.ipc{r['ipc']}.{r['arch'] or 'all'}.{r['split']}_{r['metric']}"
+        prefix = metric_prefix(r["evaluator"], r["protocol"], r["eval_config"])
+        key = f"{prefix}.ipc{r['ipc']}.{r['arch'] or 'all'}.{r['split']}_{r['metric']}"
         metrics[key] = float(r["mean"])
         metrics[key + "_std"] = float(r["std"])
         metrics[key + "_n"] = float(r["n"])
     return metrics
 
 
-_METRIC_KEY = re.compile(
-    r"^metrics\.(?P<evaluator>\w+)\.ipc(?P<ipc>\d+)\.(?P<arch>\w+)\."
-    r"(?P<split>val|test)_(?P<metric>\w+?)$"
-)
+STORE_TAG = "ddbench.store"  # the run's store (path or URI): where `leaderboard_rows` reads rows
+MAX_TAG = 5000  # characters of an MLflow tag value (the limit of MLflow's stores)
 
 
-def leaderboard(
+def _protocol_tags(rows: pl.DataFrame) -> dict[str, str]:
+    """`protocols` (the job's protocol names) and, per eval config, `eval_config.<hash>`:
+    its evaluator, protocol and eval params, so a metric family can be read back as a protocol."""
+    configs = rows.select("evaluator", "protocol", "eval_config", "eval_params").unique()
+    tags = {"protocols": ",".join(sorted(configs["protocol"].unique().to_list()))}
+    for r in configs.iter_rows(named=True):
+        text = f"{r['evaluator']} {r['protocol']} {r['eval_params']}"
+        tags[f"eval_config.{r['eval_config']}"] = text[:MAX_TAG]
+    return tags
+
+
+def leaderboard_rows(
     uri: str,
+    runs_root: str,
     suite: str | None = None,
     dataset: str | None = None,
-    metric: str = "top1",
-    split: str = "test",
+    warn: Callable[[str], None] = print,  # where skipped unreadable result files are named
 ) -> pl.DataFrame:
-    """Best-known result per (dataset, ipc, method, arch) over every job run in MLflow.
-
-    "Best" is the highest mean over runs (lowest for a lower-is-better metric would need its
-    direction; the leaderboard's metrics are accuracies). Each row links the run it came from.
-    """
+    """Every result row of the runs MLflow knows (an experiment per suite; `suite` keeps one),
+    read from their stores: the `ddbench.store` tag of each job run, or, for runs logged before
+    that tag, `<runs_root>/<suite>`. `dataset` keeps that dataset's rows. Empty without runs."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(uri)
-    experiments = mlflow.search_experiments()
-    if suite:
-        experiments = [e for e in experiments if e.name == suite]
+    experiments = [e for e in mlflow.search_experiments() if suite in (None, e.name)]
     if not experiments:
         return pl.DataFrame()
     runs = mlflow.search_runs(
         experiment_ids=[e.experiment_id for e in experiments],
         filter_string="tags.`ddbench.kind` = 'job'",
+        output_format="list",
     )
-    if runs.empty:
+    stores = {
+        run.data.tags.get(STORE_TAG) or Store(runs_root).child(run.data.tags["suite"]).uri
+        for run in runs
+    }
+    frames = []
+    for location in sorted(stores):
+        store = Store(location)
+        table, unreadable = read_readable(store, result_files(store))
+        for rel in unreadable:
+            warn(f"leaderboard: skipped unreadable result file {store.location(rel)}")
+        frames.append(pl.from_arrow(table))
+    frames = [f for f in frames if not f.is_empty()]
+    if not frames:
         return pl.DataFrame()
-    records = []
-    for run in runs.to_dict("records"):
-        if dataset and run.get("tags.dataset") != dataset:
-            continue
-        for column, value in run.items():
-            m = _METRIC_KEY.match(column)
-            if not m or m["metric"] != metric or m["split"] != split or value != value:
-                continue
-            records.append(
-                {
-                    "dataset": run.get("tags.dataset"),
-                    "ipc": int(m["ipc"]),
-                    "method": run.get("tags.method_label"),
-                    "arch": m["arch"],
-                    "evaluator": m["evaluator"],
-                    "mean": float(value),
-                    "std": float(run.get(column + "_std") or 0.0),
-                    "n": int(run.get(column + "_n") or 0),
-                    "artifact_bytes": int(run.get("metrics.artifact_bytes") or 0),
-                    "distill_seconds": float(run.get("metrics.distill_seconds") or 0.0),
-                    "suite": run.get("tags.suite"),
-                    "run": _run_link(uri, run["experiment_id"], run["run_id"]),
-                }
-            )
-    if not records:
-        return pl.DataFrame()
-    table = pl.DataFrame(records)
-    return (
-        table.sort("mean", descending=True)
-        .group_by("dataset", "ipc", "method", "arch", maintain_order=True)
-        .first()
-        .sort("dataset", "ipc", "arch", "mean", descending=[False, False, False, True])
-    )
-
-
-def _run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"runs:/{run_id}"
+    rows = pl.concat(frames)
+    return rows.filter(pl.col("dataset") == dataset) if dataset else rows

@@ -6,9 +6,10 @@ is the Ray Train driver of one distill job (the Train V2 idiom): the trial's con
 `space`) overrides the entry's params, giving a *trial job* (`trial_job`) with its own content-hash
 id, distilled and saved like any job, so a rerun skips finished trials. The trial is scored on
 the **val split only**: `selection_cells` are `eval_seeds` cells of the `TuneSelection`
-evaluator (`eval_arch` trained for `eval_epochs` with the shared recipe of `ddbench.fit`, on hard
-labels or, with `eval_labels: teacher`, on the soft labels of the teacher `cross_arch` would use
-for the same settings: select under the protocol the method is evaluated with), each
+evaluator (`eval_arch` trained for `eval_epochs` with the shared recipe of `ddbench.fit`, under
+the protocol the method is reported with: `eval_sampling` for generators, and hard labels or,
+with `eval_labels: teacher`, the soft labels of the teacher `cross_arch` would use for the same
+settings; the plan fills both in from the suite's `cross_arch` entry, `ddbench.plan`), each
 writing one val top1 row (`results/tune/<trial job id>/`, `eval_params` naming the tuned job and
 the config). `choose` picks the trial with the best mean val top1 among those with every model
 scored (ties: the smaller trial job id); the runner then publishes that trial's artifact as the
@@ -46,7 +47,9 @@ class SelectionParams(EvalParams):
     arch: str = "convnet"  # TuneSpec.eval_arch
     seeds: int = Field(2, ge=1)  # TuneSpec.eval_seeds
     epochs: int = Field(300, ge=1)  # TuneSpec.eval_epochs
-    labels: Literal["hard", "teacher"] = "hard"  # TuneSpec.eval_labels
+    labels: Literal["hard", "soft", "teacher"] = "hard"  # TuneSpec.eval_labels
+    # TuneSpec.eval_sampling: how a generator becomes training data (`ddbench.fit`)
+    sampling: Literal["fixed", "fresh", "time_matched"] = "fixed"
     temperature: float = Field(20.0, gt=0)  # TuneSpec.eval_temperature
     teacher_arch: str = "convnet"  # TuneSpec.eval_teacher_arch
     teacher_epochs: int = Field(300, ge=1)  # TuneSpec.eval_teacher_epochs
@@ -85,7 +88,8 @@ class TuneSelection(Evaluator):
             real,
             Recipe(epochs=params.epochs),
             cell["eval_seed"],
-            device=ctx.device,
+            params.sampling,
+            ctx.device,
             label_mode=params.labels,
             labeler=labeler,
         )
@@ -147,7 +151,8 @@ def selection_cells(
         arch=job.tune.eval_arch,
         seeds=job.tune.eval_seeds,
         epochs=job.tune.eval_epochs,
-        labels=job.tune.eval_labels,
+        labels=job.tune.eval_labels or "hard",  # None only on a block the plan did not resolve
+        sampling=job.tune.eval_sampling or "fixed",
         temperature=job.tune.eval_temperature,
         teacher_arch=job.tune.eval_teacher_arch,
         teacher_epochs=job.tune.eval_teacher_epochs,
@@ -161,7 +166,14 @@ def selection_cells(
         key = to_json([SELECTION, TuneSelection.version, eval_params, ipc, cell])
         cells.append(
             EvalCell(
-                trial, SELECTION, TuneSelection.version, eval_params, ipc, cell, content_hash(key)
+                trial,
+                SELECTION,
+                TuneSelection.version,
+                eval_params,
+                ipc,
+                cell,
+                content_hash(key),
+                protocol=job.selection_protocol,
             )
         )
     return cells

@@ -45,6 +45,8 @@ def row(**over):
         ddbench_version="0",
         git_sha="x",
         created_at=now_utc(),
+        protocol="shared",
+        eval_config="0123abcd",
     )
     return make_row(**{**base, **over})
 

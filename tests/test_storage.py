@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from ddbench.errors import UserError
+from ddbench.protocols import eval_config
 from ddbench.schema import make_row, now_utc, read_results, read_rows, write_rows
 from ddbench.storage import Store
 from tests.conftest import REPO, run_cli
@@ -28,9 +29,12 @@ def row(**overrides):
         distill_seconds=0.1, evaluator="cross_arch", eval_version=1, eval_params="{}",
         arch="mlp", eval_seed=0, step=None, split="test", metric="top1", value=0.5,
         higher_is_better=True, status="ok", error=None, wall_time_s=0.1,
-        ddbench_version="0", git_sha="x", created_at=now_utc(), node=None,
+        ddbench_version="0", git_sha="x", created_at=now_utc(), node=None, protocol="shared",
+        prerequisite_seconds=0.0,
     )  # fmt: skip
-    return make_row(**{**base, **overrides})
+    full = {**base, **overrides}
+    config = eval_config(full["evaluator"], full["eval_version"], full["eval_params"])
+    return make_row(**{"eval_config": config, **full})
 
 
 def test_files_round_trip_without_temp_files(store):

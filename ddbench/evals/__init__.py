@@ -7,6 +7,7 @@ result rows::
     def cells(self, params, device) -> list[dict]    # e.g. [{"arch": "convnet", "eval_seed": 0}]
     def run(self, cell, job, params, ctx) -> list[dict]   # partial rows: metric, value, split ...
     def reduce(self, rows, params) -> list[dict]     # job-level rows from all cell rows (optional)
+    def protocols(self, params, method) -> list[(name, params)]  # protocols per job (optional)
     def inputs(self, cell, params) -> dict[str, tuple[int, ...]]  # class subsets (optional)
 
 `device` is the device class the suite gives eval cells (`resources.eval.device`: "cuda" or
@@ -34,10 +35,18 @@ if TYPE_CHECKING:
     from ddbench.artifact import Artifact
     from ddbench.context import Context
     from ddbench.data import RealData
+    from ddbench.methods import Method
 
 
 class EvalParams(BaseModel):
+    """Base of every evaluator's Params: unknown keys are errors.
+
+    `plan_fields` names the params that only say how the plan expands an entry into cells
+    (`cross_arch`'s `protocol`): they are left out of each cell's eval params, whose own
+    protocol they already decided."""
+
     model_config = ConfigDict(extra="forbid")
+    plan_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 @dataclass
@@ -71,6 +80,14 @@ class Evaluator:
     def inputs(self, cell: dict[str, Any], params: Any) -> dict[str, tuple[int, ...]]:
         """Class subsets the cell's method must be distilled on: {key: sorted class ids}."""
         return {}
+
+    def protocols(self, params: Any, method: type[Method]) -> list[tuple[str, EvalParams]]:
+        """The protocols a job of `method` is evaluated under, as (name, params) pairs
+        (`ddbench.protocols`); each becomes its own set of cells. Default: the entry's params,
+        named `shared`."""
+        from ddbench.protocols import SHARED
+
+        return [(SHARED, params)]
 
 
 EVALS: Registry[type[Evaluator]] = Registry("evaluator", "ddbench.evals")

@@ -25,6 +25,14 @@ augmentation, with KL at `temperature` (D4M's training-time matching). The teach
 shares one (`ddbench.teacher`). These are in `eval_params`, so every row records the label mode
 and the teacher.
 
+`protocol` says which evaluation protocols a job is evaluated under (`ddbench.protocols`):
+`shared` (default) trains every method with these params; `paper` trains each with its
+method's `paper_protocol` over them (DiM and the cgan: fresh sampling, D2M: time-matched, D4M:
+a teacher's soft labels); `both` does each, as separate cells whose eval params differ and whose
+rows name the protocol. A method whose paper protocol is the shared one (pixel methods, coresets)
+gets one set of cells either way. The cells' eval params leave `protocol` out (a plan field):
+they hold the settings it resolved to, so the shared cells keep their ids under `both`.
+
 `precision` and `compile` (`auto` | ..., `ddbench.fit`) are in `eval_params` as asked; the
 execution path they resolved to on the cell's device (`ddbench.fastpath`: calibrated there) is
 written as rows of each model (split `test`): `precision_bits` (16 = bf16 autocast, 32 = fp32),
@@ -34,7 +42,7 @@ they depend on where the cell ran.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -43,6 +51,8 @@ from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
 from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
 from ddbench.fit_vmap import use_vectorised
+from ddbench.methods import Method
+from ddbench.protocols import SHARED, paper_name
 
 
 class CrossArchParams(EvalParams, Recipe):
@@ -66,6 +76,10 @@ class CrossArchParams(EvalParams, Recipe):
     # train an arch's seeds at once with torch.func.vmap: auto = on GPUs only (faster there,
     # slower on this CPU: benchmarks/RESULTS.md); on = also on CPUs; off = one cell per seed
     vectorise: Literal["auto", "on", "off"] = "auto"
+    # evaluation protocols per job: these params for every method (shared, the fair default),
+    # each method's paper protocol over them (paper), or both as separate cells (module docstring)
+    protocol: Literal["shared", "paper", "both"] = "shared"
+    plan_fields: ClassVar[frozenset[str]] = frozenset({"protocol"})
 
     @model_validator(mode="after")
     def _vectorise_needs_fixed_runs(self) -> CrossArchParams:
@@ -82,7 +96,9 @@ class CrossArch(Evaluator):
     name = "cross_arch"
     version = 1
     Params = CrossArchParams
-    smoke = {"epochs": 20, "seeds": 2, "whole_set_epochs": 3}  # seconds per cell on digits
+    # seconds per cell on digits (the teacher of `labels: teacher`, e.g. d4m's paper protocol,
+    # included: its default 300 whole-split epochs would outlast every smoke cell)
+    smoke = {"epochs": 20, "seeds": 2, "whole_set_epochs": 3, "teacher_epochs": 20}
 
     def cells(self, params: CrossArchParams, device: str = "cpu") -> list[dict[str, Any]]:
         cells: list[dict[str, Any]] = []
@@ -92,6 +108,23 @@ class CrossArch(Evaluator):
             else:
                 cells += [{"arch": arch, "eval_seed": s} for s in range(params.seeds)]
         return cells
+
+    def protocols(
+        self, params: CrossArchParams, method: type[Method]
+    ) -> list[tuple[str, CrossArchParams]]:
+        """(name, params) per protocol `params.protocol` asks for; the paper protocol only when
+        it differs from the shared one, so no job is evaluated twice the same way."""
+        shared = params.model_copy(update={"protocol": "shared"})
+        paper = CrossArchParams.model_validate(
+            {**shared.model_dump(), **method.paper_protocol, "protocol": "paper"}
+        )
+        own = paper.model_dump(exclude={"protocol"}) != shared.model_dump(exclude={"protocol"})
+        variants: list[tuple[str, CrossArchParams]] = []
+        if params.protocol in ("shared", "both") or not own:
+            variants.append((SHARED, shared))
+        if params.protocol in ("paper", "both") and own:
+            variants.append((paper_name(method.name), paper))
+        return variants
 
     @staticmethod
     def _vectorised(params: CrossArchParams, arch: str, device: str) -> bool:

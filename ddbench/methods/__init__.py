@@ -21,6 +21,10 @@ coresets) computes the same thing on every rank. To add one::
         class Params(MethodParams):
             iterations: int = 1000  # outer steps; the paper's value
         def distill(self, real, ipc, params, ctx): ...
+
+A method evaluated differently in its paper says how as data, `paper_protocol` (the `cross_arch`
+params its paper uses, e.g. DiM's `{"sampling": "fresh"}`), and may list the numbers its paper
+reports as `published` (`ddbench.protocols`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from ddbench.artifact import Artifact
     from ddbench.context import Context
     from ddbench.data import RealData
+    from ddbench.protocols import Published
 
 
 class MethodParams(BaseModel):
@@ -57,6 +62,11 @@ class Method:
     smoke: ClassVar[dict[str, Any]] = {}
     # True when one artifact serves every IPC (a generator, the whole dataset): distilled once.
     ipc_independent: ClassVar[bool] = False
+    # The paper's evaluation protocol as `cross_arch` params over the shared protocol
+    # (`ddbench.protocols`); {} = the shared one: the DC recipe with hard labels.
+    paper_protocol: ClassVar[dict[str, Any]] = {}
+    # Test top-1 numbers the paper reports under that protocol, for the report's "paper" column.
+    published: ClassVar[tuple[Published, ...]] = ()
 
     def dependencies(self, params: Any) -> dict[str, tuple[str, dict[str, Any]]]:
         """Artifacts this method starts from: {key: (method name, params)}.

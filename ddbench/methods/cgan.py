@@ -29,6 +29,7 @@ from ddbench.methods._gan import (
     new_generator,
     run_epochs,
 )
+from ddbench.protocols import DIM_TABLE_2, published_table
 
 # seconds on digits: a narrow generator, two passes over the 1,295 images in 5 steps each
 CGAN_SMOKE = {"epochs": 2, "width": 8, "batch_size": 256}
@@ -40,6 +41,18 @@ class CGAN(Method):
     paper = "Mirza & Osindero, arXiv 2014 (conditional GAN; as used by DiM, ICCV 2023)"
     version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = CGANParams
+    # evaluated as DiM's "Conditional GAN" row: images generated per epoch (INPC)
+    paper_protocol = {"sampling": "fresh"}
+    published = (
+        *published_table(DIM_TABLE_2, "svhn", {1: (78.3, 0.9), 10: (83.8, 0.6), 50: (86.6, 0.5)}),
+        *published_table(
+            DIM_TABLE_2, "cifar10", {1: (46.4, 1.2), 10: (62.7, 0.9), 50: (68.1, 0.8)}
+        ),
+        *published_table(DIM_TABLE_2, "mnist", {1: (96.1, 0.7), 10: (97.8, 0.3), 50: (98.4, 0.3)}),
+        *published_table(
+            DIM_TABLE_2, "fashion_mnist", {1: (81.5, 0.5), 10: (84.0, 0.2), 50: (86.3, 0.3)}
+        ),
+    )
     smoke = CGAN_SMOKE
     ipc_independent = True
 

@@ -157,6 +157,8 @@ class D2M(Method):
     paper = "Sajedi et al., Data-to-Model Distillation (D2M), ECCV 2024"
     version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = D2MParams
+    # appendix B: images generated once within the time of training on IPC images
+    paper_protocol = {"sampling": "time_matched"}
     # seconds on digits: one epoch on the smoke cgan (the same params as cgan's smoke: shared)
     smoke = {"epochs": 1, "batch_size": 256, "pool": ["convnet"], "pretrain": dict(CGAN_SMOKE)}
     ipc_independent = True

@@ -127,6 +127,8 @@ class D4M(Method):
     paper = "Su et al., D4M: Dataset Distillation via Disentangled Diffusion Model, CVPR 2024"
     version = 1
     Params = D4MParams
+    # training-time matching: a teacher's soft labels at the temperature of D4M's scripts
+    paper_protocol = {"labels": "teacher", "temperature": 20.0}
     # seconds on digits: the smoke latent_diffusion job (shared with its own smoke entry), 5 steps
     smoke = {"inference_steps": 5, "pretrain": dict(LATENT_DIFFUSION_SMOKE)}
 

@@ -60,6 +60,7 @@ from ddbench.methods._pixel import (
     dsa_strategy,
 )
 from ddbench.methods.dm import MatchingForward, MeanMatchParams, matching_net, mean_matching_loss
+from ddbench.protocols import DATADAM_TABLE_1, published_table
 
 LOW_RES_TASK_BALANCE = 0.01  # DataDAM paper, 32-px datasets (CIFAR)
 HIGH_RES_TASK_BALANCE = 0.02  # DataDAM paper, >= 64-px datasets (Tiny ImageNet, ImageNet subsets)
@@ -106,6 +107,17 @@ class DataDAM(Method):
     )
     version = 2  # 2: class-split data parallelism, per-class draws (new random streams)
     Params = DataDAMParams
+    published = (
+        *published_table(
+            DATADAM_TABLE_1, "cifar10", {1: (32.0, 1.2), 10: (54.2, 0.8), 50: (67.0, 0.4)}
+        ),
+        *published_table(
+            DATADAM_TABLE_1, "cifar100", {1: (14.5, 0.5), 10: (34.8, 0.5), 50: (49.4, 0.3)}
+        ),
+        *published_table(
+            DATADAM_TABLE_1, "tiny_imagenet", {1: (8.3, 0.4), 10: (18.7, 0.3), 50: (28.7, 0.3)}
+        ),
+    )
     smoke = {"iterations": 5, "batch_real": 32}  # a second on digits: the loop, not the result
 
     def distill(self, real: RealData, ipc: int, params: DataDAMParams, ctx: Context) -> ImageSet:

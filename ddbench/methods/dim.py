@@ -57,6 +57,7 @@ from ddbench.methods._gan import (
     run_epochs,
 )
 from ddbench.methods._parallel import global_batch_stats, row_mean
+from ddbench.protocols import DIM_TABLE_2, published_table
 
 
 class DiMParams(GanTrainingParams, PoolParams):
@@ -80,6 +81,17 @@ class DiM(Method):
     paper = "Wang et al., DiM: Distilling Dataset into Generative Model, ICCV 2023"
     version = 2  # 2: row-split data parallelism, no per-rank streams (new random streams)
     Params = DiMParams
+    paper_protocol = {"sampling": "fresh"}  # images generated every epoch (INPC)
+    published = (
+        *published_table(DIM_TABLE_2, "svhn", {1: (80.9, 1.2), 10: (87.9, 0.5), 50: (90.4, 0.3)}),
+        *published_table(
+            DIM_TABLE_2, "cifar10", {1: (51.3, 1.0), 10: (66.2, 0.5), 50: (72.6, 0.4)}
+        ),
+        *published_table(DIM_TABLE_2, "mnist", {1: (96.5, 0.6), 10: (98.6, 0.2), 50: (99.2, 0.2)}),
+        *published_table(
+            DIM_TABLE_2, "fashion_mnist", {1: (84.5, 0.4), 10: (88.2, 0.2), 50: (89.8, 0.1)}
+        ),
+    )
     # seconds on digits: one GAN and one matching epoch, a narrow generator, ConvNet only
     smoke = {
         "gan_epochs": 1,

@@ -8,7 +8,9 @@ mode use it without starting or importing Ray:
   its `meta.json` last), with when and where it ran and what makes it self-describing
   (`self_description`: dataset, classes, normalisation, shape, method, seeds, version);
 - `run_cell`: one eval cell, written as one Parquet file of rows; never raises (a failure is a
-  `failed` row); an artifact with a learned lr adds a `learned_lr` row;
+  `failed` row); an artifact with a learned lr adds a `learned_lr` row; every row names its
+  evaluation protocol and config (`ddbench.protocols`) and the seconds of the job's
+  prerequisites (`prerequisite_seconds`, from their artifacts' meta);
 - `write_reduce`: an evaluator's job-level rows once all of its cells are written;
 - `artifact_done` / `cell_done`: what a rerun can skip (the only reads of the store a run makes
   to find finished work); damage they find (an artifact whose meta.json is missing or not JSON
@@ -23,6 +25,7 @@ mode use it without starting or importing Ray:
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -45,6 +48,7 @@ from ddbench.artifact import (
 )
 from ddbench.context import Context
 from ddbench.plan import DistillJob, EvalCell, Plan, ipc_text
+from ddbench.protocols import eval_config
 from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import Store
@@ -242,6 +246,17 @@ def local_artifact(store: Store, job_id: str) -> Path:
     raise AssertionError("unreachable")
 
 
+def prerequisite_seconds(store: Store, job: DistillJob) -> float:
+    """Distill seconds of the jobs `job` starts from (`DistillJob.depends`: d2m's cgan, d4m's
+    diffusion model), each with its own prerequisites' (its meta's `prerequisite_seconds`);
+    0.0 for a job without any. Reads the prerequisites' published `meta.json`."""
+    total = 0.0
+    for _, dep_id in job.depends:
+        meta = json.loads(store.read_text(f"{artifact_rel(dep_id)}/{META_FILE}"))
+        total += float(meta["distill_seconds"]) + float(meta.get("prerequisite_seconds", 0.0))
+    return total
+
+
 def readable_rows(
     store: Store,
     rel: str,
@@ -284,7 +299,8 @@ def full_rows(
     sha: str,
     node: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Add provenance columns to an evaluator's partial rows."""
+    """Add provenance columns to an evaluator's partial rows (`artifact_meta`: the artifact's
+    meta with the job's `prerequisite_seconds`, which `run_cell` adds; {} when it failed)."""
     job = cell.job
     base = {
         "suite": artifact_meta.get("suite_name", ""),
@@ -298,9 +314,12 @@ def full_rows(
         "distill_seed": job.distill_seed,
         "artifact_bytes": int(artifact_meta.get("artifact_bytes", 0)),
         "distill_seconds": float(artifact_meta.get("distill_seconds", float("nan"))),
+        "prerequisite_seconds": artifact_meta.get("prerequisite_seconds"),
         "evaluator": cell.evaluator,
         "eval_version": cell.eval_version,
         "eval_params": to_json(cell.eval_params),
+        "protocol": cell.protocol,
+        "eval_config": eval_config(cell.evaluator, cell.eval_version, cell.eval_params),
         "wall_time_s": wall_time_s,
         "ddbench_version": __version__,
         "git_sha": sha,
@@ -372,6 +391,7 @@ def distill_job(
             "distill_seed": job.distill_seed,
             "classes": None if job.classes is None else list(job.classes),
             "distill_seconds": seconds,
+            "prerequisite_seconds": prerequisite_seconds(store, job),
             "distill_started_at": started_at.isoformat(),
             "distill_ended_at": ended_at.isoformat(),
             "node": node,
@@ -463,8 +483,6 @@ def run_cell(
     (`set_aside`) and the cell is a failed row whose error is that one line, also returned for
     the log.
     """
-    import json
-
     from ddbench.evals import EvalJob
     from ddbench.fit import set_threads
 
@@ -474,6 +492,7 @@ def run_cell(
     try:
         adir = local_artifact(store, cell.job.job_id)
         meta = json.loads((adir / META_FILE).read_text())
+        meta["prerequisite_seconds"] = prerequisite_seconds(store, cell.job)
         artifact = load_artifact(adir)
         evaluator = evaluator_of(cell.evaluator)
         params = evaluator.Params.model_validate(cell.eval_params)

@@ -1,0 +1,75 @@
+"""Evaluation protocols as data: their names, their config hashes and the papers' own numbers.
+
+An evaluation protocol is what a student trains on and how (label mode, generator sampling,
+augmentation, training recipe), i.e. a set of evaluator params. Every result row names the one
+it was measured under (docs/results.md#columns):
+
+- `protocol`: `shared` (an evaluator entry's params as the suite writes them, the same for every
+  method: by default the DC recipe with hard labels and fixed sampling) or `paper:<method>` (the
+  entry's params with the method's `Method.paper_protocol` over them: DiM's fresh sampling,
+  D2M's time-matched budget, D4M's teacher labels);
+- `eval_config`: `eval_config(...)`, a short content hash of the evaluator, its version and its
+  params, so two rows with the same hash were measured the same way.
+
+`cross_arch`'s `protocol: shared | paper | both` chooses which ones a job is evaluated under
+(`Evaluator.protocols`); a method whose paper protocol is the shared one is never evaluated twice.
+`Published` holds a number a method's paper reports (`Method.published`), for the report's
+"paper" column beside ddbench's own.
+
+Extending: a method declares its paper protocol as `paper_protocol = {param: value}` (params of
+`cross_arch`, the fields `PROTOCOL_PARAMS` lists first) and its paper's numbers as `published`;
+an evaluator that can evaluate under several protocols overrides `Evaluator.protocols`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ddbench.schema import to_json
+from ddbench.seeding import content_hash
+
+SHARED = "shared"  # the protocol column of rows measured with an entry's params as written
+PAPER_PREFIX = "paper:"  # + method name: the method's own paper protocol
+# the eval params that make a protocol, shown beside every number (reports, leaderboard)
+PROTOCOL_PARAMS = ("labels", "sampling", "augment", "epochs")
+EVAL_CONFIG_HEX = 8  # hex digits of `eval_config`: 4 billion configs, short in MLflow names
+
+
+def paper_name(method: str) -> str:
+    """The protocol name of `method`'s paper protocol (`paper:dim`)."""
+    return PAPER_PREFIX + method
+
+
+def eval_config(evaluator: str, version: int, eval_params: dict[str, Any] | str) -> str:
+    """Short content hash of what an evaluator measured with: name, version and params (a dict
+    or its canonical JSON, the `eval_params` column)."""
+    params = eval_params if isinstance(eval_params, str) else to_json(eval_params)
+    return content_hash(f"{evaluator}\x1f{version}\x1f{params}", EVAL_CONFIG_HEX)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A test top-1 a paper reports for a method (ConvNet, the paper's own evaluation protocol,
+    i.e. the method's `paper_protocol`), in percent as printed, with the table it comes from."""
+
+    dataset: str  # ddbench's dataset name (`cifar10`, `mnist`, ...)
+    ipc: int  # images per class (0: the whole train split)
+    top1: float  # percent, as the table prints it
+    std: float | None  # percent; None where the table gives none
+    source: str  # paper and table, e.g. "DataDAM (ICCV 2023), Table 1"
+
+
+def published_table(
+    source: str,
+    dataset: str,
+    values: dict[int, tuple[float, float | None]],  # ipc -> (top1 %, std %)
+) -> tuple[Published, ...]:
+    """The `Published` entries of one row of a paper's table (one dataset, several IPCs)."""
+    return tuple(
+        Published(dataset, ipc, top1, std, source) for ipc, (top1, std) in sorted(values.items())
+    )
+
+
+DATADAM_TABLE_1 = "DataDAM (ICCV 2023), Table 1"  # ConvNet, DC recipe; baselines as it quotes them
+DIM_TABLE_2 = "DiM (arXiv 2303.04707), Table 2"  # ConvNet, images generated per epoch (INPC)
