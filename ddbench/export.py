@@ -174,8 +174,8 @@ def load_distillate(run: Store, name: str, ipc: int | None = None, seed: int = 0
     fixed draw of eval seed `seed`."""
     from ddbench.runner.work import local_artifact
 
-    metas = _artifact_metas(run)
-    evaluated = _evaluated_ipcs(run)
+    metas = _artifact_metas(run, print)  # damage is named (one line each), then skipped
+    evaluated = _evaluated_ipcs(run, print)
     hits = _select(metas, evaluated, [name], run)
     if ipc is not None:  # per-IPC jobs at that IPC; IPC-independent ones (ipc None) draw at it
         hits = [j for j in hits if metas[j].get("ipc") in (ipc, None)]

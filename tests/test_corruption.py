@@ -121,7 +121,7 @@ def test_damaged_artifact_is_moved_aside_and_distilled_again_at_start(run_dir, c
     code, log = rerun(run_dir, capsys)
     assert code == 0
     assert f"artifact {job_id} is corrupt: {cause}" in log
-    assert f"[{job_id}]" in log  # distilled again
+    assert f"[{job_id[:8]}]" in log  # distilled again (lines name a job by its short id)
     moved = adir.parent / f"{job_id}.corrupt-1"
     assert moved.is_dir() and (moved / "tensors.safetensors").is_file()  # kept, not deleted
     # the artifact was distilled again; every result file and the other artifact are untouched
@@ -161,7 +161,7 @@ def test_bit_flipped_artifact_fails_its_cell_once_then_is_distilled_again(run_di
 
     code, log = rerun(run_dir, capsys)
     assert code == 0
-    assert f"[{job_id}]" in log  # distilled again
+    assert f"[{job_id[:8]}]" in log  # distilled again (lines name a job by its short id)
     assert changed(before, files_of(run_dir)) == {
         *(r for r in before if r.startswith(f"artifacts/{job_id}/")),
         cell,

@@ -44,7 +44,8 @@ def test_driver_killed_mid_suite_then_rerun_completes_without_duplicates(tmp_pat
     stop_processes_mentioning(ray_tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = pl.read_parquet(str(results / "**" / "*.parquet"))
-    keys = rows.select("job_id", "ipc", "arch", "eval_seed", "split", "metric")
+    # the smoke profile evaluates two protocols: a row is one per eval config too
+    keys = rows.select("job_id", "eval_config", "ipc", "arch", "eval_seed", "split", "metric")
     assert keys.n_unique() == rows.height  # no duplicated row
     from ddbench.plan import make_plan
     from ddbench.spec import load_suite

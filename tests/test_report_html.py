@@ -25,7 +25,7 @@ from ddbench.storage import Store
 from tests.test_storage import row  # a valid result row, any column overridden
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-WINDOW = (1200, 4500)  # width, height of the screenshot; the whole test report fits in it
+WINDOW = (1200, 6500)  # width, height of the screenshot; the whole test report fits in it
 ARCHS = ("convnet", "lenet", "mlp")
 TOP1 = {  # method -> ipc -> top1 on each of ARCHS; 40 % is the lowest cell, 95 % the highest
     "dc": {1: (0.80, 0.60, 0.75), 10: (0.90, 0.70, 0.85)},
