@@ -28,12 +28,6 @@ def _verbosity(args: argparse.Namespace) -> Verbosity:
     return "quiet" if args.quiet else "verbose" if args.verbose else "normal"
 
 
-def _tracking_uri(args: argparse.Namespace) -> str:
-    from ddbench.tracking import default_tracking_uri
-
-    return args.tracking_uri or default_tracking_uri(args.out)
-
-
 # --------------------------------------------------------------------------- verbs
 
 
@@ -167,7 +161,7 @@ def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, so
         print(line)
     if done.summary is not None:
         results = done.store.location("results")
-        log.next_steps(next_steps(done.suite, args.out, _tracking_uri(args), results))
+        log.next_steps(next_steps(done.suite, args.out, done.tracking_uri, results))
     return done.exit_code
 
 

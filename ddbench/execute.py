@@ -16,7 +16,6 @@ reason) and pass it from the CLI's `_execution_args` and from `ddbench.api.run`.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +55,7 @@ class RunResult:
     store: Store
     summary: RunSummary | None  # None: a dry run
     status: list[str] = field(default_factory=list)  # a dry run's line per job
+    tracking_uri: str = ""  # the MLflow store the run was logged to ("" for a dry run)
 
     @property
     def suite(self) -> str:
@@ -87,13 +87,11 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     suite in messages (its file, or `ddbench eval`)."""
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
-    from ddbench.progress import RunOutput
     from ddbench.runner.work import as_run_log
     from ddbench.storage import Store
+    from ddbench.tracking import default_tracking_uri
 
     out = as_run_log(log)
-    bars = out.bars() if isinstance(out, RunOutput) else nullcontext()
-    summary_line = out.summary if isinstance(out, RunOutput) else out
 
     plan = make_plan(loaded, options.only)
     if not plan.jobs:
@@ -111,7 +109,7 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     if options.local:
         from ddbench.runner.local import run_local
 
-        with bars:
+        with out.bars():
             summary = run_local(plan, real, suite_dir, options.force, out)
     else:
         from ddbench.runner.cluster import check_resources, init_ray, shutdown_ray
@@ -126,24 +124,25 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
             )
         try:
             check_resources(loaded, embedded=not options.address, log=out.problem)
-            with bars:
+            with out.bars():
                 summary = run_ray(plan, real, suite_dir, options.force, out)
         finally:
             shutdown_ray()
     if summary.distilled == 0 and summary.cells_run == 0 and not summary.distill_failed:
-        summary_line(
+        out.summary(
             f"nothing to do: all {summary.distill_cached} jobs and {summary.cells_cached} cells "
             f"are already done in {suite_dir} (use --force to recompute)"
         )
     else:
         failed = f", {summary.distill_failed} failed" if summary.distill_failed else ""
-        summary_line(
+        out.summary(
             f"distilled {summary.distilled} jobs ({summary.distill_cached} cached{failed}); ran "
             f"{summary.cells_run} cells ({summary.cells_cached} cached, {summary.cells_failed} "
             f"failed); wrote {summary.rows_written} rows under {suite_dir.location('results')}"
         )
-    _track(plan, suite_dir, summary, options, out)
-    return RunResult(plan, suite_dir, summary)
+    uri = options.tracking_uri or default_tracking_uri(options.out)
+    _track(plan, suite_dir, summary, uri, out)
+    return RunResult(plan, suite_dir, summary, tracking_uri=uri)
 
 
 def _status_lines(plan: Plan, suite_dir: Store) -> list[str]:
@@ -178,12 +177,9 @@ def _check_inputs(plan: Plan, real: RealData) -> None:
         method.check(data, job.ipc or 0, params)
 
 
-def _track(
-    plan: Plan, suite_dir: Store, summary: RunSummary, options: ExecOptions, log: RunLog
-) -> None:
-    from ddbench.tracking import default_tracking_uri, log_plan
+def _track(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str, log: RunLog) -> None:
+    from ddbench.tracking import log_plan
 
-    uri = options.tracking_uri or default_tracking_uri(options.out)
     try:
         n = log_plan(plan, suite_dir, summary, uri, log.problem)
     except Exception as exc:  # noqa: BLE001 - results are safe on disk; tracking can catch up

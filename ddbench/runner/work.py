@@ -31,6 +31,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -118,14 +119,19 @@ def duration_text(seconds: float) -> str:
 
 class RunLog(Protocol):
     """Where a run's lines go (`ddbench.progress.RunOutput` in the CLI; `LineLog` otherwise):
-    detail lines (`__call__`, hidden by `--quiet`), problems (`problem`, always shown) and the
-    counts after each ended unit (`counts`, e.g. for progress bars)."""
+    detail lines (`__call__`, hidden by `--quiet`), problems (`problem`, always shown), the
+    run's totals (`summary`, always shown), the counts after each ended unit (`counts`, e.g. for
+    progress bars) and `bars()`, a context the run's units execute in (live bars, or nothing)."""
 
     def __call__(self, message: str) -> None: ...
 
     def problem(self, message: str) -> None: ...
 
+    def summary(self, message: str) -> None: ...
+
     def counts(self, summary: RunSummary) -> None: ...
+
+    def bars(self) -> AbstractContextManager[Any]: ...
 
 
 @dataclass
@@ -140,8 +146,14 @@ class LineLog:
     def problem(self, message: str) -> None:
         self.line(message)
 
+    def summary(self, message: str) -> None:
+        self.line(message)
+
     def counts(self, summary: RunSummary) -> None:
         pass
+
+    def bars(self) -> AbstractContextManager[Any]:
+        return nullcontext()
 
 
 def as_run_log(log: Log | RunLog) -> RunLog:
