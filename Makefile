@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ddbench-installed
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
-# pytest-xdist processes: most end-to-end tests wait on Ray and process start-up, so two share
-# two cores well (`make test TEST_WORKERS=1` runs them one by one)
+# pytest-xdist processes: the tests marked `ray` run one after the other on one of them (an
+# xdist group, tests/conftest.py) while the other takes the rest (`make test TEST_WORKERS=1`
+# runs everything one by one)
 TEST_WORKERS ?= 2
 # tests/test_report_html.py renders the HTML report in headless Chromium (Debian package, as root)
 APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
-.PHONY: install browser quickstart test lint clean
+.PHONY: install browser quickstart test test-fast lint clean
 
 install: $(STAMP)
 
@@ -37,7 +38,11 @@ quickstart: install
 
 test: install browser
 	$(BIN)/ruff check ddbench tests benchmarks
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+
+# the unit and contract tests: no Ray, no whole suites, no servers (markers in pyproject.toml)
+test-fast: install
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not ray and not slow" --durations=5
 
 lint: install
 	$(BIN)/ruff check ddbench tests benchmarks

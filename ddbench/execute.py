@@ -87,7 +87,7 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     suite in messages (its file, or `ddbench eval`)."""
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
-    from ddbench.runner.work import as_run_log
+    from ddbench.runner.work import RunSummary, all_done, as_run_log, git_sha, write_reduce
     from ddbench.storage import Store
     from ddbench.tracking import default_tracking_uri
 
@@ -106,7 +106,17 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
         f"suite {suite.name}: {len(plan.jobs)} distill jobs, {len(plan.cells)} eval cells; "
         f"{real.describe()}"
     )
-    if options.local:
+    if not options.force and all_done(plan, suite_dir, out.problem):
+        # a rerun with nothing to do starts no Ray (tens of seconds) and no runner; the
+        # job-level rows of an evaluator are still written if a killed run missed them
+        summary = RunSummary(
+            jobs_total=len(plan.jobs),
+            cells_total=len(plan.cells),
+            distill_cached=len(plan.jobs),
+            cells_cached=len(plan.cells),
+        )
+        write_reduce(plan, suite_dir, git_sha(), out)
+    elif options.local:
         from ddbench.runner.local import run_local
 
         with out.bars():

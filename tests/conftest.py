@@ -1,6 +1,6 @@
-"""Shared fixtures: the real digits data (loaded once), quiet Ray / MLflow settings, CLI runner,
-a tiny untrained generator artifact, `from_files` inputs written from real images, an evaluator
-whose cells fail on purpose."""
+"""Shared fixtures and the `ray` test group: the real digits data (loaded once), quiet Ray /
+MLflow settings, CLI runner, a tiny untrained generator artifact, `from_files` inputs written
+from real images, an evaluator whose cells fail on purpose."""
 
 from __future__ import annotations
 
@@ -73,6 +73,16 @@ def write_distillate(
     return params
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `ray` form one xdist group: with `--dist loadgroup` they run one after the
+    other on one worker while the other workers take the rest. Two Ray clusters at once on two
+    cores would each start runners for both cores and wait on each other's process start-ups."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def digits():
     from ddbench.data import load_dataset
@@ -101,7 +111,10 @@ def failing_eval():
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 1200,  # s: a guard against a hang, far above any run here (CI is slower)
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run `ddbench ARGS` in a subprocess (a real process, as a user would)."""
     return subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from ddbench.evals.continual import class_order, step_classes
 from ddbench.plan import make_plan
@@ -52,6 +53,7 @@ def test_plan_adds_hidden_subset_jobs_before_the_evaluated_ones():
                 assert by_id[dep_id].classes == job.classes
 
 
+@pytest.mark.slow
 def test_continual_run_on_digits(tmp_path, digits, monkeypatch):
     from ddbench.artifact import load_artifact
     from ddbench.methods.random_real import RandomReal

@@ -150,6 +150,7 @@ def test_no_section_without_a_score(tmp_path):
     assert section(tmp_path / "refs", only_references) == ""
 
 
+@pytest.mark.slow
 def test_smoke_suite_reports_the_scores(tmp_path):
     out, reports = tmp_path / "runs", tmp_path / "reports"
     suite = str(REPO / "suites" / "dd_ranking.yaml")

@@ -1,4 +1,5 @@
-"""Ray Train distillation: 2 data-parallel workers stay identical; a killed worker resumes."""
+"""Ray Train distillation: 2 data-parallel workers stay identical, and a killed worker resumes
+from its checkpoint (whether 1 and 2 workers give the same artifact: test_worker_invariance.py)."""
 
 from __future__ import annotations
 
@@ -54,17 +55,6 @@ def run_suite(tmp_path: Path, name: str, workers: int, params: str) -> tuple[Pat
     return out, meta
 
 
-def test_two_workers_stay_identical(tmp_path, local_ray):
-    _, meta = run_suite(
-        tmp_path, "ddp", 2, "{iterations: 20, batch_real: 16, checkpoint_every: 10}"
-    )
-    assert meta["world_size"] == 2
-    assert len(meta["rank_digests"]) == 2 and len(set(meta["rank_digests"])) == 1
-    # each iteration draws a new random network, so two single iterations' losses are too noisy
-    # to order (0.46 then 0.50 was seen); that the loop learns is tests/test_dm_datadam.py's
-    assert math.isfinite(meta["first_loss"]) and math.isfinite(meta["last_loss"])
-
-
 def _train_worker_pids() -> list[int]:
     """Ray Train worker processes, newest first (an older one may be a finished run's)."""
     import psutil
@@ -77,14 +67,16 @@ def _train_worker_pids() -> list[int]:
     return [p.info["pid"] for p in sorted(procs, key=lambda p: -p.info["create_time"])]
 
 
-def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
-    """SIGKILL the Train worker once after its first checkpoint; the job must still finish."""
+@pytest.mark.ray
+def test_two_workers_stay_identical_and_a_killed_worker_resumes(tmp_path, local_ray):
+    """A 2-worker Train run (DDP on gloo); one worker is SIGKILLed once after the first
+    registered checkpoint. The run restarts its worker group, resumes from the checkpoint, and
+    both ranks end with the same images (one Ray run covers both: each costs a Train start-up)."""
     killed: list[int] = []
     stop = threading.Event()
 
     def killer() -> None:
-        deadline = time.monotonic() + 240
-        while not stop.is_set() and time.monotonic() < deadline:
+        while not stop.is_set():  # no deadline of its own: the run's end stops it
             # a registered checkpoint: Train writes its manager snapshot after registering one
             # (a bare checkpoint_* directory may still be in flight, and a worker killed then
             # restarts from nothing)
@@ -102,7 +94,7 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
     thread.start()
     try:
         _, meta = run_suite(
-            tmp_path, "kill", 1, "{iterations: 400, batch_real: 8, checkpoint_every: 20}"
+            tmp_path, "kill", 2, "{iterations: 400, batch_real: 8, checkpoint_every: 20}"
         )
     finally:
         stop.set()
@@ -110,3 +102,6 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
     assert killed, "the worker was never killed: the test did not exercise recovery"
     assert meta["resumed_from_iteration"] > 0
     assert meta["iterations"] == 400
+    assert meta["world_size"] == 2
+    assert len(meta["rank_digests"]) == 2 and len(set(meta["rank_digests"])) == 1
+    assert math.isfinite(meta["first_loss"]) and math.isfinite(meta["last_loss"])

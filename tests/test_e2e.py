@@ -1,14 +1,26 @@
-"""End to end: real suites through the CLI on embedded local Ray, a separately started Ray
-cluster, and in-process; rows, MLflow runs, the report, resuming and failed cells."""
+"""End to end: real suites through the CLI on embedded local Ray (with a killed driver), a
+separately started two-node Ray cluster, and in-process; rows, MLflow runs, the report,
+resuming and failed cells."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
-from ddbench.runner.loopback import LoopbackCluster
+from ddbench.runner.loopback import (
+    LoopbackCluster,
+    processes_mentioning,
+    stop_processes_mentioning,
+)
 from tests.conftest import REPO, run_cli
 
 QUICK = str(REPO / "suites" / "quickstart.yaml")
@@ -23,24 +35,71 @@ def result_files(out: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in out.glob("*/results/**/*.parquet")}
 
 
-def test_quickstart_smoke_on_embedded_ray(tmp_path):
-    out, reports = tmp_path / "runs", tmp_path / "reports"
-    proc = run_cli("run", QUICK, "--set", "profile=smoke", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # a quiet log: none of Ray's own lines, each worker progress line once, no colour codes
-    printed = proc.stdout + proc.stderr
+def kill_driver_once_cells_are_written(
+    args: list[str], results: Path, ray_tmp: str, log: Path
+) -> int:
+    """Start `ddbench ARGS` (embedded Ray under `ray_tmp`, its output to `log`), SIGKILL it
+    once 2 cells' result files exist, stop what it left (its embedded Ray); returns how many
+    cells were written."""
+    with log.open("w") as sink:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "ddbench.cli", *args],
+            cwd=REPO,
+            # unbuffered: a SIGKILL loses what a buffer holds
+            env={**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        while driver.poll() is None and len(list(results.glob("**/*.parquet"))) < 2:
+            time.sleep(0.2)  # no deadline of its own: the driver ending ends the wait
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    stop_processes_mentioning(ray_tmp)
+    assert not processes_mentioning(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return len(list(results.glob("**/*.parquet")))
+
+
+def assert_quiet(printed: str) -> None:
+    """A quiet log: none of Ray's own lines, no colour codes, each worker progress line once."""
     assert "PlacementGroupCleaner" not in printed and "Failed to query" not in printed
     assert "\x1b[" not in printed
-    progress = [line.split("] ", 1)[1] for line in proc.stdout.splitlines() if "iteration=" in line]
-    assert progress and len(progress) == len(set(progress)), progress
+    progress = [line.split("] ", 1)[1] for line in printed.splitlines() if "iteration=" in line]
+    assert len(progress) == len(set(progress)), progress
 
+
+@pytest.mark.ray
+def test_quickstart_smoke_on_embedded_ray(tmp_path):
+    """The quickstart's smoke profile on embedded Ray, the way a user's run can go: the driver
+    is SIGKILLed mid-suite (once 2 cells are written), the same command reruns and completes
+    it (no row twice, none lost, no partial file), a third run has nothing to do; then the
+    log, the rows, MLflow, the leaderboard and the report."""
+    out, reports = tmp_path / "runs", tmp_path / "reports"
+    args = ["run", QUICK, "--set", "profile=smoke", "--out", str(out)]
     from ddbench.plan import make_plan
     from ddbench.spec import load_suite
 
     plan = make_plan(load_suite(QUICK, ["profile=smoke"]))
+    ray_tmp = f"/tmp/ddbk{os.getpid()}"  # short: Ray's socket paths have a length limit
+    killed_log = tmp_path / "killed.log"
+    written = kill_driver_once_cells_are_written(
+        args, out / "quickstart" / "results", ray_tmp, killed_log
+    )
+    assert 2 <= written < len(plan.cells)  # killed mid-suite, after some cells
+    killed = killed_log.read_text()
+    assert_quiet(killed)
+    assert "iteration=" in killed  # the distillation's progress was shown
+
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(out.glob("quickstart/results/**/.tmp-*"))  # no partial file survived
+    assert_quiet(proc.stdout + proc.stderr)
+
     rows = results(out)
+    keys = rows.select("job_id", "eval_config", "ipc", "arch", "eval_seed", "split", "metric")
+    assert keys.n_unique() == rows.height  # no row twice (two protocols: one per eval config)
     test_top1 = rows.filter((pl.col("metric") == "top1") & (pl.col("split") == "test"))
-    assert (test_top1["status"] == "ok").all()
+    assert (test_top1["status"] == "ok").all() and test_top1.height == len(plan.cells)
     expected = {(c.job.label, c.ipc, c.cell["arch"], c.cell["eval_seed"]) for c in plan.cells}
     got = {
         (r["method_label"], r["ipc"], r["arch"], r["eval_seed"])
@@ -81,131 +140,69 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
     assert (reports / "quickstart" / "summary.csv").is_file()
 
     before = result_files(out)
-    again = run_cli("run", QUICK, "--set", "profile=smoke", "--out", str(out))
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "nothing to do" in again.stdout
     assert result_files(out) == before
     assert results(out).height == rows.height
 
 
-def test_separately_started_ray_cluster(tmp_path):
-    """`ray start --head` on 127.0.0.1, a smoke suite with --address, then stop what we started."""
-    nodes = LoopbackCluster("ddbt")
-    try:
-        nodes.start(head=True, num_cpus=2)
-        out = tmp_path / "runs"
-        proc = run_cli(
-            "run",
-            QUICK,
-            "--set",
-            "profile=smoke",
-            "--only",
-            "random_real",
-            "--address",
-            nodes.address,
-            "--out",
-            str(out),
-            env=nodes.env,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        rows = results(out)
-        assert (rows["status"] == "ok").all() and rows.height > 0
-    finally:
-        nodes.stop()
-
-
-def test_multi_node_cells_run_on_both_nodes(tmp_path):
-    """A head and a second node (distinct custom resources) on 127.0.0.1; rows name the node.
-
-    `--out` is a `file://` URI, so artifacts and rows move through pyarrow.fs exactly as with
-    s3:// or gs://, and each node has its own local cache: both nodes must have fetched the
-    artifact through the store (no shared local disk is assumed).
-    """
-    nodes = LoopbackCluster("ddbm", multi_node=True)
-    caches = {name: tmp_path / f"cache_{name}" for name in ("head", "second")}
-    try:
-        nodes.start(
-            head=True,
-            num_cpus=1,
-            resources='{"node_head": 1}',
-            env={"DDBENCH_CACHE": str(caches["head"])},
-        )
-        nodes.start(
-            head=False,
-            num_cpus=1,
-            resources='{"node_second": 1}',
-            env={"DDBENCH_CACHE": str(caches["second"])},
-        )
-        out = tmp_path / "runs"
-        proc = run_cli(
-            "run",
-            QUICK,
-            "--set",
-            "profile=smoke",
-            "--only",
-            "random_real",
-            "--set",
-            "evals.cross_arch.params.seeds=4",
-            "--address",
-            nodes.address,
-            "--out",
-            out.as_uri(),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            env=nodes.env,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        rows = results(out)
-        assert (rows["status"] == "ok").all()
-        assert rows["node"].str.starts_with("ray:").all()
-        assert rows["node"].n_unique() == 2, rows["node"].value_counts()
-        for cache in caches.values():  # each node copied the artifact from the URI store
-            assert list(cache.glob("*/store/artifacts/*/meta.json")), cache
-    finally:
-        nodes.stop()
-
-
-TWO_JOBS = """\
-name: two_jobs
+TWO_NODES = """\
+name: two_nodes
 dataset: {name: digits}
 ipc: [2]
 distill_seeds: [0, 1]
 methods:
   - name: dm
     params: {iterations: 60, batch_real: 64, checkpoint_every: 1000}
-evals: [{name: cross_arch, params: {archs: [mlp], seeds: 1, epochs: 2}}]
+  - name: random_real
+evals: [{name: cross_arch, params: {archs: [mlp], seeds: 2, epochs: 2}}]
 """
 
 
-def test_two_nodes_distil_two_jobs_side_by_side(tmp_path):
-    """Two equal distill jobs on a two-node loopback cluster (1 CPU each): each job is its own
-    Ray Train run, one per node, and the two run at the same time (from the windows and nodes
-    each artifact's meta.json records)."""
+@pytest.mark.ray
+def test_two_node_cluster_started_separately(tmp_path):
+    """`ray start --head` and a second node on 127.0.0.1 (1 CPU each, own custom resources, own
+    node-local caches); `ddbench run --address` with `--out` a `file://` URI, so artifacts and
+    rows move through pyarrow.fs exactly as with s3:// or gs:// and no shared local disk is
+    assumed. One cluster start-up checks what a cluster must do:
+
+    - the two dm jobs are two Ray Train runs, one per node, at the same time (the windows and
+      nodes each artifact's meta.json records);
+    - eval cells run on both nodes (rows name the node), each node fetching the artifacts it
+      evaluates into its own cache through the store;
+    - a rerun has nothing to do and rewrites nothing; the report reads the URI.
+    """
     import json
     from datetime import datetime
 
-    suite = tmp_path / "two_jobs.yaml"
-    suite.write_text(TWO_JOBS)
-    nodes = LoopbackCluster("ddbj", multi_node=True)
+    from ddbench.storage import Store
+
+    suite = tmp_path / "two_nodes.yaml"
+    suite.write_text(TWO_NODES)
+    out = (tmp_path / "runs").as_uri()
+    caches = {name: tmp_path / f"cache_{name}" for name in ("head", "second")}
+    nodes = LoopbackCluster("ddbn", multi_node=True)
+    args = ["run", str(suite), "--out", out, "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]
     try:
-        nodes.start(head=True, num_cpus=1)
-        nodes.start(head=False, num_cpus=1)
-        out = tmp_path / "runs"
-        proc = run_cli(
-            "run",
-            str(suite),
-            "--address",
-            nodes.address,
-            "--out",
-            out.as_uri(),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            env=nodes.env,
-        )
+        for name, head in (("head", True), ("second", False)):
+            nodes.start(
+                head=head,
+                num_cpus=1,
+                resources=f'{{"node_{name}": 1}}',
+                env={"DDBENCH_CACHE": str(caches[name])},
+            )
+        proc = run_cli(*args, "--address", nodes.address, env=nodes.env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        before = result_files(tmp_path / "runs")
+        again = run_cli(*args, "--address", nodes.address, env=nodes.env)
+        assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout[-2000:]
+        assert result_files(tmp_path / "runs") == before
     finally:
         nodes.stop()
-    metas = [json.loads(p.read_text()) for p in out.glob("two_jobs/artifacts/*/meta.json")]
+
+    run = tmp_path / "runs" / "two_nodes"
+    metas = [json.loads((run / "artifacts" / j / "meta.json").read_text()) for j in _dm_jobs(run)]
     assert len(metas) == 2
     assert len({m["node"] for m in metas}) == 2, [m["node"] for m in metas]
     windows = [
@@ -218,6 +215,31 @@ def test_two_nodes_distil_two_jobs_side_by_side(tmp_path):
     overlap = min(end for _, end in windows) - max(start for start, _ in windows)
     shortest = min(end - start for start, end in windows)
     assert overlap > shortest / 2, (windows, overlap)  # side by side, not one after the other
+
+    rows = results(tmp_path / "runs", "two_nodes")
+    assert (rows["status"] == "ok").all()
+    assert rows["node"].str.starts_with("ray:").all()
+    assert rows["node"].n_unique() == 2, rows["node"].value_counts()
+    for cache in caches.values():  # each node copied what it evaluated from the URI store
+        assert list(cache.glob("*/store/artifacts/*/meta.json")), cache
+    assert not list(run.glob("**/.tmp-*"))  # no temporary file left in the store
+
+    reports = tmp_path / "reports"
+    rep = run_cli("report", "two_nodes", "--runs", out, "--out", str(reports))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "| dm |" in (reports / "two_nodes" / "README.md").read_text()
+    assert Store(out).child("two_nodes").list_files("artifacts", suffix="meta.json")
+
+
+def _dm_jobs(run: Path) -> list[str]:
+    """The ids of the dm artifacts under a run directory."""
+    import json
+
+    return [
+        p.parent.name
+        for p in run.glob("artifacts/*/meta.json")
+        if json.loads(p.read_text())["method"] == "dm"
+    ]
 
 
 def test_failed_cell_is_a_row_and_exit_code_1(tmp_path, failing_eval, capsys):
@@ -274,6 +296,7 @@ def test_resources_no_node_can_hold():
     assert worker_slots(gpu_workers, [cpu_node, gpu_node, {"CPU": 3.0, "GPU": 0.5}]) == 1
 
 
+@pytest.mark.ray
 def test_unplaceable_resources_stop_the_embedded_run(tmp_path):
     """Before any work, with the suite's line; on the embedded Ray nothing could ever join."""
     suite = tmp_path / "suite.yaml"
@@ -287,6 +310,7 @@ def test_unplaceable_resources_stop_the_embedded_run(tmp_path):
     assert not (tmp_path / "runs" / "gpu" / "artifacts").exists()
 
 
+@pytest.mark.ray
 def test_embedded_ray_stays_on_loopback():
     """The embedded cluster advertises 127.0.0.1, not the machine's network address, and so
     does its dashboard (`ddbench run --dashboard`), which answers there to Ray's token."""

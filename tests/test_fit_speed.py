@@ -102,6 +102,7 @@ def test_vmap_is_a_layout_rule_on_cpus():
         use_vectorised("on", "mlp", "cpu", 2)
 
 
+@pytest.mark.slow
 def test_bf16_matches_fp32_on_digits(digits):
     """Same seeds, fp32 vs bf16: mean test top1 within a few points (full figure: RESULTS.md).
     IPC 5 keeps it short where bf16 is emulated (slow) on the CPU."""

@@ -4,7 +4,6 @@ checkpoint / resume, loading a generator from a local file, and planning (shared
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -359,11 +358,11 @@ def test_smoke_params_share_the_cgan_job(tmp_path: Path) -> None:
     assert sorted(j.method for j in plan.jobs) == ["cgan", "d2m", "dim"]
 
 
-def test_smoke_distillation_is_fast(real: RealData) -> None:
-    tic = time.perf_counter()
+def test_smoke_budgets_distil_generators(real: RealData) -> None:
+    """The plugins' smoke budgets run and give generators (how long they take is a benchmark's
+    business, not a timed test's)."""
     for name in ("cgan", "dim"):
         m = get_method(name)
         art = m.distill(real, 0, m.Params(**m.smoke), LocalContext(0))
         assert isinstance(art, GeneratorSet)
-    assert time.perf_counter() - tic < 30
     assert draw_generator(0, 1, "x").initial_seed() != draw_generator(1, 1, "x").initial_seed()

@@ -82,6 +82,7 @@ def check_run(out: Path, digits) -> None:
     assert data.images.equal(digits.train_x[first]) and len(data) == digits.num_classes
 
 
+@pytest.mark.slow
 def test_include_folder_runs_a_plugin_method_locally(tmp_path, digits):
     folder = plugin_folder(tmp_path / "plugins")
     suite = tmp_path / "suite.yaml"
@@ -99,6 +100,7 @@ def test_include_folder_runs_a_plugin_method_locally(tmp_path, digits):
     check_run(out, digits)
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_runs_locally(tmp_path, digits):
     site = installed(tmp_path / "site", "ddbench_first_real", PLUGIN)
     env = with_path(site)

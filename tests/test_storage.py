@@ -1,5 +1,6 @@
 """The output store: the same behaviour on a plain path and on a URI (`file://`, the pyarrow
-local filesystem, which takes the object-store code path), plus a whole run into a URI."""
+local filesystem, which takes the object-store code path); a whole run into a URI on a
+two-node cluster is in tests/test_e2e.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from ddbench.errors import UserError
 from ddbench.protocols import eval_config
 from ddbench.schema import make_row, now_utc, read_results, read_rows, write_rows
 from ddbench.storage import Store
-from tests.conftest import REPO, run_cli
 
 
 @pytest.fixture(params=["path", "uri"])
@@ -103,23 +103,3 @@ def test_pickles_as_its_uri(store):
 def test_bad_uri_is_a_user_error():
     with pytest.raises(UserError, match="nosuchscheme"):
         Store("nosuchscheme://bucket/runs").exists("x")
-
-
-def test_run_into_a_file_uri_then_report_and_resume(tmp_path):
-    """A whole suite (embedded Ray) with --out as a URI; report and rerun read through it."""
-    out = (tmp_path / "runs").as_uri()
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    quick = str(REPO / "suites" / "quickstart.yaml")
-    args = ["run", quick, "--set", "profile=smoke", "--only", "dm", "--out", out]
-    env_args = ["--tracking-uri", tracking]
-    proc = run_cli(*args, *env_args)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = Store(out).child("quickstart")
-    rows = pl.from_arrow(read_results(run))
-    assert rows.height > 0 and (rows["status"] == "ok").all()
-    assert run.list_files("artifacts", suffix="meta.json")
-    again = run_cli(*args, *env_args)
-    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout[-2000:]
-    rep = run_cli("report", "quickstart", "--runs", out, "--out", str(tmp_path / "reports"))
-    assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "| dm |" in (tmp_path / "reports" / "quickstart" / "README.md").read_text()

@@ -43,13 +43,6 @@ methods:
       max_concurrent_trials: 1
       eval_seeds: 2
       eval_epochs: 20
-  - name: herding
-    params: {embed_epochs: 1}
-    tune:
-      space: {embedding: {grid: [random, trained]}}
-      max_concurrent_trials: 1
-      eval_seeds: 1
-      eval_epochs: 20
   - name: random_real
 evals:
   - name: cross_arch
@@ -158,9 +151,10 @@ def test_tune_needs_ray(tmp_path):
     path = write(tmp_path / "s.yaml", TUNED)
     proc = run_cli("run", str(path), "--local", "--out", str(tmp_path / "runs"))
     assert proc.returncode == 2
-    assert "['dm', 'herding'] have a tune: block, which runs on Ray: drop --local" in proc.stderr
+    assert "['dm'] have a tune: block, which runs on Ray: drop --local" in proc.stderr
 
 
+@pytest.mark.ray
 def test_tuned_suite_against_an_mlflow_server(tmp_path):
     """Trials distil as Train runs inside Tune trials; the chosen config is evaluated; MLflow
     (a real server) holds a child run per trial; the leaderboard finds the tuned method."""
@@ -171,16 +165,16 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
         proc = run_cli("run", str(suite), "--out", str(out), "--tracking-uri", server.uri)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "tuning dm ipc=1 seed=0 [" in proc.stdout and "a Ray Tune experiment" in proc.stdout
-        # the two sweeps ran side by side, each trial on its own job with its own space's config
+        # each trial on its own job with its config; one after the other (max_concurrent_trials)
         selection = selection_rows(out)
-        space_of = {"dm": {"lr_img"}, "herding": {"embedding"}}
-        tuned_of = {}
-        for method, params in zip(selection["method"], selection["eval_params"], strict=True):
-            assert set(json.loads(params)["config"]) == space_of[method]
-            tuned_of[method] = json.loads(params)["tuned_job"]
-        for tuned in tuned_of.values():  # max_concurrent_trials: 1
-            (_, first_end), (second_start, _) = trial_windows(out, tuned)
-            assert second_start >= first_end - 1.0  # timestamps are whole seconds
+        assert set(selection["method"]) == {"dm"}
+        assert {json.dumps(json.loads(p)["config"]) for p in selection["eval_params"]} == {
+            json.dumps({"lr_img": 0.1}),
+            json.dumps({"lr_img": 10.0}),
+        }
+        tuned_of = {"dm": json.loads(selection["eval_params"][0])["tuned_job"]}
+        (_, first_end), (second_start, _) = trial_windows(out, tuned_of["dm"])
+        assert second_start >= first_end - 1.0  # timestamps are whole seconds
         board = run_cli(
             "leaderboard", "--tracking-uri", server.uri, "--suite", "tuned", "--format", "json"
         )
@@ -230,8 +224,8 @@ def test_tuned_suite_against_an_mlflow_server(tmp_path):
     final = rows.filter((pl.col("evaluator") == "cross_arch") & (pl.col("method") == "dm"))
     assert {json.loads(p)["lr_img"] for p in final["method_params"]} == {float(chosen)}
     events = list((out / "tuned" / "ray_tune").glob("tune-*/*/events.out.tfevents.*"))
-    # one TensorBoard file per trial and run: two sweeps of two trials, then dm's again
-    assert len(events) == 6
+    # one TensorBoard file per trial and run: two trials, then the same two again
+    assert len(events) == 4
     report = run_cli("report", str(out / "tuned"), "--out", str(tmp_path / "reports"))
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "reports" / "tuned" / "README.md").read_text()

@@ -46,6 +46,8 @@ from ddbench.methods._gan import data_config, new_generator
 from ddbench.methods._pixel import SyntheticSet
 from tests.conftest import TINY_GENERATOR, free_port
 
+pytestmark = pytest.mark.slow  # spawns 2-process gloo groups per method
+
 SEED = 5
 IPC = 2
 PIXEL_TOL = 1e-5  # normalised pixel units; measured 0 (see the module docstring)

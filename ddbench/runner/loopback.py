@@ -28,29 +28,32 @@ def free_port() -> int:
 
 
 def processes_mentioning(marker: str) -> list:
-    """Processes whose command line or RAY_TMPDIR names `marker` (e.g. a Ray temp dir)."""
-    found = []
+    """Processes whose command line or RAY_TMPDIR names `marker` (e.g. a Ray temp dir), and
+    their descendants: Ray's agents (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) retitle
+    themselves, which overwrites both, and are known only as the raylet's children."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
         try:
             text = " ".join(proc.info["cmdline"] or [])
             if marker in text or (proc.info["environ"] or {}).get("RAY_TMPDIR") == marker:
-                found.append(proc)
+                found[proc.pid] = proc
+                found.update({child.pid: child for child in proc.children(recursive=True)})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return found
+    return list(found.values())
 
 
 def stop_processes_mentioning(marker: str, grace_s: float = 15.0) -> None:
-    """SIGTERM what we started (found by marker), then SIGKILL what is left after `grace_s`."""
-    for proc in processes_mentioning(marker):
+    """SIGTERM what we started (found by marker, with descendants), SIGKILL what is left after
+    `grace_s`, then whatever started meanwhile."""
+    procs = processes_mentioning(marker)
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.NoSuchProcess:
             continue
-    deadline = time.monotonic() + grace_s
-    while processes_mentioning(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for proc in processes_mentioning(marker):
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive + processes_mentioning(marker):
         try:
             proc.kill()
         except psutil.NoSuchProcess:

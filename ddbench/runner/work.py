@@ -12,10 +12,11 @@ mode use it without starting or importing Ray:
   evaluation protocol and config (`ddbench.protocols`) and the seconds of the job's
   prerequisites (`prerequisite_seconds`, from their artifacts' meta);
 - `write_reduce`: an evaluator's job-level rows once all of its cells are written;
-- `artifact_done` / `cell_done`: what a rerun can skip (the only reads of the store a run makes
-  to find finished work); damage they find (an artifact whose meta.json is missing or not JSON
-  or whose files have the wrong size, an unreadable result file) is moved aside
-  (`Store.move_aside`, never deleted) and that work is done again;
+- `artifact_done` / `cell_done` / `all_done`: what a rerun can skip (the only reads of the
+  store a run makes to find finished work; with nothing left, no Ray starts); damage they find
+  (an artifact whose meta.json is missing or not JSON or whose files have the wrong size, an
+  unreadable result file) is moved aside (`Store.move_aside`, never deleted) and that work is
+  done again;
 - `local_artifact`: an artifact on this node, verified against its digests
   (`ddbench.artifact.verify_artifact`); a cell that finds its artifact corrupt moves it aside
   (`set_aside`) and becomes a `failed` row saying so; the next run distils it again;
@@ -298,6 +299,15 @@ def cell_done(
     (`readable_rows`) and the cell is not done."""
     rows = readable_rows(store, cell.relpath, log)
     return rows is not None and all(r["status"] == "ok" for r in rows)
+
+
+def all_done(plan: Plan, store: Store, log: Log) -> bool:
+    """Whether every job's artifact and every cell's rows are already in `store` (a rerun with
+    nothing to do, which then needs no Ray at all). Stops at the first missing piece; damage
+    found on the way is moved aside (`log`) as a run's own checks would."""
+    return all(artifact_done(store, job.job_id, log) for job in plan.jobs) and all(
+        cell_done(store, cell, log) for cell in plan.cells
+    )
 
 
 # --------------------------------------------------------------------------- rows
