@@ -22,6 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Under pytest-xdist every worker process would give torch every core: 2 workers x 2 OpenMP
+# threads on 2 cores spin against each other (the D4M contract test took 113 s instead of 17 s).
+# Each worker gets its share, set before torch is imported; the `--local` CLI runs the tests
+# start inherit it (OMP_NUM_THREADS is torch's default thread count).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
 
 
 TINY_GENERATOR = {"noise_dim": 8, "width": 8}  # generator params that run in milliseconds

@@ -58,7 +58,15 @@ def test_method_contract(name, digits, tmp_path):
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+# methods whose smoke run pre-trains a diffusion model (over 10 s): their determinism run is
+# `slow` (make test-fast skips it; make test runs it), their contract run is not
+PRETRAINING = {"d4m", "latent_diffusion"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in PRETRAINING else n for n in METHODS.names()],
+)
 def test_method_is_deterministic(name, digits, tmp_path):
     a = distil(name, digits, 1, tmp_path / "a", seed=3)
     b = distil(name, digits, 1, tmp_path / "b", seed=3)

@@ -6,10 +6,11 @@ cells, one at a time. Tuned jobs need Ray Tune and are refused.
 
 from __future__ import annotations
 
-import os
 import socket
 import traceback
 from typing import Any
+
+import torch
 
 from ddbench.context import LocalContext, pick_device
 from ddbench.errors import UserError
@@ -43,7 +44,8 @@ def run_local(
     cpus: float | None = None,
 ) -> RunSummary:
     """The same plan in-process: jobs then their cells, one at a time, `cpus` torch threads
-    (default: every core). `log` gets the lines (a `RunLog` also the problems and counts)."""
+    (default: torch's, i.e. OMP_NUM_THREADS when set, else the cores). `log` gets the lines (a
+    `RunLog` also the problems and counts)."""
     tuned = sorted({j.label for j in plan.jobs if j.tune})
     if tuned:
         raise UserError(f"methods {tuned} have a tune: block, which runs on Ray: drop --local")
@@ -51,6 +53,7 @@ def run_local(
     summary = RunSummary(jobs_total=len(plan.jobs), cells_total=len(plan.cells))
     sha = git_sha()
     device = pick_device()
+    threads = cpus or torch.get_num_threads()
     out.counts(summary)
     for job in plan.jobs:
         cells = plan.cells_of(job)
@@ -88,7 +91,7 @@ def run_local(
                 out.counts(summary)
                 continue
             status, n, cause = run_cell(
-                cell, real, store, device, cpus or os.cpu_count() or 1, sha, socket.gethostname()
+                cell, real, store, device, threads, sha, socket.gethostname()
             )
             count(summary, cell, status, n, out, cause)
     write_reduce(plan, store, sha, log)
