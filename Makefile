@@ -40,9 +40,11 @@ test: install browser
 	$(BIN)/ruff check ddbench tests benchmarks
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
-# the unit and contract tests: no Ray, no whole suites, no servers (markers in pyproject.toml)
+# the unit and contract tests: no Ray, no whole suites, no servers, no browser (markers in
+# pyproject.toml)
 test-fast: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not ray and not slow" --durations=5
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=5 \
+	  -m "not ray and not slow and not server and not browser"
 
 lint: install
 	$(BIN)/ruff check ddbench tests benchmarks

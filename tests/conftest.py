@@ -90,6 +90,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
+@pytest.fixture(autouse=True)
+def _ray_tests_are_grouped(request: pytest.FixtureRequest) -> None:
+    """Under `--dist loadgroup`, a `ray` test that xdist did not put in the group fails at once
+    (pytest 9.2 with xdist 3.8 silently dropped the grouping, and Ray tests ran two at a time)."""
+    if request.node.get_closest_marker("ray") and getattr(request.config.option, "loadgroup", 0):
+        assert request.node.nodeid.endswith("@ray"), f"not in the ray group: {request.node.nodeid}"
+
+
 @pytest.fixture(scope="session")
 def digits():
     from ddbench.data import load_dataset

@@ -32,8 +32,25 @@ def test_required_plugins_are_registered():
     from ddbench.evals import EVALS
     from ddbench.methods import METHODS
 
-    assert {"random_real", "herding", "kcenter"} <= set(METHODS.names())
-    assert "cross_arch" in EVALS
+    # the mission's methods: the coreset baselines, DC, DSA, DM, a conditional GAN, DataDAM,
+    # DiM, D2M and D4M (plus the whole-dataset reference and user files)
+    assert {
+        "random_real",
+        "herding",
+        "kcenter",
+        "dc",
+        "dsa",
+        "dm",
+        "cgan",
+        "datadam",
+        "dim",
+        "d2m",
+        "d4m",
+        "whole_dataset",
+        "from_files",
+    } <= set(METHODS.names())
+    # cross-architecture training, both NAS spaces, class-incremental continual learning
+    assert {"cross_arch", "nas720", "nas_bench_201", "continual"} <= set(EVALS.names())
     assert {
         "digits",
         "mnist",

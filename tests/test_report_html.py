@@ -166,7 +166,7 @@ def count(pixels: np.ndarray, colour: tuple[int, int, int]) -> int:
     return int((np.abs(pixels - np.array(colour)).max(axis=2) <= TOLERANCE).sum())
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 def test_html_report_is_self_contained_and_renders(tmp_path, browser, capsys) -> None:
     from matplotlib import colormaps
 

@@ -155,6 +155,7 @@ def test_tune_needs_ray(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.server
 def test_tuned_suite_against_an_mlflow_server(tmp_path):
     """Trials distil as Train runs inside Tune trials; the chosen config is evaluated; MLflow
     (a real server) holds a child run per trial; the leaderboard finds the tuned method."""
