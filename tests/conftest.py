@@ -1,6 +1,6 @@
-"""Shared fixtures and the `ray` test group: the real digits data (loaded once), quiet Ray /
-MLflow settings, CLI runner, a tiny untrained generator artifact, `from_files` inputs written
-from real images, an evaluator whose cells fail on purpose."""
+"""Shared fixtures: the real digits data (loaded once), quiet Ray / MLflow settings, torch
+threads under pytest-xdist, CLI runner, a tiny untrained generator artifact, `from_files` inputs
+written from real images, an evaluator whose cells fail on purpose."""
 
 from __future__ import annotations
 
@@ -78,24 +78,6 @@ def write_distillate(
         torch.save(torch.tensor(lr), directory / "lr.pt")
         params["lr"] = str(directory / "lr.pt")
     return params
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `ray` form one xdist group: with `--dist loadgroup` they run one after the
-    other on one worker while the other workers take the rest. Two Ray clusters at once on two
-    cores would each start runners for both cores and wait on each other's process start-ups."""
-    for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
-@pytest.fixture(autouse=True)
-def _ray_tests_are_grouped(request: pytest.FixtureRequest) -> None:
-    """Under `--dist loadgroup`, a `ray` test that xdist did not put in the group fails at once
-    (pytest 9.2 with xdist 3.8 silently dropped the grouping, and Ray tests ran two at a time)."""
-    if request.node.get_closest_marker("ray") and getattr(request.config.option, "loadgroup", 0):
-        assert request.node.nodeid.endswith("@ray"), f"not in the ray group: {request.node.nodeid}"
 
 
 @pytest.fixture(scope="session")
