@@ -55,9 +55,7 @@ def real_run(n: int, iterations: int, work: Path) -> tuple[float, float]:
     loopback cluster of `n` single-CPU nodes, seconds to the first job's start)."""
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan
-    from ddbench.runner.cluster import init_ray, shutdown_ray
     from ddbench.runner.loopback import LoopbackCluster
-    from ddbench.runner.scheduler import run_ray
     from ddbench.spec import load_suite
     from ddbench.storage import Store
 
@@ -73,6 +71,10 @@ def real_run(n: int, iterations: int, work: Path) -> tuple[float, float]:
         for i in range(n):
             cluster.start(head=i == 0, num_cpus=1)
         os.environ.update(cluster.env)
+        # Ray reads the cluster mode from the environment once, at import: import it only now
+        from ddbench.runner.cluster import init_ray, shutdown_ray
+        from ddbench.runner.scheduler import run_ray
+
         init_ray(cluster.address)
         start = datetime.now().astimezone()
         run_ray(plan, load_dataset("digits"), out, force=False, log=lambda m: None)
