@@ -101,6 +101,14 @@ ArchBuilder = Callable[..., "FeatureModel"]
 ARCHS: Registry[ArchBuilder] = Registry("arch", "ddbench.archs")
 
 
+def _arch(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
+    def decorate(builder: ArchBuilder) -> ArchBuilder:
+        builder.name = name  # type: ignore[attr-defined]
+        return ARCHS.register(builder)
+
+    return decorate
+
+
 def known_arch(name: str) -> str:
     """`name` if it is a registered architecture, else a did-you-mean error (`UnknownNameError`,
     a `ValueError`): the check behind `ArchName` / `ArchNames` in params models."""
@@ -639,79 +647,79 @@ def _small_stem_conv(old: nn.Module, channels: int) -> nn.Conv2d:
 # --------------------------------------------------------------------------- registered builders
 
 
-@ARCHS.register("convnet")
+@_arch("convnet")
 def convnet(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's ConvNet (instance norm, ReLU, average pooling, width 128, depth by resolution)."""
     return ConvNet(channels, num_classes, image_size, **overrides)
 
 
-@ARCHS.register("convnet_bn")
+@_arch("convnet_bn")
 def convnet_bn(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's ConvNetBN: ConvNet with BatchNorm2d."""
     kwargs = _fixed("convnet_bn", overrides, norm="batchnorm")
     return ConvNet(channels, num_classes, image_size, **kwargs)
 
 
-@ARCHS.register("mlp")
+@_arch("mlp")
 def mlp(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's 3-layer MLP (128 hidden units)."""
     return MLP(channels, num_classes, image_size, **overrides)
 
 
-@ARCHS.register("lenet")
+@_arch("lenet")
 def lenet(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's LeNet."""
     return LeNet(channels, num_classes, image_size, **overrides)
 
 
-@ARCHS.register("alexnet")
+@_arch("alexnet")
 def alexnet(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's AlexNet (no normalisation)."""
     return AlexNet(channels, num_classes, image_size, **overrides)
 
 
-@ARCHS.register("vgg11")
+@_arch("vgg11")
 def vgg11(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's VGG-11 with instance norm."""
     return VGG(channels, num_classes, image_size, **overrides)
 
 
-@ARCHS.register("resnet18")
+@_arch("resnet18")
 def resnet18(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's ResNet-18 with instance norm."""
     kwargs = _fixed("resnet18", overrides, layers=(2, 2, 2, 2))
     return ResNet(channels, num_classes, image_size, **kwargs)
 
 
-@ARCHS.register("resnet18_bn")
+@_arch("resnet18_bn")
 def resnet18_bn(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's ResNet18BN: ResNet-18 with BatchNorm2d."""
     kwargs = _fixed("resnet18_bn", overrides, layers=(2, 2, 2, 2), norm="batchnorm")
     return ResNet(channels, num_classes, image_size, **kwargs)
 
 
-@ARCHS.register("resnet18_ap")
+@_arch("resnet18_ap")
 def resnet18_ap(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """DC's ResNet18_AP: average-pool downsampling, flattened-map head, instance norm."""
     kwargs = _fixed("resnet18_ap", overrides, layers=(2, 2, 2, 2), avgpool_downsample=True)
     return ResNet(channels, num_classes, image_size, **kwargs)
 
 
-@ARCHS.register("resnet10")
+@_arch("resnet10")
 def resnet10(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """ResNet-10 (one BasicBlock per stage), DC-style, for DiM's model pool."""
     kwargs = _fixed("resnet10", overrides, layers=(1, 1, 1, 1))
     return ResNet(channels, num_classes, image_size, **kwargs)
 
 
-@ARCHS.register("resnet10_ap")
+@_arch("resnet10_ap")
 def resnet10_ap(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """ResNet-10 with DC's average-pool downsampling and head, for DiM's model pool."""
     kwargs = _fixed("resnet10_ap", overrides, layers=(1, 1, 1, 1), avgpool_downsample=True)
     return ResNet(channels, num_classes, image_size, **kwargs)
 
 
-@ARCHS.register("nb201")
+@_arch("nb201")
 def nb201(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """NAS-Bench-201's skeleton (C = 16, N = 5) around one cell, by default a residual cell of
     3x3 convs; ``genotype``, ``width`` and ``cells_per_stage`` override (``ddbench.nb201``)."""
@@ -720,7 +728,7 @@ def nb201(channels: int, num_classes: int, image_size: int, **overrides: Any) ->
     return NB201Net(channels, num_classes, image_size, **overrides)
 
 
-@ARCHS.register("resnet50")
+@_arch("resnet50")
 def resnet50(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """timm ResNet-50 (random init) with a CIFAR stem: the 7x7/2 conv becomes a 3x3/1 conv and
     the stem max-pool is removed, so 8 px runs 8 -> 8 -> 4 -> 2 -> 1 through the stages.
@@ -732,7 +740,7 @@ def resnet50(channels: int, num_classes: int, image_size: int, **overrides: Any)
     return TimmAdapter(model, "resnet50")
 
 
-@ARCHS.register("densenet121")
+@_arch("densenet121")
 def densenet121(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """timm DenseNet-121 (random init) with a CIFAR stem: ``features.conv0`` 7x7/2 becomes a
     3x3/1 conv and ``features.pool0`` is removed; a transition's 2x2 average pool is skipped
@@ -752,7 +760,7 @@ def densenet121(channels: int, num_classes: int, image_size: int, **overrides: A
     return TimmAdapter(model, "densenet121")
 
 
-@ARCHS.register("vit_tiny")
+@_arch("vit_tiny")
 def vit_tiny(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
     """timm ``vit_tiny_patch16_224`` (dim 192, depth 12, 3 heads; random init) at
     ``img_size=image_size`` with patch size 4 (2 below 16 px, so 8 px still gives 4x4 = 16

@@ -223,6 +223,14 @@ DatasetLoader = Callable[[Any], RawSplits]
 DATASETS: Registry[DatasetLoader] = Registry("dataset", "ddbench.datasets")
 
 
+def _dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        loader.name = name  # type: ignore[attr-defined]
+        return DATASETS.register(loader)
+
+    return decorate
+
+
 def dataset_params_model(name: str) -> type[DatasetParams]:
     return getattr(DATASETS.get(name), "Params", DatasetParams)
 
@@ -302,7 +310,7 @@ def data_root(root: str | None, name: str) -> Path:
 # --------------------------------------------------------------------------- digits (embedded)
 
 
-@DATASETS.register("digits")
+@_dataset("digits")
 def digits(params: DigitsParams) -> RawSplits:
     """scikit-learn's 1,797 real 8x8 handwritten digits (ships with the package; no download).
 
@@ -398,7 +406,7 @@ def _register_torchvision(
 
     loader.__doc__ = f"torchvision {cls_name}, read from a local root. {how}"
     loader.Params = TorchvisionParams  # type: ignore[attr-defined]
-    DATASETS.register(name)(loader)
+    _dataset(name)(loader)
 
 
 _TV_HOW = "torchvision expects its own folder layout (e.g. {root}/cifar-10-batches-py)."
@@ -457,7 +465,7 @@ def _folder_dataset(
     return RawSplits(train.train_x, train.train_y, test.train_x, test.train_y, classes)
 
 
-@DATASETS.register("imagefolder")
+@_dataset("imagefolder")
 def imagefolder(params: FolderParams) -> RawSplits:
     """Any `root/train/<class>/*` + `root/test/<class>/*` tree; classes = sorted folder names."""
     if not params.root:
@@ -488,7 +496,7 @@ def _register_imagenet_subset(name: str, how: str) -> None:
 
     loader.__doc__ = f"{name}: an ImageNet subset stored as image folders. {how}"
     loader.Params = SubsetFolderParams  # type: ignore[attr-defined]
-    DATASETS.register(name)(loader)
+    _dataset(name)(loader)
 
 
 _register_imagenet_subset(
@@ -503,7 +511,7 @@ _register_imagenet_subset(
 )
 
 
-@DATASETS.register("tiny_imagenet")
+@_dataset("tiny_imagenet")
 def tiny_imagenet(params: TinyImageNetParams) -> RawSplits:
     """Tiny ImageNet (200 classes, 64 px); its labelled val split serves as test.
 

@@ -1,14 +1,19 @@
-"""Named registries of plugins (datasets, architectures, methods, evaluators).
+"""Named registries of plugins: one mechanism for every kind (methods, evaluators, architectures,
+datasets, artifact kinds, report sections).
 
-A plugin registers itself with a decorator at import time::
+A plugin is a class with a snake_case `name` that registers itself with its kind's decorator at
+import time::
 
     METHODS = Registry("method")
 
-    @METHODS.register("random_real")
-    class RandomReal(Method): ...
+    @METHODS.register
+    class RandomReal(Method):
+        '''Random real images per class (the docstring's first paragraph describes it).'''
+        name = "random_real"
 
-Registering a name twice is an error at import naming both modules; asking for an unknown name
-raises `UnknownNameError` with the closest known names ("did you mean ...?").
+Every kind's base class derives from `Plugin`, which declares the hooks all kinds share
+(`description`). Registering a name twice is an error at import naming both modules; asking for an
+unknown name raises `UnknownNameError` with the closest known names ("did you mean ...?").
 
 A registry with an entry-point `group` (`Registry("method", "ddbench.methods")`) imports the
 plugins of installed distributions in that group, and those of `--include` files shipped to a Ray
@@ -19,10 +24,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterator
+from typing import ClassVar, Generic, TypeVar
 
-T = TypeVar("T")
+T = TypeVar("T", bound=type)
 
 # snake_case identifiers only (docs/architecture.md#registries-and-plugins)
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -41,6 +46,18 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+class Plugin:
+    """Base of every plugin class: a registry key and a one-line description."""
+
+    name: ClassVar[str]  # the registry key: snake_case, unique within its kind
+
+    @classmethod
+    def description(cls) -> str:
+        """One line for `ddbench ls -v`: the first paragraph of the class docstring, joined."""
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(doc.split())
 
 
 class Registry(Generic[T]):
@@ -62,21 +79,21 @@ class Registry(Generic[T]):
         import_env_plugins()
         load_entry_points(str(self.group))
 
-    def register(self, name: str) -> Callable[[T], T]:
-        if not _NAME_PATTERN.match(name):
-            raise ValueError(f"{self.kind} name {name!r} is not a snake_case identifier")
-
-        def decorate(item: T) -> T:
-            if name in self._items:
-                first = getattr(self._items[name], "__module__", "?")
-                raise ValueError(
-                    f"duplicate {self.kind} name {name!r}: {first} registers it and "
-                    f"{getattr(item, '__module__', '?')} registers it again; rename one"
-                )
-            self._items[name] = item
-            return item
-
-        return decorate
+    def register(self, item: T) -> T:
+        """Class decorator: register `item` under `item.name` (a duplicate name is an error)."""
+        name = getattr(item, "name", None)
+        if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+            raise ValueError(
+                f"{self.kind} {item!r}: `name` must be a snake_case identifier, got {name!r}"
+            )
+        if name in self._items:
+            first = self._items[name].__module__
+            raise ValueError(
+                f"duplicate {self.kind} name {name!r}: {first} registers it and "
+                f"{item.__module__} registers it again; rename one"
+            )
+        self._items[name] = item
+        return item
 
     def get(self, name: str) -> T:
         self._load_plugins()

@@ -102,7 +102,7 @@ def failing_eval():
                 raise RuntimeError("this cell fails on purpose\nsecond line not shown")
             return super().run(cell, job, params, ctx)
 
-    EVALS.register(Failing.name)(Failing)
+    EVALS.register(Failing)
     yield Failing.name
     EVALS._items.pop(Failing.name)
 

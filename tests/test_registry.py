@@ -1,19 +1,30 @@
 import pytest
 
-from ddbench.registry import Registry, UnknownNameError
+from ddbench.registry import Plugin, Registry, UnknownNameError
+
+
+def _plugin(plugin_name: str) -> type[Plugin]:
+    class Thing(Plugin):
+        """A thing.
+
+        More about it."""
+
+        name = plugin_name
+
+    return Thing
 
 
 def test_duplicate_name_is_an_error():
-    reg: Registry[int] = Registry("thing")
-    reg.register("alpha")(1)
+    reg: Registry[type[Plugin]] = Registry("thing")
+    reg.register(_plugin("alpha"))
     with pytest.raises(ValueError, match="duplicate thing name 'alpha'"):
-        reg.register("alpha")(2)
+        reg.register(_plugin("alpha"))
 
 
 def test_unknown_name_suggests_the_closest():
-    reg: Registry[int] = Registry("thing")
-    reg.register("datadam")(1)
-    reg.register("random_real")(2)
+    reg: Registry[type[Plugin]] = Registry("thing")
+    reg.register(_plugin("datadam"))
+    reg.register(_plugin("random_real"))
     with pytest.raises(UnknownNameError, match="did you mean 'datadam'"):
         reg.get("datadm")
     with pytest.raises(UnknownNameError) as info:
@@ -23,7 +34,11 @@ def test_unknown_name_suggests_the_closest():
 
 def test_names_must_be_snake_case():
     with pytest.raises(ValueError, match="snake_case"):
-        Registry("thing").register("Bad-Name")
+        Registry("thing").register(_plugin("Bad-Name"))
+
+
+def test_description_is_the_docstrings_first_paragraph():
+    assert _plugin("alpha").description() == "A thing."
 
 
 def test_required_plugins_are_registered():

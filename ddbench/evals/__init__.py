@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ddbench.plugins import import_all
-from ddbench.registry import Registry
+from ddbench.registry import Plugin, Registry
 
 if TYPE_CHECKING:
     from ddbench.artifact import Artifact
@@ -60,8 +60,7 @@ class EvalJob:
     inputs: dict[str, Artifact] = field(default_factory=dict)  # `Evaluator.inputs`, distilled
 
 
-class Evaluator:
-    name: ClassVar[str]
+class Evaluator(Plugin):
     version: ClassVar[int] = 1
     Params: ClassVar[type[EvalParams]] = EvalParams
     smoke: ClassVar[dict[str, Any]] = {}
@@ -93,8 +92,7 @@ class Evaluator:
 EVALS: Registry[type[Evaluator]] = Registry("evaluator", "ddbench.evals")
 
 
-def register_eval(cls: type[Evaluator]) -> type[Evaluator]:
-    return EVALS.register(cls.name)(cls)
+register_eval = EVALS.register  # the class decorator of an evaluator plugin
 
 
 def get_eval(name: str) -> Evaluator:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ddbench.plugins import import_all
-from ddbench.registry import Registry
+from ddbench.registry import Plugin, Registry
 
 if TYPE_CHECKING:
     from ddbench.artifact import Artifact
@@ -54,8 +54,7 @@ class MethodParams(BaseModel):
     execution_fields: ClassVar[frozenset[str]] = frozenset()
 
 
-class Method:
-    name: ClassVar[str]
+class Method(Plugin):
     paper: ClassVar[str]
     version: ClassVar[int] = 1
     Params: ClassVar[type[MethodParams]] = MethodParams
@@ -93,8 +92,7 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method", "ddbench.methods")
 
 
-def register_method(cls: type[Method]) -> type[Method]:
-    return METHODS.register(cls.name)(cls)
+register_method = METHODS.register  # the class decorator of a method plugin
 
 
 def get_method(name: str) -> Method:
