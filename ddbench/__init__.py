@@ -22,7 +22,8 @@ import sys
 import types
 from typing import Any
 
-__version__ = "0.1.0"
+from ddbench.version import __version__
+
 __all__ = ["RunResult", "__version__", "load_distillate", "load_suite", "report", "rows", "run"]
 
 

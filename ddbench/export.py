@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import TensorDataset
 
-from ddbench import __version__
 from ddbench.artifact import (
     META_FILE,
     ZCA_FILE,
@@ -56,6 +55,7 @@ from ddbench.artifact import (
 )
 from ddbench.errors import UserError
 from ddbench.registry import did_you_mean
+from ddbench.version import __version__
 
 if TYPE_CHECKING:
     from ddbench.data import RealData

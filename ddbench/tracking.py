@@ -73,8 +73,8 @@ def log_plan(
     """Log every job that needs it; returns the number of child runs written."""
     mlflow = _mlflow()
 
-    from ddbench import __version__
     from ddbench.runner.work import git_sha
+    from ddbench.version import __version__
 
     mlflow.set_tracking_uri(uri)
     markers = f"tracking/{content_hash(uri)}"

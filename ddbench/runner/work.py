@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from ddbench import __version__
 from ddbench.artifact import (
     META_FILE,
     ZCA_FILE,
@@ -54,6 +53,7 @@ from ddbench.protocols import eval_config
 from ddbench.schema import make_row, now_utc, read_rows, to_json, write_rows
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import Store
+from ddbench.version import __version__
 from ddbench.viz import GRID_FILE, grid_png
 
 if TYPE_CHECKING:
