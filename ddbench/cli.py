@@ -18,6 +18,7 @@ from ddbench.spec import SuiteError
 
 if TYPE_CHECKING:
     from ddbench.progress import Verbosity
+    from ddbench.registry import Plugin, Registry
     from ddbench.spec import LoadedSuite
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
@@ -50,52 +51,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     import fnmatch
 
-    registry, describe = _registry(args.kind)
+    registry = _registry(args.kind)
     for name in registry.names():
         if args.pattern and not fnmatch.fnmatch(name, args.pattern):
             continue
-        print(name if not args.verbose else describe(name))
+        print(describe_plugin(registry.get(name)) if args.verbose else name)
     return EXIT_OK
 
 
-def _registry(kind: str):
-    def params_text(model) -> str:
-        if model is None:
-            return ""
-        lines = [f"    {k} = {f.default!r}" for k, f in model.model_fields.items()]
-        return "\n".join(lines)
-
+def _registry(kind: str) -> Registry:
     if kind == "methods":
         from ddbench.methods import METHODS
 
-        def describe(name: str) -> str:
-            m = METHODS.get(name)
-            return f"{name} (v{m.version}): {m.paper}\n{params_text(m.Params)}"
-
-        return METHODS, describe
+        return METHODS
     if kind == "evals":
         from ddbench.evals import EVALS
 
-        def describe(name: str) -> str:
-            e = EVALS.get(name)
-            return f"{name} (v{e.version}): {(e.__doc__ or '').strip()}\n{params_text(e.Params)}"
-
-        return EVALS, describe
+        return EVALS
     if kind == "archs":
         from ddbench.archs import ARCHS
 
-        def describe(name: str) -> str:
-            doc = (ARCHS.get(name).__doc__ or "").strip().splitlines()
-            return f"{name}: {doc[0] if doc else ''}"
+        return ARCHS
+    from ddbench.data import DATASETS
 
-        return ARCHS, describe
-    from ddbench.data import DATASETS, dataset_params_model
+    return DATASETS
 
-    def describe(name: str) -> str:
-        doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
-        return f"{name}: {doc[0] if doc else ''}\n{params_text(dataset_params_model(name))}"
 
-    return DATASETS, describe
+def describe_plugin(plugin: type[Plugin]) -> str:
+    """`ddbench ls -v`'s entry: name, version and paper where the kind has them, description,
+    and each param with its default (or `(required)`)."""
+    version = getattr(plugin, "version", None)
+    lines = [f"{plugin.name}{f' (v{version})' if version else ''}: {plugin.description()}"]
+    if getattr(plugin, "paper", None):
+        lines.append(f"    paper: {plugin.paper}")
+    params = getattr(plugin, "Params", None)
+    for key, field in params.model_fields.items() if params else ():
+        required = field.is_required()
+        default = "(required)" if required else repr(field.get_default(call_default_factory=True))
+        lines.append(f"    {key} = {default}")
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -227,7 +227,7 @@ def _selection_spec(
     for espec, eparams in zip(loaded.suite.evals, loaded.eval_params, strict=True):
         if espec.name == CrossArch.name:
             evaluator = EVALS.get(espec.name)()
-            name, protocol = evaluator.protocols(eparams, METHODS.get(method_name))[-1]
+            name, protocol = evaluator.protocols(METHODS.get(method_name), eparams)[-1]
             break
     update: dict[str, Any] = {}
     if tune.eval_sampling is None:
@@ -249,7 +249,7 @@ def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
     subsets: dict[tuple[int, ...], None] = {}
     for espec, eparams in zip(loaded.suite.evals, loaded.eval_params, strict=True):
         evaluator = EVALS.get(espec.name)()
-        for cell in evaluator.cells(eparams, loaded.suite.resources.eval.device):
+        for cell in evaluator.cells(loaded.suite.resources.eval.device, eparams):
             subsets.update(dict.fromkeys(evaluator.inputs(cell, eparams).values()))
     return list(subsets)
 
@@ -296,7 +296,7 @@ def make_plan(loaded: LoadedSuite, only: str | Sequence[str] | None = None) -> P
     for job in plan.jobs:
         for espec, eparams in zip(suite.evals, loaded.eval_params, strict=True):
             evaluator = EVALS.get(espec.name)()
-            for protocol, pparams in evaluator.protocols(eparams, METHODS.get(job.method)):
+            for protocol, pparams in evaluator.protocols(METHODS.get(job.method), eparams):
                 plan.cells += _cells(plan, job, espec.name, protocol, pparams, inputs_of)
     return plan
 
@@ -320,7 +320,7 @@ def _cells(
     eval_params = params.model_dump(mode="json", exclude=set(params.plan_fields))
     cells = []
     for eval_ipc in job.eval_ipcs:
-        for cell in evaluator.cells(params, plan.loaded.suite.resources.eval.device):
+        for cell in evaluator.cells(plan.loaded.suite.resources.eval.device, params):
             named = [] if protocol == SHARED else [protocol]
             key = to_json([name, evaluator.version, eval_params, eval_ipc, cell, *named])
             inputs = tuple(

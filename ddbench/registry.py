@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Iterator
 from typing import ClassVar, Generic, TypeVar
 
@@ -55,9 +56,11 @@ class Plugin:
 
     @classmethod
     def description(cls) -> str:
-        """One line for `ddbench ls -v`: the first paragraph of the class docstring, joined."""
-        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
-        return " ".join(doc.split())
+        """One line for `ddbench ls -v`: the first paragraph of the class docstring, else of its
+        module's (a one-file plugin's module docstring describes it), joined."""
+        doc = cls.__doc__ or getattr(sys.modules.get(cls.__module__), "__doc__", None) or ""
+        doc = " ".join(doc.strip().split("\n\n")[0].split())
+        return doc.removeprefix(f"`{cls.name}`: ")  # module docstrings open with the name
 
 
 class Registry(Generic[T]):

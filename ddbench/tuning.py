@@ -62,7 +62,7 @@ class TuneSelection(Evaluator):
     version = 1
     Params = SelectionParams
 
-    def cells(self, params: SelectionParams, device: str = "cpu") -> list[dict[str, Any]]:
+    def cells(self, device: str, params: SelectionParams) -> list[dict[str, Any]]:
         return [{"arch": params.arch, "eval_seed": s} for s in range(params.seeds)]
 
     def run(
@@ -160,7 +160,7 @@ def selection_cells(
     eval_params = params.model_dump(mode="json")
     ipc = selection_ipc(job, suite_ipcs)
     cells = []
-    for cell in TuneSelection().cells(params):
+    for cell in TuneSelection().cells("cpu", params):
         if trial.classes is not None:  # a class-subset job (continual) is scored on its classes
             cell = {**cell, "classes": list(trial.classes)}
         key = to_json([SELECTION, TuneSelection.version, eval_params, ipc, cell])

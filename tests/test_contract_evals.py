@@ -14,9 +14,9 @@ from ddbench.schema import COLUMNS
 def test_eval_contract(name, digits):
     evaluator = get_eval(name)
     params = evaluator.Params.model_validate(evaluator.smoke)
-    cells = evaluator.cells(params)
+    cells = evaluator.cells("cpu", params)
     assert cells and all(isinstance(c, dict) for c in cells)
-    assert evaluator.cells(params, "cuda")  # the layout may depend on the eval device class
+    assert evaluator.cells("cuda", params)  # the layout may depend on the eval device class
     random_real = get_method("random_real")
     artifact = random_real.distill(digits, 2, None, Context(0))
     inputs = {  # the class-subset distillates the cell asks for (continual learning)

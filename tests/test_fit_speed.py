@@ -158,15 +158,15 @@ def test_cross_arch_groups_seeds_only_where_vectorised():
     evaluator = get_eval("cross_arch")
     params = evaluator.Params(archs=["convnet", "mlp"], seeds=3)
     per_seed = [{"arch": a, "eval_seed": s} for a in ("convnet", "mlp") for s in range(3)]
-    assert evaluator.cells(params, "cpu") == per_seed  # CPUs: one Ray task per seed
-    assert evaluator.cells(params, "cuda") == [
+    assert evaluator.cells("cpu", params) == per_seed  # CPUs: one Ray task per seed
+    assert evaluator.cells("cuda", params) == [
         {"arch": "convnet", "eval_seeds": [0, 1, 2]},
         *per_seed[3:],  # mlp is not a ConvNet: never vectorised
     ]
     teacher = evaluator.Params(archs=["convnet"], seeds=3, labels="teacher")
-    assert len(evaluator.cells(teacher, "cuda")) == 3  # teacher labels are per run
+    assert len(evaluator.cells("cuda", teacher)) == 3  # teacher labels are per run
     off = evaluator.Params(archs=["convnet"], seeds=3, vectorise="off")
-    assert len(evaluator.cells(off, "cuda")) == 3
+    assert len(evaluator.cells("cuda", off)) == 3
     with pytest.raises(ValueError, match="vectorise: on needs sampling: fixed"):
         evaluator.Params(vectorise="on", sampling="fresh")
 
@@ -185,13 +185,13 @@ def test_vectorised_cell_writes_the_per_seed_rows(digits, artifact_kind):
     evaluator = get_eval("cross_arch")
     common = {"archs": ["convnet"], "seeds": 2, "epochs": 3, "precision": "fp32"}
     grouped = evaluator.Params(**common, vectorise="on")
-    (cell,) = evaluator.cells(grouped, "cpu")
+    (cell,) = evaluator.cells("cpu", grouped)
     job = EvalJob(artifact, digits, 3, "digits")
     vectorised = evaluator.run(cell, job, grouped, Context(1))
     sequential_params = evaluator.Params(**common, vectorise="off")
     sequential = [
         row
-        for seed_cell in evaluator.cells(sequential_params, "cpu")
+        for seed_cell in evaluator.cells("cpu", sequential_params)
         for row in evaluator.run(seed_cell, job, sequential_params, Context(1))
     ]
 

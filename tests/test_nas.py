@@ -76,14 +76,14 @@ def test_canonical_prunes_dead_edges_and_samples_are_distinct() -> None:
 
 def test_720_unique_candidates_and_seeded_subset() -> None:
     nas = get_eval("nas720")
-    cells = nas.cells(nas.Params())
+    cells = nas.cells("cpu", nas.Params())
     assert len(cells) == 720
     assert len({c["arch"] for c in cells}) == 720
     assert len({tuple(v for k, v in c.items() if k != "arch") for c in cells}) == 720
-    subset = nas.cells(nas.Params(subset=48))
-    assert subset == get_eval("nas720").cells(nas.Params(subset=48))  # stable, not the clock
+    subset = nas.cells("cpu", nas.Params(subset=48))
+    assert subset == get_eval("nas720").cells("cpu", nas.Params(subset=48))  # stable, not the clock
     assert len(subset) == 48 and all(c in cells for c in subset)
-    assert subset != nas.cells(nas.Params(subset=48, subset_seed=1))
+    assert subset != nas.cells("cpu", nas.Params(subset=48, subset_seed=1))
 
 
 def test_nas720_params_are_checked() -> None:
@@ -124,7 +124,8 @@ def _run_all(name: str, params_kwargs: dict, digits, cache_dir: str | None) -> l
     ctx = Context(1)
     ctx.cache_dir = cache_dir
     job = EvalJob(artifact, digits, 2, "digits")
-    rows = [r for cell in evaluator.cells(params) for r in evaluator.run(cell, job, params, ctx)]
+    cells = evaluator.cells("cpu", params)
+    rows = [r for cell in cells for r in evaluator.run(cell, job, params, ctx)]
     return rows + evaluator.reduce(rows, params)
 
 

@@ -92,7 +92,8 @@ def test_include_folder_runs_a_plugin_method_locally(tmp_path, digits):
     assert unknown.returncode == 2 and "unknown method 'first_real'" in unknown.stderr
     listed = run_cli("ls", "methods", "--include", str(folder), "-v")
     assert listed.returncode == 0, listed.stderr
-    assert "first_real (v1): a test plugin" in listed.stdout
+    assert "first_real (v1): the first IPC real train images of each class" in listed.stdout
+    assert "    paper: a test plugin" in listed.stdout  # from the underscore helper it imports
 
     out = tmp_path / "runs"
     proc = run_cli("run", str(suite), "--include", str(folder), "--local", "--out", str(out))

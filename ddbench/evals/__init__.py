@@ -4,17 +4,23 @@ An evaluator measures what a distillate is worth. It declares `Params` (pydantic
 commented), splits its work into independent cells (each a Ray task) and turns each cell into
 result rows::
 
-    def cells(self, params, device) -> list[dict]    # e.g. [{"arch": "convnet", "eval_seed": 0}]
+    def cells(self, device, params) -> list[dict]    # e.g. [{"arch": "convnet", "eval_seed": 0}]
     def run(self, cell, job, params, ctx) -> list[dict]   # partial rows: metric, value, split ...
     def reduce(self, rows, params) -> list[dict]     # job-level rows from all cell rows (optional)
-    def protocols(self, params, method) -> list[(name, params)]  # protocols per job (optional)
+    def protocols(self, method, params) -> list[(name, params)]  # protocols per job (optional)
     def inputs(self, cell, params) -> dict[str, tuple[int, ...]]  # class subsets (optional)
+
+Every hook of every plugin kind takes its arguments in one order: what it works on first, then
+the validated `params`, then the `ctx` when it has one (`Method.distill(real, ipc, params, ctx)`
+follows the same rule).
 
 `device` is the device class the suite gives eval cells (`resources.eval.device`: "cuda" or
 "cpu"), for evaluators whose cell layout depends on it (`cross_arch` groups seeds on GPUs).
 `job` is an `EvalJob` carrying the artifact, the real data and the IPC. Partial rows hold only the
 evaluator's columns (arch, eval_seed, step, split, metric, value, higher_is_better); the runner
-adds provenance. Register with `@register_eval` on a class with a unique `name`.
+adds provenance. `primary_metric` names the metric a failed cell's row carries. Register with
+`@register_eval` on a class with a unique `name` and a docstring whose first paragraph says what
+it measures (`ddbench ls evals -v`).
 
 An evaluator that needs the method distilled on subsets of the classes (continual learning)
 returns them from `inputs` as {key: sorted class ids}; the plan distils the cell's method on each
@@ -64,8 +70,10 @@ class Evaluator(Plugin):
     version: ClassVar[int] = 1
     Params: ClassVar[type[EvalParams]] = EvalParams
     smoke: ClassVar[dict[str, Any]] = {}
+    # the metric of the row a failed cell leaves (`ddbench.runner.work`): the evaluator's headline
+    primary_metric: ClassVar[str] = "top1"
 
-    def cells(self, params: Any, device: str = "cpu") -> list[dict[str, Any]]:
+    def cells(self, device: str, params: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def run(
@@ -80,7 +88,7 @@ class Evaluator(Plugin):
         """Class subsets the cell's method must be distilled on: {key: sorted class ids}."""
         return {}
 
-    def protocols(self, params: Any, method: type[Method]) -> list[tuple[str, EvalParams]]:
+    def protocols(self, method: type[Method], params: Any) -> list[tuple[str, EvalParams]]:
         """The protocols a job of `method` is evaluated under, as (name, params) pairs
         (`ddbench.protocols`); each becomes its own set of cells. Default: the entry's params,
         named `shared`."""

@@ -92,7 +92,7 @@ class Continual(Evaluator):
     # seconds per cell on digits: 5 steps of 2 classes, one order, one model, a short recipe
     smoke = {"num_classes": 10, "steps": 5, "orders": 1, "models": 1, "epochs": 20}
 
-    def cells(self, params: ContinualParams, device: str = "cpu") -> list[dict[str, Any]]:
+    def cells(self, device: str, params: ContinualParams) -> list[dict[str, Any]]:
         return [
             {
                 "arch": params.arch,

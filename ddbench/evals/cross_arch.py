@@ -93,6 +93,12 @@ class CrossArchParams(EvalParams, Recipe):
 
 @register_eval
 class CrossArch(Evaluator):
+    """Train each architecture from scratch on the distillate, several seeds each, and report
+    val and test top-1 (plus a generator's costs and the execution path each model took).
+
+    The flagship evaluation: one cell per (arch, eval_seed), or per arch when its seeds train
+    vectorised; under `protocol: both` each job is also trained under its paper's protocol."""
+
     name = "cross_arch"
     version = 1
     Params = CrossArchParams
@@ -100,7 +106,7 @@ class CrossArch(Evaluator):
     # included: its default 300 whole-split epochs would outlast every smoke cell)
     smoke = {"epochs": 20, "seeds": 2, "whole_set_epochs": 3, "teacher_epochs": 20}
 
-    def cells(self, params: CrossArchParams, device: str = "cpu") -> list[dict[str, Any]]:
+    def cells(self, device: str, params: CrossArchParams) -> list[dict[str, Any]]:
         cells: list[dict[str, Any]] = []
         for arch in params.archs:
             if self._vectorised(params, arch, device):
@@ -110,7 +116,7 @@ class CrossArch(Evaluator):
         return cells
 
     def protocols(
-        self, params: CrossArchParams, method: type[Method]
+        self, method: type[Method], params: CrossArchParams
     ) -> list[tuple[str, CrossArchParams]]:
         """(name, params) per protocol `params.protocol` asks for; the paper protocol only when
         it differs from the shared one, so no job is evaluated twice the same way."""

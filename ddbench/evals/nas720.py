@@ -91,7 +91,7 @@ class Nas720(NasEvaluator):
     # seconds on digits: a few small candidates, a few epochs (the contract tests' budget)
     smoke = {"epochs": 5, "whole_set_epochs": 1, "widths": [8], "depths": [1, 2], "subset": 4}
 
-    def cells(self, params: Nas720Params, device: str = "cpu") -> list[dict[str, Any]]:
+    def cells(self, device: str, params: Nas720Params) -> list[dict[str, Any]]:
         candidates = grid(params)
         if params.subset is not None:
             stream = random.Random(derive_seed(params.subset_seed, "nas720", "subset"))

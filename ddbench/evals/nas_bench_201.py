@@ -108,7 +108,7 @@ class NasBench201(NasEvaluator):
         "cells_per_stage": 1,
     }
 
-    def cells(self, params: NasBench201Params, device: str = "cpu") -> list[dict[str, Any]]:
+    def cells(self, device: str, params: NasBench201Params) -> list[dict[str, Any]]:
         return [{"arch": arch} for arch in sample_archs(params.samples, params.sample_seed)]
 
     def candidate(

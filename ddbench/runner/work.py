@@ -362,7 +362,7 @@ def evaluator_of(name: str) -> Evaluator:
 def failed_rows(
     cell: EvalCell, error: str, meta: dict[str, Any], sha: str, node: str | None = None
 ) -> list[dict[str, Any]]:
-    metric = getattr(evaluator_of(cell.evaluator), "primary_metric", "top1")
+    metric = evaluator_of(cell.evaluator).primary_metric
     partial = {
         "arch": cell.cell.get("arch"),
         "eval_seed": cell.cell.get("eval_seed"),
