@@ -184,7 +184,7 @@ def _check_inputs(plan: Plan, real: RealData) -> None:
             continue
         params = method.Params.model_validate(job.params)
         data = real if job.classes is None else real.subset(job.classes)
-        method.check(data, job.ipc or 0, params)
+        method.check(data, job.ipc, params)
 
 
 def _track(plan: Plan, suite_dir: Store, summary: RunSummary, uri: str, log: RunLog) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddbench.protocols import SHARED
-from ddbench.schema import to_json
+from ddbench.schema import WHOLE_SPLIT_IPC, to_json
 from ddbench.seeding import content_hash
 from ddbench.spec import LoadedSuite, TuneSpec
 
@@ -89,9 +89,11 @@ class EvalCell:
 
 
 def ipc_text(ipc: int | None) -> str:
-    """How logs and labels spell an IPC: `all` for a job that serves every IPC (`None`) and for
-    the whole train split (rows' `ipc` 0), else the number (docs/results.md#columns)."""
-    return "all" if not ipc else str(ipc)
+    """How logs, labels and MLflow tags spell an IPC: `every` for a job that serves every IPC
+    (`None`), `whole` for the whole train split (`WHOLE_SPLIT_IPC`), else the number."""
+    if ipc is None:
+        return "every"
+    return "whole" if ipc == WHOLE_SPLIT_IPC else str(ipc)
 
 
 @dataclass

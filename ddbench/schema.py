@@ -59,6 +59,9 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(RESULT_SCHEMA.names)
+# a row's (and an eval job's) `ipc` when the model trained on the whole train split: the
+# `whole_dataset` reference. A distill job serving every IPC has `ipc` None instead (`plan`).
+WHOLE_SPLIT_IPC = 0
 # columns that may be null (`make_row` requires the others). Rows read back from files written
 # before `protocol`, `eval_config` and `prerequisite_seconds` existed hold nulls there;
 # `prerequisite_seconds` is also null when the distillation failed.

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ddbench.plan import ipc_text
 from ddbench.report import fill_protocol, mean_std_n
 from ddbench.schema import read_readable, result_files
 from ddbench.seeding import content_hash
@@ -128,7 +129,7 @@ def log_plan(
                         "method_label": job.label,
                         "dataset": job.dataset,
                         "suite": plan.suite,
-                        "ipc": str(job.ipc if job.ipc is not None else "all"),
+                        "ipc": ipc_text(job.ipc),
                         "distill_seed": str(job.distill_seed),
                         STORE_TAG: suite_dir.uri,
                         **_protocol_tags(rows),

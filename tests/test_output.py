@@ -71,7 +71,7 @@ def test_tally_and_eta():
 
 
 def test_one_spelling_for_every_ipc():
-    assert [ipc_text(i) for i in (None, 0, 10)] == ["all", "all", "10"]
+    assert [ipc_text(i) for i in (None, 0, 10)] == ["every", "whole", "10"]
 
 
 def test_next_steps_name_a_server_by_its_url():

@@ -61,7 +61,7 @@ class EvalJob:
 
     artifact: Artifact
     real: RealData
-    ipc: int  # 0 = the whole train split (reference job)
+    ipc: int  # `schema.WHOLE_SPLIT_IPC` (0): the whole train split (the reference job)
     dataset: str
     inputs: dict[str, Artifact] = field(default_factory=dict)  # `Evaluator.inputs`, distilled
 

@@ -59,7 +59,7 @@ from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.evals import EvalJob, EvalParams, Evaluator
 from ddbench.fit import Recipe, fit_and_test, fit_artifact
-from ddbench.schema import to_json
+from ddbench.schema import WHOLE_SPLIT_IPC, to_json
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import atomic_write
 from ddbench.teacher import data_digest
@@ -235,7 +235,7 @@ class NasEvaluator(Evaluator):
         name = cell["arch"]
         arch, options = self.candidate(cell, params)
         # the whole_dataset method (ipc 0) trains as the reference does, as in cross_arch
-        epochs = params.whole_set_epochs if job.ipc == 0 else params.epochs
+        epochs = params.whole_set_epochs if job.ipc == WHOLE_SPLIT_IPC else params.epochs
         recipe = Recipe.of(params, epochs=epochs)
         rows: list[dict[str, Any]] = []
         tic = time.perf_counter()

@@ -53,6 +53,7 @@ from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
 from ddbench.fit_vmap import use_vectorised
 from ddbench.methods import Method
 from ddbench.protocols import SHARED, paper_name
+from ddbench.schema import WHOLE_SPLIT_IPC
 
 
 class CrossArchParams(EvalParams, Recipe):
@@ -141,7 +142,7 @@ class CrossArch(Evaluator):
     def run(
         self, cell: dict[str, Any], job: EvalJob, params: CrossArchParams, ctx: Context
     ) -> list[dict[str, Any]]:
-        epochs = params.whole_set_epochs if job.ipc == 0 else params.epochs
+        epochs = params.whole_set_epochs if job.ipc == WHOLE_SPLIT_IPC else params.epochs
         recipe = Recipe.of(params, epochs=epochs)
         if "eval_seeds" in cell:
             return self._run_vectorised(cell, job, params, recipe, ctx)

@@ -4,7 +4,9 @@ A method is a class with a name, the paper it implements, a version (bump it whe
 change: it is part of the job id), a pydantic `Params` model whose every field carries a comment
 with its unit and reason, `smoke` overrides that finish in seconds on `digits`, and::
 
-    def distill(self, real: RealData, ipc: int, params: Params, ctx: Context) -> Artifact
+    def distill(self, real: RealData, ipc: int | None, params: Params, ctx: Context) -> Artifact
+
+(`ipc` is None for an `ipc_independent` method: its one artifact serves every IPC.)
 
 `distill` is plain PyTorch: it draws randomness only from named streams (`ctx.rng(name)`, the same
 on every rank), reports progress with `ctx.report(...)`, and may checkpoint with
@@ -76,7 +78,7 @@ class Method(Plugin):
         """
         return {}
 
-    def check(self, real: RealData, ipc: int, params: Any) -> None:
+    def check(self, real: RealData, ipc: int | None, params: Any) -> None:
         """Cheap checks of a job's inputs against the dataset, run on the driver before any
         work (`ddbench run` / `ddbench eval`); raise `UserError` to stop the run with exit code
         2. Default: nothing to check (`from_files` checks the user's files here)."""
@@ -85,7 +87,7 @@ class Method(Plugin):
         """The IPCs at which an ipc-independent artifact is evaluated."""
         return list(suite_ipcs)
 
-    def distill(self, real: RealData, ipc: int, params: Any, ctx: Context) -> Artifact:
+    def distill(self, real: RealData, ipc: int | None, params: Any, ctx: Context) -> Artifact:
         raise NotImplementedError
 
 

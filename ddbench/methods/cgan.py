@@ -56,7 +56,9 @@ class CGAN(Method):
     smoke = CGAN_SMOKE
     ipc_independent = True
 
-    def distill(self, real: RealData, ipc: int, params: CGANParams, ctx: Context) -> GeneratorSet:
+    def distill(
+        self, real: RealData, ipc: int | None, params: CGANParams, ctx: Context
+    ) -> GeneratorSet:
         config = data_config(real, params.noise_dim, params.width)
         generator, discriminator = new_generator(config, ctx), new_discriminator(config, ctx)
         opt_g, opt_d = adam(generator, params.lr), adam(discriminator, params.lr)

@@ -186,7 +186,9 @@ class D2M(Method):
             ctx.broadcast_(tensor.data)
         return generator, config
 
-    def distill(self, real: RealData, ipc: int, params: D2MParams, ctx: Context) -> GeneratorSet:
+    def distill(
+        self, real: RealData, ipc: int | None, params: D2MParams, ctx: Context
+    ) -> GeneratorSet:
         generator, config = self._start(real, params, ctx)
         opt = adam(generator, params.lr)
         pool = ModelPool(params.pool, real, ctx, salt="d2m/pool")

@@ -337,7 +337,7 @@ class LatentDiffusion(Method):
     ipc_independent = True
 
     def distill(
-        self, real: RealData, ipc: int, params: LatentDiffusionParams, ctx: Context
+        self, real: RealData, ipc: int | None, params: LatentDiffusionParams, ctx: Context
     ) -> DiffusionModel:
         trainer = _Trainer(real, params, ctx)
         tic = time.perf_counter()

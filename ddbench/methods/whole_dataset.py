@@ -13,6 +13,7 @@ from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import Method, MethodParams, register_method
 from ddbench.protocols import DATADAM_TABLE_1, DIM_TABLE_2, published_table
+from ddbench.schema import WHOLE_SPLIT_IPC
 
 
 @register_method
@@ -32,8 +33,10 @@ class WholeDataset(Method):
     ipc_independent = True
 
     def eval_ipcs(self, suite_ipcs: list[int]) -> list[int]:
-        return [0]  # ipc 0 marks the whole split in result rows
+        return [WHOLE_SPLIT_IPC]
 
-    def distill(self, real: RealData, ipc: int, params: MethodParams, ctx: Context) -> RealSubset:
+    def distill(
+        self, real: RealData, ipc: int | None, params: MethodParams, ctx: Context
+    ) -> RealSubset:
         indices = torch.arange(len(real.train_y))
         return RealSubset(indices, real.channels * real.image_size**2)

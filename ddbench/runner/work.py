@@ -397,7 +397,7 @@ def distill_job(
         real = real.subset(job.classes)
     started_at = now_utc()
     start = time.perf_counter()
-    artifact = method.distill(real, job.ipc or 0, params, ctx)
+    artifact = method.distill(real, job.ipc, params, ctx)
     seconds = time.perf_counter() - start
     ended_at = now_utc()
     digest = tensor_digest(artifact.tensors())
