@@ -85,8 +85,7 @@ def _registry(kind: str):
         from ddbench.archs import ARCHS
 
         def describe(name: str) -> str:
-            doc = (ARCHS.get(name).__doc__ or "").strip().splitlines()
-            return f"{name}: {doc[0] if doc else ''}"
+            return f"{name}: {ARCHS.get(name).description()}"
 
         return ARCHS, describe
     from ddbench.data import DATASETS, dataset_params_model
