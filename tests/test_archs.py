@@ -17,11 +17,10 @@ from ddbench.archs import (
     NORMS,
     POOLINGS,
     ArchConfigError,
-    ConvNet,
     FeatureModel,
     build_arch,
-    convnet_depth,
 )
+from ddbench.archs.dc import ConvNet, convnet_depth
 from ddbench.registry import UnknownNameError
 
 TIMM_ARCHS = {"resnet50", "densenet121", "vit_tiny"}
@@ -109,6 +108,11 @@ def test_registry_names() -> None:
     assert set(ARCHS.names()) == expected
 
 
+def test_every_arch_describes_itself() -> None:
+    """`ddbench ls archs -v` prints each class's docstring's first paragraph."""
+    assert all(ARCHS.get(name).description() for name in ARCHS.names())
+
+
 def test_unknown_arch_suggests_close_name() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'convnet'"):
         build_arch("convnt", 3, 10, 32)
@@ -116,8 +120,15 @@ def test_unknown_arch_suggests_close_name() -> None:
         ARCHS.get("resnet181")
 
 
-def test_importing_archs_does_not_import_timm() -> None:
-    code = "import sys, ddbench.archs; assert 'timm' not in sys.modules, 'timm imported'"
+@pytest.mark.parametrize("module", ["", "._base", ".dc", ".timm", ".nb201"])
+def test_each_archs_module_imports_alone_without_timm(module: str) -> None:
+    """Imported first in a fresh process, every module of the package loads (no import cycle),
+    registers every architecture and leaves timm unimported."""
+    code = (
+        f"import sys, ddbench.archs{module}; from ddbench.archs import ARCHS; "
+        "assert {'convnet', 'nb201', 'vit_tiny'} <= set(ARCHS); "
+        "assert 'timm' not in sys.modules, 'timm imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

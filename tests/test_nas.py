@@ -11,13 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ddbench.context import Context
-from ddbench.errors import UserError
-from ddbench.evals import EvalJob, get_eval
-from ddbench.evals._nas import ranking_rows
-from ddbench.evals.nas_bench_201 import benchmark_result, load_benchmark
-from ddbench.methods import get_method
-from ddbench.nb201 import (
+from ddbench.archs.nb201 import (
     EDGES,
     OPS,
     ArchStringError,
@@ -27,6 +21,12 @@ from ddbench.nb201 import (
     parse_arch,
     sample_archs,
 )
+from ddbench.context import Context
+from ddbench.errors import UserError
+from ddbench.evals import EvalJob, get_eval
+from ddbench.evals._nas import ranking_rows
+from ddbench.evals.nas_bench_201 import benchmark_result, load_benchmark
+from ddbench.methods import get_method
 from ddbench.report import nas_section
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"  # noqa: E501

@@ -1,7 +1,7 @@
 """`nas720`: rank the 720-ConvNet search space with a distillate
 (docs/protocols.md#720-convnet-space).
 
-The space is DC's ConvNet (`ddbench.archs.ConvNet`) over width {32, 64, 128, 256} x depth
+The space is DC's ConvNet (`ddbench.archs.dc.ConvNet`) over width {32, 64, 128, 256} x depth
 {1, 2, 3, 4} x activation {relu, sigmoid, leakyrelu} x normalisation {none, batchnorm, layernorm,
 instancenorm, groupnorm} x pooling {none, maxpooling, avgpooling} = 720 candidates. Each list is
 a parameter, so a suite can shrink the grid (small widths on a CPU); `subset: k` ranks k

@@ -2,8 +2,8 @@
 
 `samples` cells (default 100) are drawn from the 15,625 of the space with the named stream
 `derive_seed(sample_seed, "nas_bench_201", "samples")`, de-duplicated up to dead edges
-(`ddbench.nb201.canonical`), so no two candidates compute the same function. Each is the
-benchmark's macro skeleton (`ddbench.nb201.NB201Net`, the architecture `nb201`: C = `width`,
+(`ddbench.archs.nb201.canonical`), so no two candidates compute the same function. Each is the
+benchmark's macro skeleton (`ddbench.archs.nb201.NB201Net`, the architecture `nb201`: C = `width`,
 N = `cells_per_stage`) around the cell; one eval cell per candidate, the rows' `arch` is the cell
 string (`|nor_conv_3x3~0|+|...|`). The proxy trains `seeds` models (default 5) and ranks by their
 mean val top1.
@@ -28,11 +28,11 @@ from typing import Any
 
 from pydantic import Field, PositiveInt
 
+from ddbench.archs.nb201 import SPACE_SIZE, sample_archs
 from ddbench.context import Context
 from ddbench.errors import UserError
 from ddbench.evals import EvalJob, register_eval
 from ddbench.evals._nas import NasEvaluator, NasParams, Result, cached_result
-from ddbench.nb201 import SPACE_SIZE, sample_archs
 
 # ddbench dataset -> (benchmark dataset of the val top1, of the test top1)
 BENCHMARK_DATASETS = {"cifar10": ("cifar10-valid", "cifar10"), "cifar100": ("cifar100", "cifar100")}

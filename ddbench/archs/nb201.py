@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 search space: cell strings, their parser, sampling, and the network.
+"""The NAS-Bench-201 search space: cell strings, their parser, sampling, and the network ``nb201``.
 
 What lives here
 ---------------
@@ -17,8 +17,8 @@ What lives here
 * ``NB201Net``: the benchmark's macro skeleton, written here from the paper's description: stem
   Conv3x3(C) -> BN; N cells at C; a residual reduction block (C -> 2C, stride 2); N cells at 2C;
   a reduction (2C -> 4C); N cells at 4C; BN -> ReLU -> global average pool -> Linear. Every cell
-  of the network is the same cell. It is registered as the architecture ``nb201`` in
-  ``ddbench.archs`` (``build_arch("nb201", ..., genotype=..., width=C, cells_per_stage=N)``).
+  of the network is the same cell. ``NB201Arch`` registers it as the architecture ``nb201``
+  (``build_arch("nb201", ..., genotype=..., width=C, cells_per_stage=N)``).
 
 Operations: ``none`` outputs zeros, ``skip_connect`` is the identity, ``nor_conv_kxk`` is
 ReLU -> Conv(k x k, no bias) -> BatchNorm, ``avg_pool_3x3`` is a 3x3 stride-1 average pool (padding
@@ -30,10 +30,12 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-from ddbench.archs import ArchConfigError, FeatureModel, _run_blocks
+from ddbench.archs import ARCHS, Arch
+from ddbench.archs._base import ArchConfigError, FeatureModel, run_blocks
 from ddbench.registry import did_you_mean
 from ddbench.seeding import derive_seed
 
@@ -241,5 +243,18 @@ class NB201Net(FeatureModel):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-        maps, x = _run_blocks(self.stages, self.stem(x), collect)
+        maps, x = run_blocks(self.stages, self.stem(x), collect)
         return maps, x.mean(dim=(2, 3))
+
+
+@ARCHS.register
+class NB201Arch(Arch):
+    """NAS-Bench-201's skeleton (C = 16, N = 5) around one cell, by default a residual cell of
+    3x3 convs; ``genotype``, ``width`` and ``cells_per_stage`` override."""
+
+    name = "nb201"
+
+    def build(
+        self, channels: int, num_classes: int, image_size: int, **overrides: Any
+    ) -> FeatureModel:
+        return NB201Net(channels, num_classes, image_size, **overrides)

@@ -1,28 +1,14 @@
-"""Network architectures for training on, distilling with and evaluating distilled data.
+"""The networks of the DC lineage (DC/DSA/DM, VICO-UoE/DatasetCondensation ``networks.py``).
 
 What lives here
 ---------------
-* ``ARCHS``: the architecture registry (name -> builder) and ``build_arch``, the one entry point
-  the rest of ddbench uses::
-
-      model = build_arch("convnet", channels=3, num_classes=10, image_size=32, width=64)
-
-* The standard small networks of dataset distillation with the semantics of DC/DSA/DM
-  (VICO-UoE/DatasetCondensation, ``networks.py``): ``convnet``, ``convnet_bn``, ``mlp``,
-  ``lenet``, ``alexnet``, ``vgg11``, ``resnet18``, ``resnet18_bn``, ``resnet18_ap``, plus
-  ``resnet10`` and ``resnet10_ap`` (DiM's model pool). Layers keep PyTorch's default
-  initialisation, as DC does.
-* ``nb201``: the NAS-Bench-201 macro skeleton around one cell (``genotype`` cell string,
-  ``width`` C, ``cells_per_stage`` N), defined in ``ddbench.nb201``.
-* timm-backed ``resnet50``, ``densenet121`` and ``vit_tiny`` (random init, never downloaded
-  weights), adapted to small images. timm is imported inside their builders only, because
-  importing it costs seconds.
-
-Every model is a ``FeatureModel``: it maps normalised images ``[N, C, S, S]`` (``S`` =
-``image_size``) to logits ``[N, num_classes]`` and also offers ``embed(x)`` (the flattened
-features the final classifier sees, ``[N, feature_dim]``) and ``forward_features(x)`` ->
-``(maps, embedding, logits)`` for attention/feature-matching methods (DataDAM, D2M). What ``maps``
-holds for each architecture is written in the class docstrings.
+The standard small networks of dataset distillation with DC's semantics, registered as
+``convnet``, ``convnet_bn``, ``mlp``, ``lenet``, ``alexnet``, ``vgg11``, ``resnet18``,
+``resnet18_bn``, ``resnet18_ap``, plus ``resnet10`` and ``resnet10_ap`` (DiM's model pool). Layers
+keep PyTorch's default initialisation, as DC does. A model class (``ConvNet``, ``MLP``, ``LeNet``,
+``AlexNet``, ``VGG``, ``ResNet``) takes the options; a registered name is a ``DCArch`` naming
+that class and the options it pins (``convnet_bn`` is ``ConvNet`` with ``norm="batchnorm"``): a new
+variant is a ``DCArch`` subclass with a docstring, ``name``, ``network`` and ``pinned``.
 
 Small inputs (the embedded default dataset is 8x8 scikit-learn digits)
 ----------------------------------------------------------------------
@@ -35,156 +21,32 @@ at 8 px ConvNet runs 8 -> 4 -> 2 -> 1 (depth 3) or 8 -> 4 -> 2 -> 2 -> 1 (depth 
 512-channel convs see 2x2 maps and its last pool gives 1x1, and the ResNets' last stage stays
 2x2. LeNet's 5x5 convolutions get just enough padding to leave a 1x1 map, and classifier input
 sizes are computed for the actual image size. At DC's native 28/32 px nothing changes.
-
-Adding an architecture
-----------------------
-Write one decorated builder; nothing else needs to change::
-
-    @ARCHS.register("my_net")
-    def my_net(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
-        return MyNet(channels, num_classes, image_size, **overrides)
-
-``MyNet`` subclasses ``FeatureModel``: set ``self.classifier`` (the final layer) and
-``self.feature_dim``, and implement ``_trunk(x, collect)`` returning ``(maps, embedding)``. Use
-the argument checks here (``make_norm``, ``make_activation``, ``make_pool``) so bad option values
-raise ``ArchConfigError`` listing the allowed values. The parametrised tests in
-``tests/test_archs.py`` pick the new name up automatically (8 px and 32 px must both work).
-Builders must be deterministic given torch's global RNG state, which callers seed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
-from pydantic import AfterValidator
 from torch import Tensor, nn
 
-from ddbench.errors import UserError
-from ddbench.registry import Registry
+from ddbench.archs import ARCHS, Arch
+from ddbench.archs._base import (
+    ACTIVATIONS,
+    NORMS,
+    POOLINGS,
+    ArchConfigError,
+    FeatureModel,
+    check_choice,
+    make_activation,
+    make_norm,
+    make_pool,
+    run_blocks,
+)
 
-__all__ = [
-    "ACTIVATIONS",
-    "ARCHS",
-    "NORMS",
-    "POOLINGS",
-    "VGG11_CFG",
-    "AlexNet",
-    "ArchConfigError",
-    "ConvNet",
-    "FeatureModel",
-    "LeNet",
-    "MLP",
-    "ResNet",
-    "TimmAdapter",
-    "VGG",
-    "build_arch",
-    "convnet_depth",
-    "make_activation",
-    "make_norm",
-    "make_pool",
-]
-
-NORMS: tuple[str, ...] = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
-ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "leakyrelu")
-POOLINGS: tuple[str, ...] = ("none", "maxpooling", "avgpooling")
 VGG11_CFG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-
-
-class ArchConfigError(UserError, ValueError):
-    """A bad architecture option (unknown norm/activation/pooling, impossible size, ...)."""
-
-
-ArchBuilder = Callable[..., "FeatureModel"]
-ARCHS: Registry[ArchBuilder] = Registry("arch", "ddbench.archs")
-
-
-def _arch(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
-    def decorate(builder: ArchBuilder) -> ArchBuilder:
-        builder.name = name  # type: ignore[attr-defined]
-        return ARCHS.register(builder)
-
-    return decorate
-
-
-def known_arch(name: str) -> str:
-    """`name` if it is a registered architecture, else a did-you-mean error (`UnknownNameError`,
-    a `ValueError`): the check behind `ArchName` / `ArchNames` in params models."""
-    ARCHS.get(name)
-    return name
-
-
-ArchName = Annotated[str, AfterValidator(known_arch)]  # a params field naming one architecture
-ArchNames = Annotated[list[str], AfterValidator(lambda names: [known_arch(n) for n in names])]
-
-
-def build_arch(
-    name: str, channels: int, num_classes: int, image_size: int, **overrides: Any
-) -> FeatureModel:
-    """Build the registered architecture ``name`` for ``[N, channels, image_size, image_size]``
-    inputs and ``num_classes`` outputs; ``overrides`` go to its builder (e.g. ``width=64``).
-
-    Raises ``UnknownNameError`` (a ``KeyError``, with did-you-mean) for an unknown name and
-    ``ArchConfigError`` (a ``ValueError``) for bad sizes or option values.
-    """
-    builder = ARCHS.get(name)
-    for what, value in (("channels", channels), ("num_classes", num_classes)):
-        if not isinstance(value, int) or value < 1:
-            raise ArchConfigError(f"{what} must be a positive integer, got {value!r}")
-    if not isinstance(image_size, int) or image_size < 2:
-        raise ArchConfigError(f"image_size must be an integer >= 2, got {image_size!r}")
-    return builder(channels, num_classes, image_size, **overrides)
-
-
-# --------------------------------------------------------------------------- building blocks
-
-
-def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        choices = ", ".join(repr(a) for a in allowed)
-        raise ArchConfigError(f"unknown {kind} {value!r}; allowed values: {choices}")
-
-
-def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module:
-    """DC's normalisation layer for a ``[channels, height, width]`` map.
-
-    "instancenorm" is ``GroupNorm(C, C, affine=True)`` as in DC (not ``nn.InstanceNorm2d``),
-    "layernorm" normalises over ``[C, H, W]`` with an affine transform, "groupnorm" uses 4 groups.
-    """
-    _check_choice("norm", norm, NORMS)
-    if norm == "batchnorm":
-        return nn.BatchNorm2d(channels, affine=True)
-    if norm == "layernorm":
-        return nn.LayerNorm([channels, height, width], elementwise_affine=True)
-    if norm == "instancenorm":
-        return nn.GroupNorm(channels, channels, affine=True)
-    if norm == "groupnorm":
-        if channels % 4:
-            raise ArchConfigError(f"norm 'groupnorm' needs channels divisible by 4, got {channels}")
-        return nn.GroupNorm(4, channels, affine=True)
-    return nn.Identity()
-
-
-def make_activation(activation: str) -> nn.Module:
-    """DC's activation: "relu", "sigmoid" or "leakyrelu" (negative slope 0.01)."""
-    _check_choice("activation", activation, ACTIVATIONS)
-    if activation == "sigmoid":
-        return nn.Sigmoid()
-    if activation == "leakyrelu":
-        return nn.LeakyReLU(negative_slope=0.01)
-    return nn.ReLU()  # not in-place, so maps kept by forward_features are never overwritten
-
-
-def make_pool(pooling: str) -> nn.Module | None:
-    """DC's 2x2/stride-2 pooling ("maxpooling", "avgpooling"), or None for "none"."""
-    _check_choice("pooling", pooling, POOLINGS)
-    if pooling == "maxpooling":
-        return nn.MaxPool2d(kernel_size=2, stride=2)
-    if pooling == "avgpooling":
-        return nn.AvgPool2d(kernel_size=2, stride=2)
-    return None
 
 
 def convnet_depth(image_size: int) -> int:
@@ -225,59 +87,7 @@ def _flat_dim(features: nn.Module, channels: int, image_size: int) -> int:
     return int(out[0].numel())
 
 
-def _fixed(arch: str, overrides: dict[str, Any], **fixed: Any) -> dict[str, Any]:
-    """Merge options a named variant pins (e.g. ``convnet_bn``'s norm) into ``overrides``."""
-    for key, value in fixed.items():
-        if key in overrides:
-            raise ArchConfigError(
-                f"arch {arch!r} fixes {key}={value!r}; choose {key} on its base architecture"
-            )
-    return {**overrides, **fixed}
-
-
-# --------------------------------------------------------------------------- the model interface
-
-
-class FeatureModel(nn.Module):
-    """Base of every model here: logits from ``forward``, plus ``embed``/``forward_features``.
-
-    Subclasses set ``feature_dim`` and ``classifier`` (the final layer, applied to the
-    embedding) and implement ``_trunk``.
-    """
-
-    feature_dim: int
-    classifier: nn.Module
-
-    def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-        """Return (per-block 4-D maps if ``collect`` else [], embedding [N, feature_dim])."""
-        raise NotImplementedError
-
-    def _head(self, embedding: Tensor) -> Tensor:
-        return self.classifier(embedding)
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Features just before the final classifier, flattened: ``[N, feature_dim]``."""
-        return self._trunk(x, collect=False)[1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._head(self.embed(x))
-
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
-        """``(maps, embedding, logits)``: maps are the 4-D outputs of each block/stage."""
-        maps, embedding = self._trunk(x, collect=True)
-        return maps, embedding, self._head(embedding)
-
-
-def _run_blocks(blocks: nn.Sequential, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-    maps: list[Tensor] = []
-    for block in blocks:
-        x = block(x)
-        if collect:
-            maps.append(x)
-    return maps, x
-
-
-# --------------------------------------------------------------------------- DC networks
+# --------------------------------------------------------------------------- networks
 
 
 class ConvNet(FeatureModel):
@@ -304,9 +114,9 @@ class ConvNet(FeatureModel):
         pooling: str = "avgpooling",  # DC's net_pooling
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS)
-        _check_choice("activation", activation, ACTIVATIONS)
-        _check_choice("pooling", pooling, POOLINGS)
+        check_choice("norm", norm, NORMS)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("pooling", pooling, POOLINGS)
         depth = convnet_depth(image_size) if depth is None else depth
         if depth < 1 or width < 1:
             raise ArchConfigError(f"ConvNet needs depth >= 1 and width >= 1, got {depth}, {width}")
@@ -335,7 +145,7 @@ class ConvNet(FeatureModel):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-        maps, x = _run_blocks(self.features, x, collect)
+        maps, x = run_blocks(self.features, x, collect)
         return maps, x.flatten(1)
 
 
@@ -399,7 +209,7 @@ class LeNet(FeatureModel):
         self.feature_dim = 84
 
     def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-        maps, x = _run_blocks(self.features, x, collect)
+        maps, x = run_blocks(self.features, x, collect)
         x = self.act(self.fc_1(x.flatten(1)))
         return maps, self.act(self.fc_2(x))
 
@@ -441,7 +251,7 @@ class AlexNet(FeatureModel):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-        maps, x = _run_blocks(self.features, x, collect)
+        maps, x = run_blocks(self.features, x, collect)
         return maps, x.flatten(1)
 
 
@@ -465,7 +275,7 @@ class VGG(FeatureModel):
         norm: str = "instancenorm",  # DC's VGG default: GroupNorm(C, C)
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS)
+        check_choice("norm", norm, NORMS)
         self.norm = norm
         size, in_ch = image_size, channels
         stages: list[nn.Module] = []
@@ -495,7 +305,7 @@ class VGG(FeatureModel):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
-        maps, x = _run_blocks(self.features, x, collect)
+        maps, x = run_blocks(self.features, x, collect)
         return maps, x.flatten(1)
 
 
@@ -566,9 +376,9 @@ class ResNet(FeatureModel):
         head: str | None = None,  # None: DC's choice, "flatten" for the AP variant, else "gap"
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS)
+        check_choice("norm", norm, NORMS)
         head = head if head is not None else ("flatten" if avgpool_downsample else "gap")
-        _check_choice("head", head, ("gap", "flatten"))
+        check_choice("head", head, ("gap", "flatten"))
         if len(layers) != 4 or min(layers) < 1:
             raise ArchConfigError(f"ResNet needs 4 stages of >= 1 block, got {tuple(layers)}")
         self.norm, self.head = norm, head
@@ -592,190 +402,122 @@ class ResNet(FeatureModel):
 
     def _trunk(self, x: Tensor, collect: bool) -> tuple[list[Tensor], Tensor]:
         x = self.act(self.bn1(self.conv1(x)))
-        maps, x = _run_blocks(self.layers, x, collect)
+        maps, x = run_blocks(self.layers, x, collect)
         if self.head == "gap":
             return maps, x.mean(dim=(2, 3))
         return maps, x.flatten(1)
 
 
-# --------------------------------------------------------------------------- timm adapter
+# --------------------------------------------------------------------------- registered names
 
 
-class TimmAdapter(FeatureModel):
-    """A timm model behind the ``FeatureModel`` interface.
+class DCArch(Arch):
+    """A DC-lineage network class and the options its registered name pins."""
 
-    ``embed`` is timm's ``forward_head(forward_features(x), pre_logits=True)`` (the pooled
-    features, or the normed class token for ViT); ``forward_features`` maps are timm's
-    ``forward_intermediates`` in NCHW: for ResNet-50 the stem output and the 4 stage outputs, for
-    DenseNet-121 the stem output, the first 3 dense blocks' outputs and the final norm's output,
-    for ViT each transformer block's patch tokens reshaped to ``[N, 192, S/p, S/p]`` (class token
-    dropped).
-    """
+    network: ClassVar[type[FeatureModel]]  # the model class `build` constructs
+    pinned: ClassVar[dict[str, Any]] = {}  # options the name fixes (convnet_bn: norm); {}: none
 
-    def __init__(self, model: nn.Module, timm_name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.timm_name = timm_name
-        self.feature_dim = int(getattr(model, "head_hidden_size", model.num_features))
-
-    def _head(self, embedding: Tensor) -> Tensor:
-        return self.model.get_classifier()(embedding)
-
-    def embed(self, x: Tensor) -> Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
-        final, maps = self.model.forward_intermediates(x)
-        embedding = self.model.forward_head(final, pre_logits=True)
-        return list(maps), embedding, self._head(embedding)
+    def build(
+        self, channels: int, num_classes: int, image_size: int, **overrides: Any
+    ) -> FeatureModel:
+        for key, value in self.pinned.items():
+            if key in overrides:
+                raise ArchConfigError(
+                    f"arch {self.name!r} fixes {key}={value!r}; choose {key} on its base "
+                    "architecture"
+                )
+        return self.network(channels, num_classes, image_size, **overrides, **self.pinned)
 
 
-def _timm_model(name: str, channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    import timm  # lazy: importing timm takes seconds, and most runs never need it
-
-    return timm.create_model(
-        name, pretrained=False, num_classes=num_classes, in_chans=channels, **kwargs
-    )
-
-
-def _small_stem_conv(old: nn.Module, channels: int) -> nn.Conv2d:
-    if not isinstance(old, nn.Conv2d):
-        raise TypeError(f"expected the timm stem to be a Conv2d, found {type(old).__name__}")
-    return nn.Conv2d(channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-
-
-# --------------------------------------------------------------------------- registered builders
-
-
-@_arch("convnet")
-def convnet(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ConvNetArch(DCArch):
     """DC's ConvNet (instance norm, ReLU, average pooling, width 128, depth by resolution)."""
-    return ConvNet(channels, num_classes, image_size, **overrides)
+
+    name = "convnet"
+    network = ConvNet
 
 
-@_arch("convnet_bn")
-def convnet_bn(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ConvNetBNArch(DCArch):
     """DC's ConvNetBN: ConvNet with BatchNorm2d."""
-    kwargs = _fixed("convnet_bn", overrides, norm="batchnorm")
-    return ConvNet(channels, num_classes, image_size, **kwargs)
+
+    name = "convnet_bn"
+    network = ConvNet
+    pinned = {"norm": "batchnorm"}
 
 
-@_arch("mlp")
-def mlp(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class MLPArch(DCArch):
     """DC's 3-layer MLP (128 hidden units)."""
-    return MLP(channels, num_classes, image_size, **overrides)
+
+    name = "mlp"
+    network = MLP
 
 
-@_arch("lenet")
-def lenet(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class LeNetArch(DCArch):
     """DC's LeNet."""
-    return LeNet(channels, num_classes, image_size, **overrides)
+
+    name = "lenet"
+    network = LeNet
 
 
-@_arch("alexnet")
-def alexnet(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class AlexNetArch(DCArch):
     """DC's AlexNet (no normalisation)."""
-    return AlexNet(channels, num_classes, image_size, **overrides)
+
+    name = "alexnet"
+    network = AlexNet
 
 
-@_arch("vgg11")
-def vgg11(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class VGG11Arch(DCArch):
     """DC's VGG-11 with instance norm."""
-    return VGG(channels, num_classes, image_size, **overrides)
+
+    name = "vgg11"
+    network = VGG
 
 
-@_arch("resnet18")
-def resnet18(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ResNet18Arch(DCArch):
     """DC's ResNet-18 with instance norm."""
-    kwargs = _fixed("resnet18", overrides, layers=(2, 2, 2, 2))
-    return ResNet(channels, num_classes, image_size, **kwargs)
+
+    name = "resnet18"
+    network = ResNet
+    pinned = {"layers": (2, 2, 2, 2)}
 
 
-@_arch("resnet18_bn")
-def resnet18_bn(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ResNet18BNArch(DCArch):
     """DC's ResNet18BN: ResNet-18 with BatchNorm2d."""
-    kwargs = _fixed("resnet18_bn", overrides, layers=(2, 2, 2, 2), norm="batchnorm")
-    return ResNet(channels, num_classes, image_size, **kwargs)
+
+    name = "resnet18_bn"
+    network = ResNet
+    pinned = {"layers": (2, 2, 2, 2), "norm": "batchnorm"}
 
 
-@_arch("resnet18_ap")
-def resnet18_ap(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ResNet18APArch(DCArch):
     """DC's ResNet18_AP: average-pool downsampling, flattened-map head, instance norm."""
-    kwargs = _fixed("resnet18_ap", overrides, layers=(2, 2, 2, 2), avgpool_downsample=True)
-    return ResNet(channels, num_classes, image_size, **kwargs)
+
+    name = "resnet18_ap"
+    network = ResNet
+    pinned = {"layers": (2, 2, 2, 2), "avgpool_downsample": True}
 
 
-@_arch("resnet10")
-def resnet10(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ResNet10Arch(DCArch):
     """ResNet-10 (one BasicBlock per stage), DC-style, for DiM's model pool."""
-    kwargs = _fixed("resnet10", overrides, layers=(1, 1, 1, 1))
-    return ResNet(channels, num_classes, image_size, **kwargs)
+
+    name = "resnet10"
+    network = ResNet
+    pinned = {"layers": (1, 1, 1, 1)}
 
 
-@_arch("resnet10_ap")
-def resnet10_ap(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
+@ARCHS.register
+class ResNet10APArch(DCArch):
     """ResNet-10 with DC's average-pool downsampling and head, for DiM's model pool."""
-    kwargs = _fixed("resnet10_ap", overrides, layers=(1, 1, 1, 1), avgpool_downsample=True)
-    return ResNet(channels, num_classes, image_size, **kwargs)
 
-
-@_arch("nb201")
-def nb201(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
-    """NAS-Bench-201's skeleton (C = 16, N = 5) around one cell, by default a residual cell of
-    3x3 convs; ``genotype``, ``width`` and ``cells_per_stage`` override (``ddbench.nb201``)."""
-    from ddbench.nb201 import NB201Net  # its module imports this one
-
-    return NB201Net(channels, num_classes, image_size, **overrides)
-
-
-@_arch("resnet50")
-def resnet50(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
-    """timm ResNet-50 (random init) with a CIFAR stem: the 7x7/2 conv becomes a 3x3/1 conv and
-    the stem max-pool is removed, so 8 px runs 8 -> 8 -> 4 -> 2 -> 1 through the stages.
-    ``overrides`` go to ``timm.create_model``."""
-    model = _timm_model("resnet50", channels, num_classes, **overrides)
-    model.conv1 = _small_stem_conv(model.conv1, channels)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # timm's
-    model.maxpool = nn.Identity()
-    return TimmAdapter(model, "resnet50")
-
-
-@_arch("densenet121")
-def densenet121(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
-    """timm DenseNet-121 (random init) with a CIFAR stem: ``features.conv0`` 7x7/2 becomes a
-    3x3/1 conv and ``features.pool0`` is removed; a transition's 2x2 average pool is skipped
-    on a 1x1 map (only below 8 px). ``overrides`` go to ``timm.create_model``."""
-    model = _timm_model("densenet121", channels, num_classes, **overrides)
-    features = model.features
-    features.conv0 = _small_stem_conv(features.conv0, channels)
-    nn.init.kaiming_normal_(features.conv0.weight)  # timm's DenseNet init for convs
-    features.pool0 = nn.Identity()
-    size = image_size
-    for name, module in features.named_children():
-        if name.startswith("transition"):
-            if size > 1:
-                size //= 2
-            else:
-                module.pool = nn.Identity()
-    return TimmAdapter(model, "densenet121")
-
-
-@_arch("vit_tiny")
-def vit_tiny(channels: int, num_classes: int, image_size: int, **overrides: Any) -> FeatureModel:
-    """timm ``vit_tiny_patch16_224`` (dim 192, depth 12, 3 heads; random init) at
-    ``img_size=image_size`` with patch size 4 (2 below 16 px, so 8 px still gives 4x4 = 16
-    tokens, as 16 px does). ``patch_size`` and other ``overrides`` go to ``timm.create_model``."""
-    patch_size = overrides.pop("patch_size", 4 if image_size >= 16 else 2)
-    if image_size % patch_size:
-        raise ArchConfigError(
-            f"vit_tiny needs image_size divisible by patch_size, got {image_size}/{patch_size}"
-        )
-    model = _timm_model(
-        "vit_tiny_patch16_224",
-        channels,
-        num_classes,
-        img_size=image_size,
-        patch_size=patch_size,
-        **overrides,
-    )
-    return TimmAdapter(model, "vit_tiny")
+    name = "resnet10_ap"
+    network = ResNet
+    pinned = {"layers": (1, 1, 1, 1), "avgpool_downsample": True}
