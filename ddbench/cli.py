@@ -89,11 +89,11 @@ def _registry(kind: str):
             return f"{name}: {doc[0] if doc else ''}"
 
         return ARCHS, describe
-    from ddbench.data import DATASETS, dataset_params_model
+    from ddbench.data import DATASETS
 
     def describe(name: str) -> str:
-        doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
-        return f"{name}: {doc[0] if doc else ''}\n{params_text(dataset_params_model(name))}"
+        dataset = DATASETS.get(name)
+        return f"{name}: {dataset.description()}\n{params_text(dataset.Params)}"
 
     return DATASETS, describe
 
