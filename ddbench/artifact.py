@@ -11,10 +11,12 @@
 
 Evaluators call `artifact.materialise(ipc, real, generator)` and get (images, labels) to train on.
 Artifacts are saved as `tensors.safetensors` + `meta.json` in a directory; `load_artifact` reads any
-kind back by the `kind` field of meta.json. The runner's `distill_job` adds what makes the
-directory self-describing (dataset, classes, normalisation, image shape, method, seeds; the ZCA
-matrices as `zca.safetensors` when the dataset is whitened: docs/results.md#artifact-metadata).
-A new kind (e.g. a generator) subclasses `Artifact` and registers itself in `ARTIFACT_KINDS`.
+kind back by the `kind` field of meta.json (the kind's `name`). The runner's `distill_job` adds
+what makes the directory self-describing (dataset, classes, normalisation, image shape, method,
+seeds; the ZCA matrices as `zca.safetensors` when the dataset is whitened:
+docs/results.md#artifact-metadata).
+A new kind subclasses `Artifact` with a snake_case `name` (stored as meta.json's `kind`: never
+rename a kind, stored artifacts are read back by it) and registers with `@ARTIFACT_KINDS.register`.
 
 Integrity: meta.json's `files` maps each other file of the directory to its size and sha256
 (`record_files`, when the directory is written); `verify_artifact` checks a directory against
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ddbench.registry import Plugin, Registry
 from ddbench.storage import Store, stream_sha256
 
 if TYPE_CHECKING:
@@ -44,7 +47,7 @@ TENSOR_FILE = "tensors.safetensors"
 # the dataset's ZCA matrices beside an artifact of a ZCA-whitened dataset (`distill_job`), so its
 # images can be turned back into pixels without the dataset (`zca_state`)
 ZCA_FILE = "zca.safetensors"
-ARTIFACT_KINDS: dict[str, type[Artifact]] = {}
+ARTIFACT_KINDS: Registry[type[Artifact]] = Registry("artifact kind")
 # meta.json key: {file name: {"bytes": size, "sha256": hex digest}} of every other file
 FILES_KEY = "files"
 
@@ -62,15 +65,12 @@ class CorruptArtifact(Exception):
         return f"{who} is corrupt: {self.file} {self.problem}"
 
 
-class Artifact:
-    """Base class: save / load and the size in bytes of what must be stored."""
+class Artifact(Plugin):
+    """Base class: save / load and the size in bytes of what must be stored.
 
-    kind: ClassVar[str]
+    A kind's `name` is the `kind` field of its meta.json."""
+
     meta: dict[str, Any]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        ARTIFACT_KINDS[cls.kind] = cls
 
     def tensors(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -112,7 +112,7 @@ class Artifact:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
         save_file(tensors, str(tmp / TENSOR_FILE))
         meta = {
-            "kind": self.kind,
+            "kind": self.name,
             "artifact_bytes": self.artifact_bytes(),
             **self.meta,
             **self.extra_meta(),
@@ -131,7 +131,7 @@ def load_artifact(directory: str | Path) -> Artifact:
     meta = json.loads((directory / META_FILE).read_text())
     kind = meta.pop("kind")
     meta.pop("artifact_bytes", None)
-    return ARTIFACT_KINDS[kind].from_tensors(load_file(str(directory / TENSOR_FILE)), meta)
+    return ARTIFACT_KINDS.get(kind).from_tensors(load_file(str(directory / TENSOR_FILE)), meta)
 
 
 def record_files(directory: str | Path) -> None:
@@ -201,6 +201,7 @@ def zca_state(directory: str | Path) -> dict[str, torch.Tensor] | None:
     return load_file(str(path)) if path.is_file() else None
 
 
+@ARTIFACT_KINDS.register
 @dataclass
 class ImageSet(Artifact):
     """A small set of images (normalised like the real data) and their labels.
@@ -214,7 +215,7 @@ class ImageSet(Artifact):
     labels: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     lr: torch.Tensor | None = None  # None: train with the evaluator's recipe lr
-    kind: ClassVar[str] = "image_set"
+    name: ClassVar[str] = "image_set"
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"images": self.images, "labels": self.labels}
@@ -243,6 +244,7 @@ class ImageSet(Artifact):
         return self.images, self.labels
 
 
+@ARTIFACT_KINDS.register
 @dataclass
 class RealSubset(Artifact):
     """Indices into the real train split; `artifact_bytes` counts the float32 images they name."""
@@ -250,7 +252,7 @@ class RealSubset(Artifact):
     indices: torch.Tensor
     image_numel: int  # C * H * W of one image
     meta: dict[str, Any] = field(default_factory=dict)
-    kind: ClassVar[str] = "real_subset"
+    name: ClassVar[str] = "real_subset"
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"indices": self.indices}
@@ -272,6 +274,7 @@ class RealSubset(Artifact):
         return real.train_x[self.indices], real.train_y[self.indices]
 
 
+@ARTIFACT_KINDS.register
 @dataclass
 class GeneratorSet(Artifact):
     """A class-conditional generator: `state_dict` + the config that rebuilds its module.
@@ -285,7 +288,7 @@ class GeneratorSet(Artifact):
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
-    kind: ClassVar[str] = "generator_set"
+    name: ClassVar[str] = "generator_set"
     sample_batch: ClassVar[int] = 1024  # images per forward pass when drawing many (bounds memory)
 
     def __post_init__(self) -> None:

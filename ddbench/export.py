@@ -119,7 +119,7 @@ def export_run(
                 "export": {
                     "format": fmt,
                     "source_run": run.uri,
-                    "source_kind": artifact.kind,
+                    "source_kind": artifact.name,
                     "job_id": job_id,
                     "images": int(len(images)),
                     "label_kind": "hard" if labels.dim() == 1 else "soft",
@@ -193,7 +193,7 @@ def load_distillate(run: Store, name: str, ipc: int | None = None, seed: int = 0
     )
     if len(contents) != 1:
         ipcs = [c[0] for c in contents]
-        raise UserError(f"job {job_id} ({artifact.kind}) was evaluated at IPCs {ipcs}: pass ipc=")
+        raise UserError(f"job {job_id} ({artifact.name}) was evaluated at IPCs {ipcs}: pass ipc=")
     at, images, labels, how = contents[0]
     return Distillate(images, labels, job_id, at, metas[job_id], artifact.learned_lr(), how)
 
@@ -312,14 +312,14 @@ def _contents(
     todo = ipcs or [i for i in evaluated.get(job_id, []) if i > 0]
     if not todo:
         raise UserError(
-            f"artifact {job_id} ({artifact.kind}) is a generator without result rows: "
+            f"artifact {job_id} ({artifact.name}) is a generator without result rows: "
             "give --ipc to say how many images per class to draw"
         )
     out = []
     for ipc in todo:
         x, y = artifact.materialise(ipc, real, draw_generator(seed, ipc, "fixed"))
         how = {
-            "from": artifact.kind,
+            "from": artifact.name,
             "ipc": ipc,
             "seed": seed,
             "stream": f"derive_seed('generator_draw', {seed}, {ipc}, 'fixed')",

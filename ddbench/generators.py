@@ -22,15 +22,18 @@ What lives here
 * ``build_generator(config)`` / ``build_discriminator(config)``: registry-free builders from a
   JSON-able config dict (``generator_config`` makes one); the config is what a ``GeneratorSet``
   artifact stores beside the weights.
-* ``load_generator_checkpoint(path, config)``: a generator from a local file, for ``d2m``'s
-  ``generator`` parameter.
+* ``load_generator_checkpoint(path, config)``: a generator from a local weights file, and
+  ``generator_from_state``: one from a state_dict and config (a ``GeneratorSet`` artifact's), for
+  ``d2m``'s ``generator`` parameter.
 
 Pointing ``d2m.generator`` at weights you have
 ----------------------------------------------
 ``generator: PATH`` accepts
 
 1. a ddbench ``GeneratorSet`` artifact directory (``meta.json`` + ``tensors.safetensors``), e.g.
-   ``runs/<suite>/artifacts/<job_id>`` of a ``cgan`` job from another suite or machine;
+   ``runs/<suite>/artifacts/<job_id>`` of a ``cgan`` job from another suite or machine (read by
+   ``d2m`` with ``ddbench.artifact.load_artifact``: this module does not import the artifacts,
+   which import it);
 2. a weights file ``NAME.safetensors`` (read with safetensors) or ``NAME.pt`` / ``NAME.pth`` /
    ``NAME.bin`` (read with ``torch.load(..., weights_only=True)``: no pickled code runs) holding the
    state_dict of a ``ConditionalGenerator`` (optionally under a ``"generator"`` or
@@ -73,6 +76,7 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "generator_config",
+    "generator_from_state",
     "load_generator_checkpoint",
 ]
 
@@ -287,7 +291,9 @@ def _sidecar_config(path: Path) -> dict[str, Any]:
 def load_generator_checkpoint(
     path: str | Path, config: dict[str, Any]
 ) -> tuple[ConditionalGenerator, dict[str, Any]]:
-    """Load a generator from a local artifact directory or weights file (see the module docstring).
+    """Load a generator from a local weights file and the JSON config beside it (see the module
+    docstring; d2m reads a generator artifact directory with `ddbench.artifact.load_artifact`
+    and builds it with `generator_from_state`).
 
     ``config`` carries what the dataset imposes (``channels``, ``image_size``, ``num_classes``,
     and ``mean`` / ``std`` used when the file's config has none); a checkpoint disagreeing with it
@@ -296,36 +302,25 @@ def load_generator_checkpoint(
     path = Path(path).expanduser()
     if not path.exists():
         raise GeneratorCheckpointError(f"generator checkpoint {path} does not exist")
-    if path.is_dir():
-        from ddbench.artifact import META_FILE, TENSOR_FILE
-
-        if not (path / META_FILE).is_file() or not (path / TENSOR_FILE).is_file():
-            raise GeneratorCheckpointError(
-                f"{path} is a folder but not a ddbench generator artifact ({META_FILE} + "
-                f"{TENSOR_FILE}); pass a weights file with a JSON config beside it instead"
-            )
-        try:
-            meta = json.loads((path / META_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise GeneratorCheckpointError(f"cannot read {path / META_FILE}: {exc}") from None
-        if meta.get("kind") != "generator_set":
-            raise GeneratorCheckpointError(
-                f"{path} holds a {meta.get('kind')!r} artifact, not a generator_set"
-            )
-        found = dict(meta.get("generator_config") or {})
-        weights = _read_weights(path / TENSOR_FILE)
-    elif path.suffix in _WEIGHT_SUFFIXES:
-        found = _sidecar_config(path)
-        weights = _read_weights(path)
-    else:
+    if path.suffix not in _WEIGHT_SUFFIXES:
         raise GeneratorCheckpointError(
             f"{path}: unsupported file type; use {', '.join(_WEIGHT_SUFFIXES)} or an artifact "
             f"folder"
         )
+    found = _sidecar_config(path)
+    return generator_from_state(_read_weights(path), found, config, path)
+
+
+def generator_from_state(
+    weights: dict[str, Tensor], found: dict[str, Any], config: dict[str, Any], source: Path
+) -> tuple[ConditionalGenerator, dict[str, Any]]:
+    """The generator of a state_dict and the (possibly partial) config `found` with it,
+    completed by the dataset's `config` (a key both give must agree); `source` names the
+    checkpoint in errors. Returns the generator (eval mode, CPU) and its complete config."""
     for key in DATA_KEYS:
         if key in found and key in config and int(found[key]) != int(config[key]):
             raise GeneratorCheckpointError(
-                f"generator {path} was built for {key}={found[key]}, the dataset needs "
+                f"generator {source} was built for {key}={found[key]}, the dataset needs "
                 f"{key}={config[key]}"
             )
     merged = {**config, **{k: v for k, v in found.items() if v is not None}}
@@ -347,7 +342,7 @@ def load_generator_checkpoint(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:4]
         raise GeneratorCheckpointError(
-            f"the weights in {path} do not fit a {full['arch']} generator with config "
+            f"the weights in {source} do not fit a {full['arch']} generator with config "
             f"{ {k: full[k] for k in ('noise_dim', 'width', 'conv_blocks')} }: " + " ".join(first)
         ) from None
     return generator.eval(), full

@@ -17,7 +17,11 @@ unknown name raises `UnknownNameError` with the closest known names ("did you me
 
 A registry with an entry-point `group` (`Registry("method", "ddbench.methods")`) imports the
 plugins of installed distributions in that group, and those of `--include` files shipped to a Ray
-worker, on its first lookup (`ddbench.plugins`), after its built-ins have registered.
+worker, on its first lookup (`ddbench.plugins`), after its built-ins have registered. Built-ins
+register when their package is imported (`ddbench.methods` imports its folder at the bottom of
+its `__init__`), or, when the plugin modules import the module that defines the registry (the
+`datasets/` folder imports `ddbench.data`), on the first lookup too: `builtins` names that folder's
+package, imported with `import_all` before anything else (no import cycle at module top).
 """
 
 from __future__ import annotations
@@ -66,21 +70,26 @@ class Plugin:
 class Registry(Generic[T]):
     """A name -> plugin mapping with import-time duplicate checks."""
 
-    def __init__(self, kind: str, group: str | None = None) -> None:
+    def __init__(self, kind: str, group: str | None = None, builtins: str | None = None) -> None:
         self.kind = kind
         self.group = group  # entry-point group of installed plugins; None: built-ins only
+        self.builtins = builtins  # package of built-in plugin modules imported on first lookup
         self._items: dict[str, T] = {}
-        self._plugins_loaded = group is None
+        self._plugins_loaded = group is None and builtins is None
 
     def _load_plugins(self) -> None:
-        """Entry-point plugins of `group` and a Ray worker's `--include` modules, once."""
+        """The `builtins` package's modules, then the entry-point plugins of `group` and a Ray
+        worker's `--include` modules, once."""
         if self._plugins_loaded:
             return
-        self._plugins_loaded = True
-        from ddbench.plugins import import_env_plugins, load_entry_points
+        self._plugins_loaded = True  # first: a plugin module that looks a name up must not recurse
+        from ddbench.plugins import import_all, import_env_plugins, load_entry_points
 
-        import_env_plugins()
-        load_entry_points(str(self.group))
+        if self.builtins is not None:
+            import_all(self.builtins)
+        if self.group is not None:
+            import_env_plugins()
+            load_entry_points(self.group)
 
     def register(self, item: T) -> T:
         """Class decorator: register `item` under `item.name` (a duplicate name is an error)."""

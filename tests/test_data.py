@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddbench.data import load_dataset
+from ddbench.data import DATASETS, Dataset, DatasetParams, load_dataset
 from ddbench.errors import DataError
 
 
@@ -65,3 +65,10 @@ def test_subset_keeps_only_some_classes(digits):
     assert sub.num_classes == 10 and sub.classes == (3, 7)
     with pytest.raises(ValueError):
         sub.subset([1])
+
+
+def test_every_dataset_is_a_described_plugin():
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        assert issubclass(cls, Dataset) and issubclass(cls.Params, DatasetParams), name
+        assert cls.name == name and cls.description(), name

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddbench.artifact import GeneratorSet, load_artifact
+from ddbench.artifact import GeneratorSet, ImageSet, load_artifact
 from ddbench.context import LocalContext
 from ddbench.data import RealData, load_dataset
 from ddbench.evals import EvalJob, get_eval
@@ -22,6 +22,7 @@ from ddbench.generators import (
     load_generator_checkpoint,
 )
 from ddbench.methods import get_method
+from ddbench.methods.d2m import load_start
 from tests.conftest import TINY_GENERATOR, tiny_generator_set
 
 
@@ -296,6 +297,13 @@ def test_bad_generator_checkpoints_give_clear_errors(real: RealData, tmp_path: P
     d2m = get_method("d2m")
     with pytest.raises(GeneratorCheckpointError):
         d2m.distill(real, 0, d2m.Params(generator=str(tmp_path / "junk.pt")), LocalContext(0))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GeneratorCheckpointError, match="not a ddbench generator artifact"):
+        load_start(tmp_path / "empty", expected)
+    ImageSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])).save(tmp_path / "images")
+    assert json.loads((tmp_path / "images" / "meta.json").read_text())["kind"] == "image_set"
+    with pytest.raises(GeneratorCheckpointError, match="'image_set' artifact, not a generator_set"):
+        load_start(tmp_path / "images", expected)
 
 
 # --------------------------------------------------------------------------- planning

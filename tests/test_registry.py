@@ -43,6 +43,7 @@ def test_description_is_the_docstrings_first_paragraph():
 
 def test_required_plugins_are_registered():
     from ddbench.archs import ARCHS
+    from ddbench.artifact import ARTIFACT_KINDS
     from ddbench.data import DATASETS
     from ddbench.evals import EVALS
     from ddbench.methods import METHODS
@@ -93,3 +94,6 @@ def test_required_plugins_are_registered():
         "densenet121",
         "vit_tiny",
     } <= set(ARCHS.names())
+    # the `kind` of stored artifacts' meta.json: renaming one would orphan them
+    kinds = {"image_set", "real_subset", "generator_set", "diffusion_model"}
+    assert kinds <= set(ARTIFACT_KINDS.names())

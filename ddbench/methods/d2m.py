@@ -45,6 +45,7 @@ order.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -52,12 +53,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ddbench.artifact import GeneratorSet
+from ddbench.artifact import META_FILE, GeneratorSet, artifact_exists, load_artifact
 from ddbench.augment import dsa_siamese
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.errors import UserError
-from ddbench.generators import load_generator_checkpoint
+from ddbench.generators import (
+    ConditionalGenerator,
+    GeneratorCheckpointError,
+    generator_from_state,
+    load_generator_checkpoint,
+)
 from ddbench.methods import Method, register_method
 from ddbench.methods._gan import (
     CGANParams,
@@ -151,6 +157,31 @@ def prediction_loss(logits_real: Tensor, logits_syn: Tensor, temperature: float,
     return row_mean(kl.sum(dim=1), n)
 
 
+def load_start(
+    source: str | Path, config: dict[str, Any]
+) -> tuple[ConditionalGenerator, dict[str, Any]]:
+    """The generator d2m starts from and its complete config: a `GeneratorSet` artifact
+    directory, or a weights file with its JSON config (`ddbench.generators`' module docstring).
+    `config` holds what the dataset imposes (channels, image size, classes, mean / std)."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return load_generator_checkpoint(path, config)
+    if not artifact_exists(path):
+        raise GeneratorCheckpointError(
+            f"{path} is a folder but not a ddbench generator artifact (no {META_FILE}); pass a "
+            f"weights file with a JSON config beside it instead"
+        )
+    try:
+        artifact = load_artifact(path)
+    except (OSError, ValueError) as exc:  # a missing tensor file, bad JSON, an unknown kind
+        raise GeneratorCheckpointError(f"cannot read artifact {path}: {exc}") from None
+    if not isinstance(artifact, GeneratorSet):
+        raise GeneratorCheckpointError(
+            f"{path} holds a {artifact.name!r} artifact, not a {GeneratorSet.name}"
+        )
+    return generator_from_state(artifact.state_dict, artifact.config, config, path)
+
+
 @register_method
 class D2M(Method):
     name = "d2m"
@@ -180,7 +211,7 @@ class D2M(Method):
                 "d2m needs a pre-trained generator: run it through a suite (the plan adds the "
                 "cgan job) or set params.generator to a local checkpoint"
             )
-        generator, config = load_generator_checkpoint(source, expected)
+        generator, config = load_start(source, expected)
         generator = generator.to(ctx.device)
         for tensor in [*generator.parameters(), *generator.buffers()]:
             ctx.broadcast_(tensor.data)

@@ -8,8 +8,9 @@ What lives here:
   contents do (a rerun with new files is not skipped as done); a `content_sha256` given in the
   suite pins the files (validation fails when they no longer match).
 - `read_distillate`: loads the files (`torch.load(..., weights_only=True)`, safetensors, or an
-  image folder read with `ddbench.data`'s reader) and checks them against the dataset and the
-  job's IPC, raising a `UserError` that names the file and what was expected.
+  image folder read with the folder datasets' reader, `ddbench.datasets.folders`) and checks them
+  against the dataset and the job's IPC, raising a `UserError` that names the file and what was
+  expected.
 - `FromFiles`: the method. `check` runs `read_distillate` on the driver before any work, so bad
   files stop `ddbench run` / `ddbench eval` with exit code 2; `distill` returns an `ImageSet`
   (images in the dataset's normalised space, hard or soft labels as given, the learned lr).
@@ -150,7 +151,7 @@ def _file_sha256(path: Path) -> str:
 
 def _folder_files(root: Path) -> list[Path]:
     """Every image file of root/<folder>/ (what an image folder's hash covers), sorted."""
-    from ddbench.data import IMAGE_SUFFIXES
+    from ddbench.datasets.folders import IMAGE_SUFFIXES
 
     return sorted(p for p in root.glob("*/*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -359,7 +360,7 @@ def _read_folder(root: Path, real: RealData) -> tuple[torch.Tensor, torch.Tensor
     """Pixels [N, C, H, W] and folder labels of root/<class name>/*, checked image by image."""
     from PIL import Image
 
-    from ddbench.data import folder_items, read_image_files
+    from ddbench.datasets.folders import folder_items, read_image_files
 
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     unknown = [name for name in folders if name not in real.class_names]

@@ -44,7 +44,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ddbench.artifact import Artifact
+from ddbench.artifact import ARTIFACT_KINDS, Artifact
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.methods import Method, MethodParams, register_method
@@ -98,6 +98,7 @@ LATENT_DIFFUSION_SMOKE: dict[str, Any] = {
 }
 
 
+@ARTIFACT_KINDS.register
 @dataclass
 class DiffusionModel(Artifact):
     """VAE + UNet + label embedding of `latent_diffusion` (state dicts under `vae.`, `unet.`,
@@ -107,7 +108,7 @@ class DiffusionModel(Artifact):
     state_dict: dict[str, Tensor]
     config: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
-    kind: ClassVar[str] = "diffusion_model"
+    name: ClassVar[str] = "diffusion_model"
     sample_guidance: ClassVar[float] = SAMPLE_GUIDANCE  # when materialising from pure noise
     sample_steps: ClassVar[int] = SAMPLE_STEPS
 
