@@ -11,9 +11,9 @@ use of one of its names::
     print(ddbench.rows(run).head())
 
 A new public name is added to `ddbench.api` and to `__all__` here. `ddbench.report` is the
-API's function even though `ddbench/report.py` is a module too: importing a submodule binds it
+API's function even though `ddbench/report/` is a package too: importing a submodule binds it
 as an attribute of its package, which `_Package` declines for the API's names (code imports the
-module with `from ddbench.report import ...`, which reads `sys.modules`).
+package with `from ddbench.report import ...`, which reads `sys.modules`).
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def rows(run: Run, runs: str | Path = "runs") -> pl.DataFrame:
 
         top1 = ddbench.rows(run).filter(pl.col("metric") == "top1", pl.col("split") == "test")
     """
-    from ddbench.report import load_rows
+    from ddbench.report.rows import load_rows
 
     return load_rows(_store(run, runs))[0]  # the unreadable files' names are the report's
 

@@ -162,7 +162,7 @@ def _execute(loaded: LoadedSuite, args: argparse.Namespace, only: str | None, so
 def cmd_report(args: argparse.Namespace) -> int:
     from ddbench.execute import run_store
     from ddbench.report import write_report
-    from ddbench.report_html import HTML_FILE
+    from ddbench.report.html import HTML_FILE
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = sorted(set(formats) - {"md", "csv", "html"})
@@ -200,9 +200,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """`ddbench leaderboard`: MLflow finds the runs' stores, the report's Polars code
-    (`report.leaderboard_table`) aggregates their rows, one line per protocol config."""
+    (`ddbench.report.accuracy.leaderboard_table`) aggregates their rows, one line per protocol
+    config."""
     from ddbench.protocols import PROTOCOL_PARAMS
-    from ddbench.report import leaderboard_table
+    from ddbench.report.accuracy import leaderboard_table
     from ddbench.tracking import default_tracking_uri, leaderboard_rows
 
     fmt = args.format
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="md",
         help="comma list of md, csv, html (README.md is always written; html: report.html)",
     )
+    _include_arg(rep)  # a plugin file may register report sections (ddbench.report.sections)
     rep.set_defaults(func=cmd_report)
 
     lb = sub.add_parser(

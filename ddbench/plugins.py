@@ -5,7 +5,8 @@ Three sources, each imported once per process:
 - ddbench's own packages: `import_all("ddbench.methods")` imports ddbench/methods/*.py (modules
   starting with `_` are helpers, not plugins), so a built-in plugin is exactly one new file;
 - installed distributions: an entry point in group `ddbench.methods`, `ddbench.evals`,
-  `ddbench.datasets` or `ddbench.archs` names a module to import (`load_entry_points`). Each
+  `ddbench.datasets`, `ddbench.archs` or `ddbench.report_sections` names a module to import
+  (`load_entry_points`). Each
   registry loads its group lazily, on its first lookup (`Registry(kind, group)`), after the
   built-ins, so a plugin reusing a built-in name fails with both modules named;
 - plugin files given with `--include PATH` / `include=[...]` (`include_plugins`): a `.py` file,

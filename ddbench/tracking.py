@@ -5,21 +5,21 @@ the chosen config as `tune.<param>` params and one nested run per Tune trial und
 (tag `ddbench.kind` = `trial`: the trial's config as params, its mean val top1, the models it
 scored and whether it was chosen).
 
-The child run of a job holds its params (method params prefixed `p.`), its metrics (means of
-every metric per evaluator / protocol / eval config / ipc / arch / split, artifact bytes, own
-and prerequisite distill seconds), tags (job_id, method, label, dataset, ipc, suite, the run's
-store, its protocols and, per eval config, the protocol and eval params) and artifacts (the
-job's Parquet rows and the image grid). Metrics are never averaged across eval configs: each
-config is its own metric family, named `<evaluator>.<protocol>.<eval_config>.ipc<ipc>.<arch>.
-<split>_<metric>` (the protocol's `:` written `-`, as MLflow allows no `:` in a name). A job is
-logged when this invocation changed it or when this tracking URI has not seen it yet (a marker
-file per URI under `tracking/` of the run's store), so a rerun after an outage logs what was
-missing. `leaderboard_rows` uses MLflow as the index of the runs: it finds their stores (the
-`ddbench.store` tag) and returns their Parquet rows, which `ddbench.report.leaderboard_table`
-aggregates. Called from the driver only (rank 0); mlflow is imported here and nowhere else.
-Result files that cannot be read (corrupt or truncated Parquet) and a meta.json that is not
-JSON are skipped and named through `warn`; a job with an unreadable file gets no marker, so a
-later invocation (after the rerun that redoes the cell) logs it whole.
+The child run of a job holds its params (method params prefixed `p.`), its metrics (means of every
+metric per evaluator / protocol / eval config / ipc / arch / split, artifact bytes, own and
+prerequisite distill seconds), tags (job_id, method, label, dataset, ipc, suite, the run's store,
+its protocols and, per eval config, the protocol and eval params) and artifacts (the job's Parquet
+rows and the image grid). Metrics are never averaged across eval configs: each config is its own
+metric family, named `<evaluator>.<protocol>.<eval_config>.ipc<ipc>.<arch>. <split>_<metric>` (the
+protocol's `:` written `-`, as MLflow allows no `:` in a name). A job is logged when this invocation
+changed it or when this tracking URI has not seen it yet (a marker file per URI under `tracking/` of
+the run's store), so a rerun after an outage logs what was missing. `leaderboard_rows` uses MLflow
+as the index of the runs: it finds their stores (the `ddbench.store` tag) and returns their Parquet
+rows, which `ddbench.report.accuracy.leaderboard_table` aggregates. Called from the driver only
+(rank 0); mlflow is imported here and nowhere else. Result files that cannot be read (corrupt or
+truncated Parquet) and a meta.json that is not JSON are skipped and named through `warn`; a job with
+an unreadable file gets no marker, so a later invocation (after the rerun that redoes the cell) logs
+it whole.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ddbench.plan import ipc_text
-from ddbench.report import fill_protocol, mean_std_n
+from ddbench.report.format import mean_std_n
+from ddbench.report.rows import fill_protocol
 from ddbench.schema import read_readable, result_files
 from ddbench.seeding import content_hash
 from ddbench.storage import Store, is_uri
@@ -180,7 +181,7 @@ def _selection_rows(
     suite_dir: Store, files: list[str], warn: Callable[[str], None]
 ) -> pl.DataFrame:
     """The Tune selection rows of the run (`results/tune/`), with their tuned job's id."""
-    from ddbench.tuning import SELECTION
+    from ddbench.selection import SELECTION
 
     tune_files = [f for f in files if PurePosixPath(f).parent.parent.name == SELECTION]
     table, unreadable = read_readable(suite_dir, tune_files)

@@ -1,24 +1,25 @@
 """Ray Tune sweeps of a method entry (`tune:` in a suite): trials, their scoring and the choice.
 
-A method entry with a `tune:` block (`ddbench.spec.TuneSpec`) is one *tuned job* per (IPC,
-distill seed), like any other job. `ddbench.runner` runs it as a Ray Tune experiment whose trial
-is the Ray Train driver of one distill job (the Train V2 idiom): the trial's config (a point of
-`space`) overrides the entry's params, giving a *trial job* (`trial_job`) with its own content-hash
-id, distilled and saved like any job, so a rerun skips finished trials. The trial is scored on
-the **val split only**: `selection_cells` are `eval_seeds` cells of the `TuneSelection`
-evaluator (`eval_arch` trained for `eval_epochs` with the shared recipe of `ddbench.fit`, under
-the protocol the method is reported with: `eval_sampling` for generators, and hard labels or,
-with `eval_labels: teacher`, the soft labels of the teacher `cross_arch` would use for the same
-settings; the plan fills both in from the suite's `cross_arch` entry, `ddbench.plan`), each
-writing one val top1 row (`results/tune/<trial job id>/`, `eval_params` naming the tuned job and
-the config). `choose` picks the trial with the best mean val top1 among those with every model
-scored (ties: the smaller trial job id); the runner then publishes that trial's artifact as the
-tuned job's own, with `chosen_params_json` and `tune` in its meta, so every evaluator of the
-suite evaluates the chosen config, and its rows carry the chosen params (`method_params`).
+A method entry with a `tune:` block (`ddbench.spec.TuneSpec`) is one *tuned job* per (IPC, distill
+seed), like any other job. `ddbench.runner` runs it as a Ray Tune experiment whose trial is the Ray
+Train driver of one distill job (the Train V2 idiom): the trial's config (a point of `space`)
+overrides the entry's params, giving a *trial job* (`trial_job`) with its own content-hash id,
+distilled and saved like any job, so a rerun skips finished trials. The trial is scored on the **val
+split only**: `selection_cells` are `eval_seeds` cells of the `TuneSelection` evaluator (`eval_arch`
+trained for `eval_epochs` with the shared recipe of `ddbench.fit`, under the protocol the method is
+reported with: `eval_sampling` for generators, and hard labels or, with `eval_labels: teacher`, the
+soft labels of the teacher `cross_arch` would use for the same settings; the plan fills both in from
+the suite's `cross_arch` entry, `ddbench.plan`), each writing one val top1 row (`results/tune/<trial
+job id>/`, `eval_params` naming the tuned job and the config). `ddbench.selection.choose` picks the
+trial with the best mean val top1 among those with every model scored (ties: the smaller trial job
+id); the runner then publishes that trial's artifact as the tuned job's own, with
+`chosen_params_json` and `tune` in its meta, so every evaluator of the suite evaluates the chosen
+config, and its rows carry the chosen params (`method_params`).
 
 This module is plain Python / PyTorch (no Ray): the runner builds the Tune experiment, the report
-(`ddbench.report.tune_section`) and MLflow (`ddbench.tracking`, a child run per trial) read the
-selection rows. Extending: another selection score is another evaluator class here with
+(`ddbench.report.tune`) and MLflow (`ddbench.tracking`, a child run per trial) read the
+selection rows, through the torch-free `ddbench.selection` (the rows' evaluator name `SELECTION`
+and the rule `choose`). Extending: another selection score is another evaluator class here with
 `metric` in `TuneSpec` naming it.
 """
 
@@ -36,9 +37,8 @@ from ddbench.fit import Recipe, fit_artifact
 from ddbench.plan import DistillJob, EvalCell
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash
+from ddbench.selection import SELECTION
 from ddbench.spec import TuneSpec
-
-SELECTION = "tune"  # the `evaluator` column of selection rows; results/tune/<trial job id>/
 
 
 class SelectionParams(EvalParams):
@@ -177,23 +177,3 @@ def selection_cells(
             )
         )
     return cells
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialScore:
-    """What a trial reported: its job id, config, mean val top1 and how many models scored."""
-
-    trial_job_id: str
-    config: dict[str, Any]
-    val_top1: float
-    models: int
-
-
-def choose(trials: list[TrialScore], models: int, mode: str) -> TrialScore | None:
-    """The best trial with all `models` scored (mean val top1; `mode` max or min; ties: the
-    smaller trial job id), or None when no trial finished."""
-    complete = [t for t in trials if t.models >= models and not math.isnan(t.val_top1)]
-    if not complete:
-        return None
-    sign = -1.0 if mode == "max" else 1.0
-    return min(complete, key=lambda t: (sign * t.val_top1, t.trial_job_id))

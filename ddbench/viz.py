@@ -1,7 +1,7 @@
 """Pictures: image grids of a distillate (PNG) shared by the report and MLflow.
 
 Images are laid out one row per class, enlarged with nearest-neighbour so 8-px digits stay
-legible. Matplotlib plots live in report.py; this module only needs numpy and Pillow.
+legible. Matplotlib plots live in `ddbench.report`; this module only needs numpy and Pillow.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ from datetime import timedelta
 import polars as pl
 import pytest
 
-from ddbench.ddranking import ars, dd_ranking_section, hlr, ior, lrs, normalise
-from ddbench.report import load_rows, write_report
+from ddbench.report import write_report
+from ddbench.report.ddranking import ars, dd_ranking_section, hlr, ior, lrs, normalise
+from ddbench.report.rows import load_rows
 from ddbench.schema import now_utc, to_json, write_rows
 from ddbench.storage import Store
 from tests.conftest import REPO, run_cli

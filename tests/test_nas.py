@@ -27,7 +27,7 @@ from ddbench.evals import EvalJob, get_eval
 from ddbench.evals._nas import ranking_rows
 from ddbench.evals.nas_bench_201 import benchmark_result, load_benchmark
 from ddbench.methods import get_method
-from ddbench.report import nas_section
+from ddbench.report.sections import SECTIONS
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"  # noqa: E501
 
@@ -158,10 +158,11 @@ def test_nas720_tiny_run_and_cache_reuse(digits, tmp_path) -> None:
     table = pl.DataFrame(
         [{**r, "status": "ok", "evaluator": "nas720", "method_label": "rr", "ipc": 2} for r in rows]
     )
-    lines = nas_section(table, tmp_path)
+    section = SECTIONS.get("nas720")()
+    lines = section.render(table, tmp_path)
     assert any(line.startswith("| rr | 2 | 4 |") for line in lines)
     assert (tmp_path / "nas_nas720.png").is_file()
-    assert nas_section(table.filter(pl.col("arch").is_null()), tmp_path) == []
+    assert section.render(table.filter(pl.col("arch").is_null()), tmp_path) == []
 
 
 def test_nas_bench_201_tiny_run(digits) -> None:

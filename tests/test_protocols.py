@@ -14,7 +14,9 @@ from ddbench.cli import main
 from ddbench.methods import METHODS
 from ddbench.plan import DistillJob, make_plan
 from ddbench.protocols import SHARED, eval_config, paper_name
-from ddbench.report import leaderboard_table, load_rows, write_report
+from ddbench.report import write_report
+from ddbench.report.accuracy import leaderboard_table
+from ddbench.report.rows import load_rows
 from ddbench.runner.work import RunSummary, prerequisite_seconds
 from ddbench.schema import to_json, write_rows
 from ddbench.spec import load_suite

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from ddbench.cli import main
-from ddbench.report import cross_arch_section, summarise
-from ddbench.report_html import HTML_FILE, markdown_to_html
+from ddbench.report.accuracy import cross_arch_section
+from ddbench.report.html import HTML_FILE, markdown_to_html
+from ddbench.report.rows import summarise
 from ddbench.schema import write_rows
 from ddbench.storage import Store
 from tests.test_storage import row  # a valid result row, any column overridden

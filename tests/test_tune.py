@@ -18,16 +18,10 @@ from ddbench.evals import EvalJob
 from ddbench.evals.cross_arch import CrossArch
 from ddbench.fit import Recipe, fit_artifact
 from ddbench.plan import make_plan
+from ddbench.selection import TrialScore, choose
 from ddbench.spec import load_suite
 from ddbench.teacher import teacher_labels
-from ddbench.tuning import (
-    SelectionParams,
-    TrialScore,
-    TuneSelection,
-    choose,
-    selection_cells,
-    trial_job,
-)
+from ddbench.tuning import SelectionParams, TuneSelection, selection_cells, trial_job
 from tests.conftest import MlflowServer, run_cli
 
 TUNED = """\

@@ -29,9 +29,10 @@ from ddbench.runner.train import Outcome, fit_distill
 from ddbench.runner.work import artifact_done, artifact_rel, cell_done, local_artifact
 from ddbench.schema import read_rows
 from ddbench.seeding import derive_seed
+from ddbench.selection import TrialScore, choose
 from ddbench.spec import DistillResources, EvalResources, TuneSpec
 from ddbench.storage import Store
-from ddbench.tuning import TrialScore, choose, selection_cells, trial_count, trial_job
+from ddbench.tuning import selection_cells, trial_count, trial_job
 
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -354,7 +354,8 @@ def full_rows(
 def evaluator_of(name: str) -> Evaluator:
     """The evaluator of a cell: a registered one, or Tune's selection (`ddbench.tuning`)."""
     from ddbench.evals import EVALS
-    from ddbench.tuning import SELECTION, TuneSelection
+    from ddbench.selection import SELECTION
+    from ddbench.tuning import TuneSelection
 
     return TuneSelection() if name == SELECTION else EVALS.get(name)()
 

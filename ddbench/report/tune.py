@@ -1,13 +1,13 @@
 """The report's Ray Tune section: every trial of every tuned job, and which one was chosen.
 
-`tune_section(selection, out_dir)` takes the selection rows (`evaluator == "tune"`, split `val`,
-one per scored model; `ddbench.tuning`) and returns markdown lines: per tuned job a table of its
-trials (config, mean ± std (n) val top1, the chosen one in bold, chosen by `tuning.choose`, the
+`tune_section(selection, out_dir)` takes the selection rows (`evaluator == "tune"`, split `val`, one
+per scored model; `ddbench.tuning`) and returns markdown lines: per tuned job a table of its trials
+(config, mean ± std (n) val top1, the chosen one in bold, chosen by `ddbench.selection.choose`, the
 rule the runner applied), a plot of val top1 against each tuned parameter (every trial a dot, the
-mean per value a line; a log axis for positive values spanning two decades or more) and, with
-two or more trials, a parallel-coordinates view of the trials (one axis per tuned parameter plus
-val top1, each trial a line coloured by its val top1). Extending: another view is another
-function of the per-trial frame `trial_table` returns.
+mean per value a line; a log axis for positive values spanning two decades or more) and, with two or
+more trials, a parallel-coordinates view of the trials (one axis per tuned parameter plus val top1,
+each trial a line coloured by its val top1). Extending: another view is another function of the
+per-trial frame `trial_table` returns.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
-from ddbench.report import _cell, _markdown_table, _pyplot, _save, mean_std_n
-from ddbench.tuning import TrialScore, choose
+from ddbench.report.format import cell, markdown_table, mean_std_n, pyplot, save
+from ddbench.selection import TrialScore, choose
 
 
 def trial_table(selection: pl.DataFrame) -> pl.DataFrame:
@@ -67,11 +67,11 @@ def tune_section(selection: pl.DataFrame, out_dir: Path) -> list[str]:
         best = choose(scores, int(job_trials["seeds"].max()), "max")
         body = []
         for r, c in zip(job_trials.iter_rows(named=True), configs, strict=True):
-            row = [str(c.get(k, "–")) for k in keys] + [_cell(r["mean"], r["std"], r["n"])]
+            row = [str(c.get(k, "–")) for k in keys] + [cell(r["mean"], r["std"], r["n"])]
             chosen = best is not None and r["job_id"] == best.trial_job_id
             body.append([f"**{v}**" for v in row] if chosen else row)
         title = f"{label}, IPC {ipc}, distill seed {seed} (job {job_id})"
-        lines += [f"### {title}", ""] + _markdown_table([*keys, "val top-1 %"], body) + [""]
+        lines += [f"### {title}", ""] + markdown_table([*keys, "val top-1 %"], body) + [""]
         stem = out_dir / f"tune_{label}_{job_id}"
         means, stds = job_trials["mean"].to_list(), job_trials["std"].to_list()
         curves = plot_tune_curves(configs, means, stds, keys, title, Path(f"{stem}_curves.png"))
@@ -119,7 +119,7 @@ def plot_tune_curves(
 ) -> Path:
     """Val top1 (%) against each tuned parameter: every trial a dot with its std over models as
     an error bar, the mean per parameter value a line."""
-    plt = _pyplot()
+    plt = pyplot()
     width = max(6.0, 4.2 * len(keys))  # room for the title under a single panel
     fig, axes = plt.subplots(1, len(keys), figsize=(width, 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
@@ -144,7 +144,7 @@ def plot_tune_curves(
         ax.set_ylabel("val top-1 (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_parallel(
@@ -152,7 +152,7 @@ def plot_parallel(
 ) -> Path:
     """Parallel coordinates: an axis per tuned parameter and one for val top1 (each scaled to
     [0, 1] between its extremes), each trial a line coloured by its val top1."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = [_positions([c.get(k, "–") for c in configs]) for k in keys]
     columns.append(_positions([100 * v for v in val_top1]))
     names = [*keys, "val top-1 %"]
@@ -178,4 +178,4 @@ def plot_parallel(
     ax.set_yticks([])
     ax.set_ylim(-0.15, 1.12)
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

@@ -28,14 +28,14 @@ Settings in ddbench terms. The `eval_params` of a `cross_arch` entry fix its *se
 - ARS is scored on hard labels, where DD-Ranking's code uses the method's label setting: hard
   labels keep the label effect out of the augmentation gap and follow the DC protocol.
 
-Each setting keeps the eval params of its latest run (`report.latest_config` per setting), so a
-run holding hard and teacher rows from two invocations (`suites/acceptance/d4m_digits.yaml`) is
-scored from both. Scores are per (method, IPC, arch) for every arch the rows have (the paper's
-surrogate is the `convnet` row), from the mean test top1 over eval (and distill) seeds; the
-tables show each of those means with its std and n. HLR and IOR equal the mean of per-seed
-differences; LRS and ARS are nonlinear, so they can differ slightly from DD-Ranking's mean of
-per-round scores. A score whose inputs are missing is shown as "–" with a note naming them; the
-section is left out when no score can be computed.
+Each setting keeps the eval params of its latest run (`ddbench.report.rows.latest_config` per
+setting), so a run holding hard and teacher rows from two invocations
+(`suites/acceptance/d4m_digits.yaml`) is scored from both. Scores are per (method, IPC, arch) for
+every arch the rows have (the paper's surrogate is the `convnet` row), from the mean test top1 over
+eval (and distill) seeds; the tables show each of those means with its std and n. HLR and IOR equal
+the mean of per-seed differences; LRS and ARS are nonlinear, so they can differ slightly from
+DD-Ranking's mean of per-round scores. A score whose inputs are missing is shown as "–" with a note
+naming them; the section is left out when no score can be computed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ddbench.report import BASELINE, REFERENCE, _cell, _markdown_table, latest_config, summarise
+from ddbench.report.format import cell, markdown_table
+from ddbench.report.rows import BASELINE, REFERENCE, latest_config, summarise
 
 EVALUATOR = "cross_arch"
 # w of LRS: IOR and HLR weigh the same (docs/protocols.md#dd-ranking-scores; DD-Ranking's default)
@@ -231,8 +232,8 @@ def dd_ranking_section(rows: pl.DataFrame) -> list[str]:
     lines = [
         "## DD-Ranking scores",
         "",
-        "DD-Ranking's scores (docs/protocols.md#dd-ranking-scores, `ddbench/ddranking.py`) from "
-        "`cross_arch` test top-1 "
+        "DD-Ranking's scores (docs/protocols.md#dd-ranking-scores, "
+        "`ddbench/report/ddranking.py`) from `cross_arch` test top-1 "
         f"per setting (labels, augmentation): HLR = {REFERENCE} − method, both hard labels with "
         f"augmentation (lower is better); IOR = method − {BASELINE} in the method's own setting "
         "(the run's non-hard labels, else hard); "
@@ -251,12 +252,12 @@ def dd_ranking_section(rows: pl.DataFrame) -> list[str]:
             names = list(scored[0].scores)
             body = [
                 [s.label, str(s.ipc), s.arch]
-                + [_cell(a.mean, a.std, a.n) if a else "–" for a in s.inputs]
+                + [cell(a.mean, a.std, a.n) if a else "–" for a in s.inputs]
                 + [_score(name, s.scores[name]) for name in names]
                 for s in scored
             ]
             header = ["method", "ipc", "arch"] + [i.title() for i in inputs] + names
-            lines += _markdown_table(header, body) + [""]
+            lines += markdown_table(header, body) + [""]
         else:
             lines += ["Not computed.", ""]
         notes = _missing(inputs, scored)

@@ -3,13 +3,13 @@
 `write_html(markdown, out_dir)` converts the text `write_report` writes to README.md into
 `<out_dir>/report.html`: CSS inline, every image read from `out_dir` and embedded as a base64
 `data:` URI, no script and no external link, so the one file can be mailed, attached to a CI run
-or opened offline. No section has code of its own here: whatever report.py writes as markdown
+or opened offline. No section has code of its own here: whatever a section writes as markdown
 appears in the HTML.
 
 The markdown is parsed by `markdown-it-py` (CommonMark plus pipe tables, raw HTML off, so any
 `<` in a report, e.g. an error message, is shown as text). Two render rules are ddbench's own:
 an image becomes an `<img>` whose `src` is the file's bytes as a data URI, and a paragraph that
-holds a single image becomes a `<figure>`. A new markdown construct in report.py needs nothing
+holds a single image becomes a `<figure>`. A new markdown construct in a section needs nothing
 here when CommonMark or tables cover it; otherwise enable the markdown-it rule in `_parser` (or
 add a render rule beside `_image`) and add a case to tests/test_report_html.py.
 """
