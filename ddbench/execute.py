@@ -86,7 +86,8 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     """Plan, check, run (in-process or on Ray) and track a validated suite. `source` names the
     suite in messages (its file, or `ddbench eval`)."""
     from ddbench.data import load_dataset
-    from ddbench.plan import make_plan
+    from ddbench.plan import make_plan, method_facts
+    from ddbench.protocols import METHOD_FACTS_FILE, MethodFacts
     from ddbench.runner.work import RunSummary, all_done, as_run_log, git_sha, write_reduce
     from ddbench.storage import Store
     from ddbench.tracking import default_tracking_uri
@@ -100,6 +101,10 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     if options.dry_run:
         return RunResult(plan, suite_dir, None, _status_lines(plan, suite_dir))
     suite = loaded.suite
+    facts = method_facts([job.method for job in plan.jobs])
+    if suite_dir.exists(METHOD_FACTS_FILE):  # an earlier run of other methods (`--only`)
+        facts = MethodFacts.from_json(suite_dir.read_text(METHOD_FACTS_FILE)).merged(facts)
+    suite_dir.write_text(METHOD_FACTS_FILE, facts.to_json())
     real = load_dataset(suite.dataset.name, loaded.dataset_params)
     _check_inputs(plan, real)
     out(

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddbench.protocols import SHARED
+from ddbench.protocols import PROTOCOL_PARAMS, SHARED, MethodFacts
 from ddbench.schema import WHOLE_SPLIT_IPC, to_json
 from ddbench.seeding import content_hash
 from ddbench.spec import LoadedSuite, TuneSpec
@@ -254,6 +254,22 @@ def _class_subsets(loaded: LoadedSuite) -> list[tuple[int, ...]]:
         for cell in evaluator.cells(loaded.suite.resources.eval.device, eparams):
             subsets.update(dict.fromkeys(evaluator.inputs(cell, eparams).values()))
     return list(subsets)
+
+
+def method_facts(methods: Sequence[str]) -> MethodFacts:
+    """The registries' paper protocols and published numbers of `methods`, and cross_arch's
+    protocol defaults (imports the method plugins, hence torch). A name no registry knows (a
+    run's plugin not loaded here) has no facts."""
+    from ddbench.evals.cross_arch import CrossArchParams
+    from ddbench.methods import METHODS
+
+    defaults = CrossArchParams().model_dump()
+    known = [METHODS.get(name) for name in sorted(set(methods)) if name in METHODS]
+    return MethodFacts(
+        {m.name: dict(m.paper_protocol) for m in known},
+        {m.name: tuple(m.published) for m in known},
+        {key: defaults[key] for key in PROTOCOL_PARAMS},
+    )
 
 
 def make_plan(loaded: LoadedSuite, only: str | Sequence[str] | None = None) -> Plan:

@@ -23,7 +23,8 @@ an evaluator that can evaluate under several protocols overrides `Evaluator.prot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ddbench.schema import to_json
@@ -73,3 +74,43 @@ def published_table(
 
 DATADAM_TABLE_1 = "DataDAM (ICCV 2023), Table 1"  # ConvNet, DC recipe; baselines as it quotes them
 DIM_TABLE_2 = "DiM (arXiv 2303.04707), Table 2"  # ConvNet, images generated per epoch (INPC)
+
+
+# a run's record of its methods' paper protocols and published numbers (`MethodFacts`), written
+# by the driver beside `results/`, so a report needs neither the method plugins nor torch
+METHOD_FACTS_FILE = "methods.json"
+
+
+@dataclass
+class MethodFacts:
+    """What the report knows of each method besides its rows: `Method.paper_protocol` and
+    `Method.published`, and the defaults of `cross_arch`'s protocol params (what a paper
+    protocol changes). Built from the registries by `ddbench.plan.method_facts`."""
+
+    paper_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> params
+    published: dict[str, tuple[Published, ...]] = field(default_factory=dict)  # method -> numbers
+    shared_defaults: dict[str, Any] = field(default_factory=dict)  # PROTOCOL_PARAMS -> default
+
+    def merged(self, other: MethodFacts) -> MethodFacts:
+        """These facts with `other`'s added (`other` wins for a method both know)."""
+        return MethodFacts(
+            {**self.paper_protocol, **other.paper_protocol},
+            {**self.published, **other.published},
+            {**self.shared_defaults, **other.shared_defaults},
+        )
+
+    def to_json(self) -> str:
+        published = {m: [asdict(p) for p in ps] for m, ps in self.published.items()}
+        return to_json(
+            {
+                "paper_protocol": self.paper_protocol,
+                "published": published,
+                "shared_defaults": self.shared_defaults,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> MethodFacts:
+        raw = json.loads(text)
+        published = {m: tuple(Published(**p) for p in ps) for m, ps in raw["published"].items()}
+        return cls(raw["paper_protocol"], published, raw["shared_defaults"])

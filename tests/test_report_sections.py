@@ -1,6 +1,6 @@
 """Report sections as plugins: an evaluator without a section gets the generic table of its
 reduce metrics, a plugin file passed with `ddbench report --include` registers its own, and
-`ddbench report` of rows that need no method's paper data imports no torch."""
+`ddbench report` imports no torch: the methods' paper data come from the run's record."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ddbench.methods import METHODS
+from ddbench.plan import method_facts
+from ddbench.protocols import METHOD_FACTS_FILE
 from ddbench.report import write_report
 from ddbench.report.sections import SECTIONS
 from ddbench.schema import to_json, write_rows
@@ -42,12 +45,15 @@ def my_eval_rows() -> list[dict]:
 
 
 def write_run(root: Path) -> Path:
-    """A run of `cross_arch` rows (DD-Ranking's fixture, on an MLP) and `my_eval` rows."""
+    """A run of `cross_arch` rows (DD-Ranking's fixture, ConvNet) and `my_eval` rows, with the
+    record of its methods' paper data that the driver writes (`METHOD_FACTS_FILE`)."""
     run = root / "run"
     store = Store(run)
-    cells = [{**r, "arch": "mlp"} for r in result_rows()]
+    cells = result_rows()
     write_rows(store, "results/cross_arch/rows.parquet", cells)
     write_rows(store, "results/my_eval/rows.parquet", my_eval_rows())
+    facts = method_facts([r["method"] for r in cells if r["method"] in METHODS])
+    store.write_text(METHOD_FACTS_FILE, facts.to_json())
     return run
 
 
@@ -79,7 +85,7 @@ def test_report_include_registers_a_section_and_imports_no_torch(tmp_path):
     text = (out / "run" / "README.md").read_text()
     assert "## Mine\n\n5 rows of my_eval" in text and "## my_eval" not in text
 
-    # the same report in a fresh process: no torch, the rows need no method's paper data
+    # the same report in a fresh process: no torch, the run's record holds the paper data
     code = (
         "import sys\n"
         "from ddbench.cli import main\n"

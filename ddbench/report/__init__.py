@@ -26,8 +26,8 @@ The package, one module per role:
 rows (`ddbench.report.sections`), then DD-Ranking, Tune, grids, failures. Extending: a section
 for a new evaluator is a `ReportSection` registered under its name (a file of its own, in this
 folder or passed with `ddbench report --include`); a new accuracy table is a function in
-`accuracy.py` called below. Reading a report's rows imports no torch unless they need a
-method's paper data (`accuracy.method_class`).
+`accuracy.py` called below. A report imports no torch and no method plugin: the methods' paper
+protocols and published numbers come from the record the run wrote (`rows.run_method_facts`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from ddbench.report.accuracy import (
 )
 from ddbench.report.ddranking import dd_ranking_section
 from ddbench.report.html import write_html
-from ddbench.report.rows import REFERENCE, latest_config, load_rows, summarise
+from ddbench.report.rows import REFERENCE, latest_config, load_rows, run_method_facts, summarise
 from ddbench.report.sections import evaluator_section
 from ddbench.report.tune import tune_section
 from ddbench.selection import SELECTION
@@ -68,7 +68,8 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     rows, left_out = latest_config(every, by=("protocol",))
     out_dir.mkdir(parents=True, exist_ok=True)
     every_protocol = summarise(rows)
-    summary, protocol_lines = protocol_sections(every_protocol)
+    facts = run_method_facts(run, rows)
+    summary, protocol_lines = protocol_sections(every_protocol, facts)
     suite = rows["suite"].drop_nulls().first() or PurePosixPath(run.uri).name
     status = rows.group_by("status").len().sort("status")
     counts = ", ".join(f"{r['len']} {r['status']}" for r in status.iter_rows(named=True))
@@ -89,7 +90,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
         ]
     if protocol_lines:  # a continual-only suite has just its own section
         lines += protocol_lines
-        lines += published_section(every_protocol)
+        lines += published_section(every_protocol, facts)
         lines += gain_table(summary)
         lines += cost_table(summary)
     lines += accuracy_vs_ipc_section(summary, out_dir)

@@ -14,10 +14,8 @@ diffusion model: `prerequisite_seconds`). `other_configs_section` shows the rows
 params left out of the main tables (only the latest config of an evaluator per protocol is
 there), one table per config.
 
-The rows carry neither a method's paper protocol nor its published numbers, and importing the
-method registry imports torch (the method modules), so `method_class` is called only for rows
-that need it: paper-protocol rows (`protocol_sections`) and ConvNet rows (`published_section`,
-plus the cross_arch defaults when a published number matches). A report of other rows imports
+The rows carry neither a method's paper protocol nor its published numbers: those come from the
+run's `MethodFacts` record (`rows.run_method_facts`), so the report imports no method plugin and
 no torch. Extending: a new accuracy table is a function of the `summarise` frame returning
 markdown lines, called from `ddbench.report.write_report`.
 """
@@ -27,11 +25,10 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ddbench.protocols import PROTOCOL_PARAMS, SHARED, paper_name
+from ddbench.protocols import PROTOCOL_PARAMS, SHARED, MethodFacts, paper_name
 from ddbench.report.format import cell, line_plot, markdown_table, pyplot, save
 from ddbench.report.rows import (
     BASELINE,
@@ -43,17 +40,7 @@ from ddbench.report.rows import (
 )
 from ddbench.selection import SELECTION
 
-if TYPE_CHECKING:
-    from ddbench.methods import Method
-
 MAIN_EVALUATOR = "cross_arch"  # its rows are the main tables, not a section of their own
-
-
-def method_class(name: str) -> type[Method]:
-    """A method's class, for its `paper_protocol` and `published` numbers (imports torch)."""
-    from ddbench.methods import METHODS
-
-    return METHODS.get(name)
 
 
 def other_configs_section(every: pl.DataFrame, shown: pl.DataFrame) -> list[str]:
@@ -180,7 +167,7 @@ def cost_table(summary: pl.DataFrame) -> list[str]:
     )
 
 
-def protocol_sections(summary: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+def protocol_sections(summary: pl.DataFrame, facts: MethodFacts) -> tuple[pl.DataFrame, list[str]]:
     """The main tables, one set per protocol, and the shared protocol's summary (gain, cost and
     plots use it). With paper-protocol rows, a second set shows each method under its paper's
     protocol (methods whose paper protocol is the shared one with their shared rows), each
@@ -202,7 +189,7 @@ def protocol_sections(summary: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     with_own = own["method_label"].unique().to_list()
     view = pl.concat([own, shared.filter(~pl.col("method_label").is_in(with_own))])
     # a method with a paper protocol of its own that this run did not evaluate it under
-    missing = [m for m in view["method"].unique().to_list() if method_class(m).paper_protocol]
+    missing = [m for m in view["method"].unique().to_list() if facts.paper_protocol.get(m)]
     view = view.with_columns(
         method_label=pl.when(pl.col("protocol") != SHARED)
         .then(pl.col("method_label") + " (" + pl.col("protocol") + ")")
@@ -212,7 +199,7 @@ def protocol_sections(summary: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     )
     changes = []
     for method in sorted(own["method"].unique().to_list()):
-        paper = method_class(method).paper_protocol
+        paper = facts.paper_protocol[method]
         what = ", ".join(f"{k}: {v}" for k, v in sorted(paper.items()))
         changes.append(f"- `{paper_name(method)}`: the shared params with {what}")
     lines += [
@@ -235,7 +222,7 @@ def _settings(eval_params: str) -> str:
     return ", ".join(f"{k}: {params[k]}" for k in PROTOCOL_PARAMS if k in params)
 
 
-def published_section(summary: pl.DataFrame) -> list[str]:
+def published_section(summary: pl.DataFrame, facts: MethodFacts) -> list[str]:
     """The papers' reported ConvNet top-1 (`Method.published`) beside ddbench's `convnet`
     number under the paper's protocol, for the run's dataset and IPCs. Where the run has no rows
     under the paper's protocol, ddbench's shared-protocol number is shown and the note says so;
@@ -246,19 +233,18 @@ def published_section(summary: pl.DataFrame) -> list[str]:
     for (method, label, dataset, ipc), rows in sorted_groups(
         convnet, "method", "method_label", "dataset", "ipc"
     ):
-        cls = method_class(str(method))
-        reported = [p for p in cls.published if (p.dataset, p.ipc) == (dataset, ipc)]
+        published = facts.published.get(str(method), ())
+        reported = [p for p in published if (p.dataset, p.ipc) == (dataset, ipc)]
         if not reported:
             continue
-        own = paper_name(method) if cls.paper_protocol else SHARED
+        paper_protocol = facts.paper_protocol.get(str(method), {})
+        own = paper_name(method) if paper_protocol else SHARED
         matched = rows.filter(pl.col("protocol") == own)
         shown = matched if len(matched) else rows.filter(pl.col("protocol") == SHARED)
         if shown.is_empty():
             continue
-        from ddbench.evals.cross_arch import CrossArchParams  # torch: only for a paper's number
-
         r = shown.row(0, named=True)
-        expected = {**CrossArchParams().model_dump(), **cls.paper_protocol}
+        expected = {**facts.shared_defaults, **paper_protocol}
         params = json.loads(r["eval_params"])
         differs = [
             f"{k} {params[k]} (paper: {expected[k]})"

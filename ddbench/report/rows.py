@@ -13,13 +13,30 @@ from __future__ import annotations
 import polars as pl
 
 from ddbench.errors import UserError
-from ddbench.protocols import PROTOCOL_PARAMS, SHARED, eval_config
+from ddbench.protocols import (
+    METHOD_FACTS_FILE,
+    PROTOCOL_PARAMS,
+    SHARED,
+    MethodFacts,
+    eval_config,
+)
 from ddbench.report.format import mean_std_n
 from ddbench.schema import read_readable, result_files
 from ddbench.storage import Store
 
 REFERENCE = "whole_dataset"  # the method whose rows are the whole-dataset reference (ipc 0)
 BASELINE = "random_real"  # the method gains are measured against
+
+
+def run_method_facts(run: Store, rows: pl.DataFrame) -> MethodFacts:
+    """The paper protocols and published numbers of the run's methods: the record the driver
+    wrote (`METHOD_FACTS_FILE`); a run written before that record existed gets the registries'
+    facts of its methods instead, which imports the method plugins (and torch)."""
+    if run.exists(METHOD_FACTS_FILE):
+        return MethodFacts.from_json(run.read_text(METHOD_FACTS_FILE))
+    from ddbench.plan import method_facts
+
+    return method_facts(rows["method"].unique().to_list())
 
 
 def load_rows(run: Store) -> tuple[pl.DataFrame, list[str]]:
