@@ -3,7 +3,8 @@
 Three sources, each imported once per process:
 
 - ddbench's own packages: `import_all("ddbench.methods")` imports ddbench/methods/*.py (modules
-  starting with `_` are helpers, not plugins), so a built-in plugin is exactly one new file;
+  starting with `_` are helpers, not plugins) on the registry's first lookup
+  (`Registry(..., builtins=...)`), so a built-in plugin is exactly one new file;
 - installed distributions: an entry point in group `ddbench.methods`, `ddbench.evals`,
   `ddbench.datasets`, `ddbench.archs` or `ddbench.report_sections` names a module to import
   (`load_entry_points`). Each

@@ -17,11 +17,10 @@ unknown name raises `UnknownNameError` with the closest known names ("did you me
 
 A registry with an entry-point `group` (`Registry("method", "ddbench.methods")`) imports the
 plugins of installed distributions in that group, and those of `--include` files shipped to a Ray
-worker, on its first lookup (`ddbench.plugins`), after its built-ins have registered. Built-ins
-register when their package is imported (`ddbench.methods` imports its folder at the bottom of
-its `__init__`), or, when the plugin modules import the module that defines the registry (the
-`datasets/` folder imports `ddbench.data`), on the first lookup too: `builtins` names that folder's
-package, imported with `import_all` before anything else (no import cycle at module top).
+worker, on its first lookup (`ddbench.plugins`), after its built-ins have registered. The
+built-ins are the non-underscore modules of the `builtins` package (`ddbench/methods/`,
+`ddbench/evals/`, `ddbench/archs/`, `ddbench/datasets/`), imported with `import_all` on that
+first lookup too, so a plugin module may import its registry's module without a cycle.
 """
 
 from __future__ import annotations
@@ -75,24 +74,35 @@ class Registry(Generic[T]):
         self.group = group  # entry-point group of installed plugins; None: built-ins only
         self.builtins = builtins  # package of built-in plugin modules imported on first lookup
         self._items: dict[str, T] = {}
-        self._plugins_loaded = group is None and builtins is None
+        self._builtins_loaded = builtins is None
+        self._plugins_loaded = group is None
+
+    def _load_builtins(self) -> None:
+        """The `builtins` package's plugin modules, once (first, so that a plugin reusing a
+        built-in name is the one that fails, named)."""
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True  # first: a built-in module that looks a name up
+        from ddbench.plugins import import_all
+
+        import_all(str(self.builtins))
 
     def _load_plugins(self) -> None:
-        """The `builtins` package's modules, then the entry-point plugins of `group` and a Ray
-        worker's `--include` modules, once."""
+        """The built-ins, then the entry-point plugins of `group` and a Ray worker's `--include`
+        modules, once."""
+        self._load_builtins()
         if self._plugins_loaded:
             return
         self._plugins_loaded = True  # first: a plugin module that looks a name up must not recurse
-        from ddbench.plugins import import_all, import_env_plugins, load_entry_points
+        from ddbench.plugins import import_env_plugins, load_entry_points
 
-        if self.builtins is not None:
-            import_all(self.builtins)
-        if self.group is not None:
-            import_env_plugins()
-            load_entry_points(self.group)
+        import_env_plugins()
+        load_entry_points(str(self.group))
 
     def register(self, item: T) -> T:
         """Class decorator: register `item` under `item.name` (a duplicate name is an error)."""
+        if not item.__module__.startswith(f"{self.builtins}."):
+            self._load_builtins()  # a plugin from elsewhere registers after the built-ins
         name = getattr(item, "name", None)
         if not isinstance(name, str) or not _NAME_PATTERN.match(name):
             raise ValueError(

@@ -65,7 +65,6 @@ from ddbench.archs._base import (
     make_norm,
     make_pool,
 )
-from ddbench.plugins import import_all
 from ddbench.registry import Plugin, Registry
 
 __all__ = [
@@ -97,7 +96,7 @@ class Arch(Plugin):
         raise NotImplementedError
 
 
-ARCHS: Registry[type[Arch]] = Registry("arch", "ddbench.archs")
+ARCHS: Registry[type[Arch]] = Registry("arch", "ddbench.archs", builtins=__name__)
 
 
 def known_arch(name: str) -> str:
@@ -127,6 +126,3 @@ def build_arch(
     if not isinstance(image_size, int) or image_size < 2:
         raise ArchConfigError(f"image_size must be an integer >= 2, got {image_size!r}")
     return arch().build(channels, num_classes, image_size, **overrides)
-
-
-import_all(__name__)

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ddbench.plugins import import_all
 from ddbench.registry import Plugin, Registry
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ class Evaluator(Plugin):
         return [(SHARED, params)]
 
 
-EVALS: Registry[type[Evaluator]] = Registry("evaluator", "ddbench.evals")
+EVALS: Registry[type[Evaluator]] = Registry("evaluator", "ddbench.evals", builtins=__name__)
 
 
 register_eval = EVALS.register  # the class decorator of an evaluator plugin
@@ -105,6 +104,3 @@ register_eval = EVALS.register  # the class decorator of an evaluator plugin
 
 def get_eval(name: str) -> Evaluator:
     return EVALS.get(name)()
-
-
-import_all(__name__)

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ddbench.plugins import import_all
 from ddbench.registry import Plugin, Registry
 
 if TYPE_CHECKING:
@@ -91,7 +90,7 @@ class Method(Plugin):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method", "ddbench.methods")
+METHODS: Registry[type[Method]] = Registry("method", "ddbench.methods", builtins=__name__)
 
 
 register_method = METHODS.register  # the class decorator of a method plugin
@@ -99,6 +98,3 @@ register_method = METHODS.register  # the class decorator of a method plugin
 
 def get_method(name: str) -> Method:
     return METHODS.get(name)()
-
-
-import_all(__name__)
