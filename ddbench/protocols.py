@@ -34,6 +34,12 @@ SHARED = "shared"  # the protocol column of rows measured with an entry's params
 PAPER_PREFIX = "paper:"  # + method name: the method's own paper protocol
 # the eval params that make a protocol, shown beside every number (reports, leaderboard)
 PROTOCOL_PARAMS = ("labels", "sampling", "augment", "epochs")
+# the teacher of `labels: teacher` (D4M's soft labels), for cross_arch and Tune's selection alike:
+TEACHER_ARCH = "convnet"  # D4M: ConvNet-W128 on CIFAR (ResNet-18 on ImageNet)
+# whole-split epochs: a confident teacher matters (on digits a 60-epoch ConvNet's soft labels
+# are near-uniform and students learn little from them)
+TEACHER_EPOCHS = 300
+TEACHER_TEMPERATURE = 20.0  # KD temperature T (D4M's scripts)
 EVAL_CONFIG_HEX = 8  # hex digits of `eval_config`: 4 billion configs, short in MLflow names
 
 

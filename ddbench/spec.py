@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ddbench.errors import UserError
+from ddbench.protocols import TEACHER_ARCH, TEACHER_EPOCHS, TEACHER_TEMPERATURE
 from ddbench.registry import did_you_mean
 
 Loc = tuple[str | int, ...]
@@ -71,9 +72,9 @@ class TuneSpec(Strict):
     # labels of a teacher trained on the whole train split (D4M's training-time matching;
     # cross_arch's labels: teacher with the same temperature / arch / epochs shares its teacher)
     eval_labels: Literal["hard", "soft", "teacher"] | None = None
-    eval_temperature: float = Field(20.0, gt=0)  # KD temperature T (cross_arch's default)
-    eval_teacher_arch: str = "convnet"  # teacher network (cross_arch's default)
-    eval_teacher_epochs: int = Field(300, ge=1)  # teacher's whole-split epochs (cross_arch's)
+    eval_temperature: float = Field(TEACHER_TEMPERATURE, gt=0)  # KD temperature T (cross_arch's)
+    eval_teacher_arch: str = TEACHER_ARCH  # teacher network (cross_arch's default)
+    eval_teacher_epochs: int = Field(TEACHER_EPOCHS, ge=1)  # its whole-split epochs (cross_arch's)
 
     @field_validator("space")
     @classmethod

@@ -42,17 +42,20 @@ from ddbench.spec import TuneSpec
 
 
 class SelectionParams(EvalParams):
+    """A trial's selection cells: every field is filled from the tuned job's `TuneSpec`
+    (`selection_cells`), which states the defaults once."""
+
     tuned_job: str  # job id of the tuned job the trial belongs to
     config: dict[str, Any]  # the trial's point of the search space
-    arch: str = "convnet"  # TuneSpec.eval_arch
-    seeds: int = Field(2, ge=1)  # TuneSpec.eval_seeds
-    epochs: int = Field(300, ge=1)  # TuneSpec.eval_epochs
-    labels: Literal["hard", "soft", "teacher"] = "hard"  # TuneSpec.eval_labels
+    arch: str  # TuneSpec.eval_arch
+    seeds: int = Field(ge=1)  # TuneSpec.eval_seeds
+    epochs: int = Field(ge=1)  # TuneSpec.eval_epochs
+    labels: Literal["hard", "soft", "teacher"]  # TuneSpec.eval_labels
     # TuneSpec.eval_sampling: how a generator becomes training data (`ddbench.fit`)
-    sampling: Literal["fixed", "fresh", "time_matched"] = "fixed"
-    temperature: float = Field(20.0, gt=0)  # TuneSpec.eval_temperature
-    teacher_arch: str = "convnet"  # TuneSpec.eval_teacher_arch
-    teacher_epochs: int = Field(300, ge=1)  # TuneSpec.eval_teacher_epochs
+    sampling: Literal["fixed", "fresh", "time_matched"]
+    temperature: float = Field(gt=0)  # TuneSpec.eval_temperature
+    teacher_arch: str  # TuneSpec.eval_teacher_arch
+    teacher_epochs: int = Field(ge=1)  # TuneSpec.eval_teacher_epochs
 
 
 class TuneSelection(Evaluator):

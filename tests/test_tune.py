@@ -114,7 +114,14 @@ def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_pa
 
     def val_top1(labels: str) -> float:
         params = SelectionParams(
-            tuned_job="t", config={}, arch="mlp", epochs=30, labels=labels, **teacher
+            tuned_job="t",
+            config={},
+            arch="mlp",
+            seeds=1,
+            epochs=30,
+            labels=labels,
+            sampling="fixed",
+            **teacher,
         )
         (row,) = TuneSelection().run(cell, job, params, ctx)
         assert row["split"] == "val"

@@ -52,7 +52,13 @@ from ddbench.evals import EvalJob, EvalParams, Evaluator, register_eval
 from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
 from ddbench.fit_vmap import use_vectorised
 from ddbench.methods import Method
-from ddbench.protocols import SHARED, paper_name
+from ddbench.protocols import (
+    SHARED,
+    TEACHER_ARCH,
+    TEACHER_EPOCHS,
+    TEACHER_TEMPERATURE,
+    paper_name,
+)
 from ddbench.schema import WHOLE_SPLIT_IPC
 
 
@@ -67,13 +73,9 @@ class CrossArchParams(EvalParams, Recipe):
     # what the student learns: hard labels, the artifact's own soft labels, or a teacher's soft
     # labels regenerated every epoch under its augmentation (D4M's training-time matching)
     labels: Literal["hard", "soft", "teacher"] = "hard"
-    temperature: float = Field(20.0, gt=0)  # KD temperature T of `teacher` (D4M's scripts: 20)
-    teacher_arch: ArchName = (
-        "convnet"  # teacher network (D4M: ConvNet-W128 for CIFAR, ResNet-18 INet)
-    )
-    # whole-split epochs of the teacher: a confident teacher matters (on digits a 60-epoch
-    # ConvNet's soft labels are near-uniform and students learn little from them)
-    teacher_epochs: int = Field(300, ge=1)
+    temperature: float = Field(TEACHER_TEMPERATURE, gt=0)  # KD temperature T of `teacher`
+    teacher_arch: ArchName = TEACHER_ARCH  # the teacher network (`ddbench.protocols`)
+    teacher_epochs: int = Field(TEACHER_EPOCHS, ge=1)  # its whole-split epochs
     # train an arch's seeds at once with torch.func.vmap: auto = on GPUs only (faster there,
     # slower on this CPU: benchmarks/RESULTS.md); on = also on CPUs; off = one cell per seed
     vectorise: Literal["auto", "on", "off"] = "auto"
