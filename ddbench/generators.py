@@ -108,6 +108,11 @@ def _blocks_per_stage(conv_blocks: int, ups: int) -> list[int]:
     return [first, conv_blocks - first] + [0] * (ups - 2)
 
 
+NOISE_DIM = 100  # length of z: DiM's K = 100 (the best in its Tab. 10)
+WIDTH = 196  # channels of every generator and discriminator layer (DiM: 196)
+CONV_BLOCKS = 4  # DiM's Conv-BN-ReLU blocks between the upsamplings
+
+
 def _bn_relu(channels: int) -> list[nn.Module]:
     return [nn.BatchNorm2d(channels), nn.ReLU()]
 
@@ -120,9 +125,9 @@ class ConditionalGenerator(nn.Module):
         channels: int,
         image_size: int,
         num_classes: int,
-        noise_dim: int = 100,  # DiM's K
-        width: int = 196,  # DiM's channel count in every layer
-        conv_blocks: int = 4,  # DiM's Conv-BN-ReLU blocks between the upsamplings
+        noise_dim: int = NOISE_DIM,
+        width: int = WIDTH,
+        conv_blocks: int = CONV_BLOCKS,
         mean: Sequence[float] | None = None,  # dataset normalisation; None = 0.5 (pixels in [-1,1])
         std: Sequence[float] | None = None,
     ) -> None:
@@ -169,7 +174,9 @@ class ConditionalGenerator(nn.Module):
 class ProjectionDiscriminator(nn.Module):
     """Conditional projection discriminator (spectral norm); ``forward(x, labels)`` -> [N]."""
 
-    def __init__(self, channels: int, image_size: int, num_classes: int, width: int = 196) -> None:
+    def __init__(
+        self, channels: int, image_size: int, num_classes: int, width: int = WIDTH
+    ) -> None:
         super().__init__()
         sn = nn.utils.spectral_norm
         layers: list[nn.Module] = [sn(nn.Conv2d(channels, width, 3, padding=1)), nn.LeakyReLU(0.2)]
@@ -191,9 +198,9 @@ def generator_config(
     channels: int,
     image_size: int,
     num_classes: int,
-    noise_dim: int = 100,
-    width: int = 196,
-    conv_blocks: int = 4,
+    noise_dim: int = NOISE_DIM,
+    width: int = WIDTH,
+    conv_blocks: int = CONV_BLOCKS,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> dict[str, Any]:
@@ -238,7 +245,7 @@ def build_discriminator(config: dict[str, Any]) -> ProjectionDiscriminator:
         int(config["channels"]),
         int(config["image_size"]),
         int(config["num_classes"]),
-        int(config.get("width", 196)),
+        int(config.get("width", WIDTH)),
     )
 
 
@@ -329,9 +336,9 @@ def generator_from_state(
         merged["channels"],
         merged["image_size"],
         merged["num_classes"],
-        merged.get("noise_dim", 100),
-        merged.get("width", 196),
-        merged.get("conv_blocks", 4),
+        merged.get("noise_dim", NOISE_DIM),
+        merged.get("width", WIDTH),
+        merged.get("conv_blocks", CONV_BLOCKS),
         merged.get("mean"),
         merged.get("std"),
     )

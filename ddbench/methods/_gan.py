@@ -57,7 +57,13 @@ from ddbench.augment import default_strategy, dsa
 from ddbench.context import Context
 from ddbench.data import RealData
 from ddbench.errors import UserError
-from ddbench.generators import build_discriminator, build_generator, generator_config
+from ddbench.generators import (
+    NOISE_DIM,
+    WIDTH,
+    build_discriminator,
+    build_generator,
+    generator_config,
+)
 from ddbench.methods import MethodParams
 from ddbench.methods._parallel import (
     augment_rows,
@@ -78,8 +84,8 @@ POOL_LR, POOL_MOMENTUM, POOL_WEIGHT_DECAY = 0.01, 0.9, 5e-4  # DC recipe (DiM's 
 class GeneratorArchParams(MethodParams):
     """The generator's shape: must agree between methods compared 'with the same generator'."""
 
-    noise_dim: int = Field(100, ge=1)  # length of z; DiM's K = 100 (best in their Tab. 10)
-    width: int = Field(196, ge=1)  # channels of every generator/discriminator layer (DiM: 196)
+    noise_dim: int = Field(NOISE_DIM, ge=1)  # length of z (`generators.NOISE_DIM`: DiM's K)
+    width: int = Field(WIDTH, ge=1)  # channels of every layer (`generators.WIDTH`: DiM's)
 
 
 class GanTrainingParams(GeneratorArchParams):
