@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ddbench.spec import LoadedSuite
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT = 0, 1, 2
-LS_KINDS = ("methods", "evals", "archs", "datasets")
+LS_KINDS = ("methods", "evals", "archs", "datasets", "sections")  # sections: of the report
 
 
 def _verbosity(args: argparse.Namespace) -> Verbosity:
@@ -72,6 +72,10 @@ def _registry(kind: str) -> Registry:
         from ddbench.archs import ARCHS
 
         return ARCHS
+    if kind == "sections":
+        from ddbench.report.sections import SECTIONS
+
+        return SECTIONS
     from ddbench.data import DATASETS
 
     return DATASETS
