@@ -101,12 +101,13 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     if options.dry_run:
         return RunResult(plan, suite_dir, None, _status_lines(plan, suite_dir))
     suite = loaded.suite
+    real = load_dataset(suite.dataset.name, loaded.dataset_params)
+    _check_inputs(plan, real)
+    # the report reads the methods' paper data here (no plugin or torch needed to read them)
     facts = method_facts([job.method for job in plan.jobs])
     if suite_dir.exists(METHOD_FACTS_FILE):  # an earlier run of other methods (`--only`)
         facts = MethodFacts.from_json(suite_dir.read_text(METHOD_FACTS_FILE)).merged(facts)
     suite_dir.write_text(METHOD_FACTS_FILE, facts.to_json())
-    real = load_dataset(suite.dataset.name, loaded.dataset_params)
-    _check_inputs(plan, real)
     out(
         f"suite {suite.name}: {len(plan.jobs)} distill jobs, {len(plan.cells)} eval cells; "
         f"{real.describe()}"
