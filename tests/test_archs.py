@@ -120,7 +120,10 @@ def test_unknown_arch_suggests_close_name() -> None:
         ARCHS.get("resnet181")
 
 
-@pytest.mark.parametrize("module", ["", "._base", ".dc", ".timm", ".nb201"])
+@pytest.mark.parametrize(  # a fresh interpreter each (4 s): the plugin modules are `slow`
+    "module",
+    [""] + [pytest.param(m, marks=pytest.mark.slow) for m in ("._base", ".dc", ".timm", ".nb201")],
+)
 def test_each_archs_module_imports_alone_without_timm(module: str) -> None:
     """Imported first in a fresh process, every module of the package loads (no import cycle),
     registers every architecture and leaves timm unimported."""
@@ -246,6 +249,7 @@ def test_nas_grid_size() -> None:
     assert len(_nas_grid()) == 720
 
 
+@pytest.mark.slow  # 720 networks built and run (10 s)
 @pytest.mark.parametrize(("channels", "size"), [(1, 8), (3, 16)])
 def test_nas_grid_all_combinations(channels: int, size: int) -> None:
     _run_grid(_nas_grid(), channels=channels, size=size)

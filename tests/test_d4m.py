@@ -55,6 +55,7 @@ def d4m(real, ipc: int, deps: dict | None = None, seed: int = 0, **params) -> Im
     return method.distill(real, ipc, p, LocalContext(seed, dependencies=deps or {}))
 
 
+@pytest.mark.slow  # pre-trains a diffusion model (6 s)
 def test_latent_diffusion_artifact_round_trip(tiny, diffusion_dir, monkeypatch):
     monkeypatch.setattr(DiffusionModel, "sample_steps", 4)  # seconds, not minutes
     model = load_artifact(diffusion_dir)
@@ -193,6 +194,7 @@ def write_text_encoder(root: Path) -> None:
     CLIPTextModel(config).save_pretrained(root / "text_encoder")
 
 
+@pytest.mark.slow  # builds and saves a pipeline directory (7 s)
 def test_pretrained_class_conditional_dir_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = write_sd_dir(tmp_path / "sd")

@@ -264,15 +264,17 @@ def test_failed_cell_is_a_row_and_exit_code_1(tmp_path, failing_eval, capsys):
     assert "1 failed" in capsys.readouterr().out
 
 
-def test_missing_data_is_exit_2_without_traceback(tmp_path):
+def test_missing_data_is_exit_2_without_traceback(tmp_path, capsys):
+    from ddbench.cli import main
+
     suite = tmp_path / "suite.yaml"
     suite.write_text(
         f"name: nodata\ndataset: {{name: cifar10, params: {{root: {tmp_path / 'none'}}}}}\n"
         "ipc: [1]\nmethods: [{name: random_real}]\nevals: [{name: cross_arch}]\n"
     )
-    proc = run_cli("run", str(suite), "--local", "--out", str(tmp_path / "runs"))
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and str(tmp_path / "none") in proc.stderr
+    assert main(["run", str(suite), "--local", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(tmp_path / "none") in err
 
 
 def test_resources_no_node_can_hold():

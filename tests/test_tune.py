@@ -148,11 +148,12 @@ def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_pa
         load_suite(write(tmp_path / "bad.yaml", bad))
 
 
-def test_tune_needs_ray(tmp_path):
+def test_tune_needs_ray(tmp_path, capsys):
+    from ddbench.cli import main
+
     path = write(tmp_path / "s.yaml", TUNED)
-    proc = run_cli("run", str(path), "--local", "--out", str(tmp_path / "runs"))
-    assert proc.returncode == 2
-    assert "['dm'] have a tune: block, which runs on Ray: drop --local" in proc.stderr
+    assert main(["run", str(path), "--local", "--out", str(tmp_path / "runs")]) == 2
+    assert "['dm'] have a tune: block, which runs on Ray: drop --local" in capsys.readouterr().err
 
 
 @pytest.mark.ray
