@@ -33,9 +33,7 @@ high-water mark: an upper bound when the process did other work first), `cuda_pe
 `strength` and `guidance_scale` default to the paper's 0.7 and 8, which it uses with Stable
 Diffusion. A small model trained on the dataset wants its own: choose them on the val split under
 the labels D4M is evaluated with, i.e. a `tune:` block with `eval_labels: teacher` (as in
-`suites/acceptance/d4m_digits.yaml`). On digits that grid chose strength 0.3 for every distill
-seed (val top1 with teacher labels 91.3-94.4 at 0.3 with guidance 2-8, 83.9-90.9 at 0.7): far
-from the prototype, the small denoiser drifts off it.
+`suites/acceptance/d4m_digits.yaml`; what that grid chose on digits: docs/protocols.md#d4m).
 
 Choices the paper leaves open, as implemented here: posterior means (not samples) are clustered,
 so prototypes are deterministic; MiniBatchKMeans with `kmeans_batch` samples per step and 3

@@ -53,10 +53,9 @@ Paper / official code vs this implementation
   iterations. `init: noise` gives DC's default.
 * Tiny images (digits, 8 px): there DC's default ConvNet applies GroupNorm(C, C) to 4x4 and 2x2
   maps, and the image gradient of the matching loss is uncorrelated from one random network to the
-  next (mean cosine -0.01 over 8 nets at IPC 1, vs 0.48 at 16 px and 0.95 without norm), so the
-  images only drift: measured on digits IPC 1, DC with the default net drops ConvNet accuracy from
-  the real init's 70 % to 20-50 %. Distilling with `net_norm: none` (DC's ConvNetNN ablation net)
-  works: 88-90 % at IPC 1. The tuned digits settings (suites/quickstart.yaml) are
+  next, so the images only drift; distilling with `net_norm: none` (DC's ConvNetNN ablation net)
+  works (the measurements: docs/protocols.md#dc-and-dsa). The tuned digits settings
+  (suites/quickstart.yaml) are
   {iterations: 8, outer_loop: 5, inner_loop: 5, batch_real: 32, net_norm: none}, a few seconds
   per IPC on one CPU core; at 32 px the paper's defaults apply unchanged.
 * Randomness: every draw (network, inner-loop order and augmentation, BatchNorm-freeze images) is
