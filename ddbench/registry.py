@@ -62,7 +62,7 @@ class Plugin:
         """One line for `ddbench ls -v`: the first paragraph of the class docstring, else of its
         module's (a one-file plugin's module docstring describes it), joined."""
         doc = cls.__doc__ or getattr(sys.modules.get(cls.__module__), "__doc__", None) or ""
-        doc = " ".join(doc.strip().split("\n\n")[0].split())
+        doc = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "`")  # reST literals
         return doc.removeprefix(f"`{cls.name}`: ")  # module docstrings open with the name
 
 

@@ -37,14 +37,14 @@ class NasSection(ReportSection):
     the whole train split."""
 
     def render(self, rows: pl.DataFrame, out_dir: Path) -> list[str]:
-        """The heading, the reduce table of the evaluator's rows and `nas_<evaluator>.png`.
-        Empty without per-candidate rows."""
+        """The heading (one per NAS evaluator of the run), the reduce table of the evaluator's
+        rows and `nas_<evaluator>.png`. Empty without per-candidate rows."""
         ok = rows.filter(pl.col("status") == "ok")
         cells = ok.filter(pl.col("metric").is_in(["proxy_top1", "whole_top1", "early_stop_top1"]))
         if cells.is_empty():
             return []
         lines = [
-            "## Architecture search with distilled data",
+            f"## Architecture search with distilled data: {self.name}",
             "",
             "Candidates ranked by val top-1 after training on the distillate (proxy) against "
             "training on the whole train split; ρ / τ over all candidates, top-20 % ρ over the "
@@ -62,7 +62,7 @@ class NasSection(ReportSection):
         header = ["method", "ipc"] + [title for _, title in NAS_TABLE]
         name = f"nas_{self.name}.png"
         plot_nas_scatter(cells, out_dir / name)
-        lines += [f"### {self.name}", ""] + markdown_table(header, body) + [""]
+        lines += markdown_table(header, body) + [""]
         lines += [f"![proxy vs whole-set accuracy]({name})", ""]
         return lines
 
