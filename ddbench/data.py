@@ -132,6 +132,15 @@ class RealData:
             classes=tuple(sorted(classes)),
         )
 
+    def without_test(self) -> RealData:
+        """The same dataset with an empty test split, made without reading the test split: what
+        every choice made on val (Tune's selection) is given, so it cannot see test."""
+        return replace(
+            self,
+            test_x=self.val_x.new_empty((0, *self.val_x.shape[1:])),
+            test_y=self.val_y.new_empty((0,)),
+        )
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""

@@ -125,8 +125,9 @@ def teacher_model(
                     "recipe": recipe.model_dump(mode="json"),
                     "seed": seed,
                     "val_top1": accuracy(trained, real.val_x, real.val_y, device),
-                    "test_top1": accuracy(trained, real.test_x, real.test_y, device),
                 }
+                if len(real.test_y):  # not when Tune's selection (no test split) trained it
+                    meta["test_top1"] = accuracy(trained, real.test_x, real.test_y, device)
                 atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
                 atomic_write(path, lambda p: save_file(state, str(p)))
             model.load_state_dict(load_file(str(path)))

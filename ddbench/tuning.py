@@ -71,7 +71,8 @@ class TuneSelection(Evaluator):
     def run(
         self, cell: dict[str, Any], job: EvalJob, params: SelectionParams, ctx: Context
     ) -> list[dict[str, Any]]:
-        real = job.real.subset(cell["classes"]) if "classes" in cell else job.real
+        real = job.real.without_test()  # a choice made on val: the test split is not there
+        real = real.subset(cell["classes"]) if "classes" in cell else real
         labeler = None
         if params.labels == "teacher":
             from ddbench.teacher import teacher_labels

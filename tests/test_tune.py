@@ -4,6 +4,7 @@ over HTTP) finds the tuned method with its chosen config."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -102,6 +103,53 @@ def test_trial_jobs_and_the_choice(tmp_path):
     ]
     assert choose(trials, models=2, mode="max").trial_job_id == "a"
     assert choose(trials[2:], models=2, mode="max") is None
+
+
+class SplitRead(AssertionError):
+    """Raised by the stand-in test split of `test_selection_never_reads_the_test_split`."""
+
+
+class Unreadable:
+    """A stand-in for a test-split tensor that fails on any use."""
+
+    def __getattr__(self, name: str):
+        raise SplitRead(f"the test split was read (.{name})")
+
+    def __len__(self) -> int:
+        raise SplitRead("the test split was read (len)")
+
+    def __getitem__(self, key):
+        raise SplitRead("the test split was read ([...])")
+
+
+@pytest.mark.parametrize("labels", ["hard", "teacher"])
+def test_selection_never_reads_the_test_split(digits, tmp_path, labels):
+    """Tune's selection scores trials on val: with a test split that fails on any use, its
+    cells (hard labels, or a teacher trained for them, on every class or a class subset) run
+    and write val rows only."""
+    blind = dataclasses.replace(digits, test_x=Unreadable(), test_y=Unreadable())
+    idx = torch.cat([digits.class_indices(c)[:2] for c in digits.classes])
+    job = EvalJob(ImageSet(digits.train_x[idx], digits.train_y[idx]), blind, 2, "digits")
+    ctx = Context(0)
+    ctx.cache_dir = str(tmp_path)
+    params = SelectionParams(
+        tuned_job="t",
+        config={},
+        arch="mlp",
+        seeds=1,
+        epochs=3,
+        labels=labels,
+        sampling="fixed",
+        temperature=4.0,
+        teacher_arch="mlp",
+        teacher_epochs=2,
+    )
+    whole = {"arch": "mlp", "eval_seed": 0}
+    for cell in (whole, {**whole, "classes": [1, 2]}):
+        (row,) = TuneSelection().run(cell, job, params, ctx)
+        assert row["split"] == "val" and 0.0 <= row["value"] <= 1.0
+    with pytest.raises(SplitRead):  # the stand-in does fail when read
+        len(blind.test_y)
 
 
 def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_path, monkeypatch):
