@@ -166,18 +166,16 @@ def train_step_fn(
     device: str = "cpu",
     setup: TrainSetup = FP32_EAGER,
 ) -> Callable[[], None]:
-    """One training step (augmentation, forward, backward, SGD) of the recipe under `setup` on a
-    fixed random batch of `batch` images shaped `shape` (C, H, W), as a closure to call (and
-    time) repeatedly; it trains a copy of `model` (the model itself is untouched)."""
+    """One training step (augmentation, forward, backward, optimiser step) of the recipe under
+    `setup` on a fixed random batch of `batch` images shaped `shape` (C, H, W), as a closure to
+    call (and time) repeatedly; it trains a copy of `model` (the model itself is untouched)."""
     from ddbench.augment import default_strategy, dsa
 
     net = copy.deepcopy(model).to(device).train()
     if setup.channels_last:
         net.to(memory_format=torch.channels_last)
     forward = torch.compile(net) if setup.compile else net
-    opt = torch.optim.SGD(
-        net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-    )
+    opt, _ = recipe.optimiser(net.parameters())
     gen = torch.Generator().manual_seed(0)
     strategy = recipe.dsa_strategy or default_strategy(dataset)
     xb = torch.randn((batch, *shape), generator=gen).to(device)

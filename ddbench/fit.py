@@ -3,6 +3,8 @@ docs/protocols.md#training-recipe).
 
 SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 256, lr x0.1 at half the epochs, DSA
 augmentation drawn per sample, final-epoch accuracy (never a checkpoint picked on test).
+`optimizer: adamw` and `schedule: cosine` give the soft-label students of D4M / SRe2L instead
+(`Recipe.optimiser`; the teacher-label protocol's choice is in `ddbench.protocols`).
 A given `eval_seed` fixes the initialisation, the data order and the augmentation, so the same
 cell always gives the same number on the same machine.
 
@@ -61,7 +63,7 @@ it the run is fp32 eager (models built elsewhere: teachers, coreset embeddings).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
@@ -101,9 +103,15 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(1000, ge=1)  # DC protocol with augmentation (300 without)
+    # the optimiser: SGD with momentum (DC protocol) or AdamW (D4M's and SRe2L's student
+    # training with soft labels; its betas are torch's defaults, 0.9 and 0.999)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    # the learning-rate schedule, stepped once per epoch: `step` = x0.1 at half the epochs (DC
+    # protocol), `cosine` = cosine annealing to 0 over the epochs (D4M / SRe2L students)
+    schedule: Literal["step", "cosine"] = "step"
     lr: float = Field(0.01, gt=0)  # SGD learning rate of the DC protocol
-    momentum: float = 0.9  # DC protocol
-    weight_decay: float = 5e-4  # DC protocol
+    momentum: float = 0.9  # DC protocol (SGD only)
+    weight_decay: float = 5e-4  # DC protocol (AdamW: decoupled, as torch.optim.AdamW)
     batch_size: int = Field(256, ge=1)  # DC protocol; an IPC-1 set is a single batch
     augment: bool = True  # DSA per sample at training time (DC/DSA evaluation)
     dsa_strategy: str | None = None  # None = the dataset's default (no flip for digits / SVHN)
@@ -120,6 +128,26 @@ class Recipe(BaseModel):
         """The recipe fields of `params` (an evaluator's params, which embed them), `changes`
         applied (e.g. `epochs=` for a whole-set run)."""
         return cls(**{**{k: getattr(params, k) for k in cls.model_fields}, **changes})
+
+    def optimiser(
+        self, params: Iterable[torch.Tensor]
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """This recipe's optimiser over `params` and its learning-rate schedule (step it once
+        per epoch). Both are element-wise, so over stacked per-seed leaves
+        (`ddbench.fit_vmap`) each slice gets the update it would get alone."""
+        opt: torch.optim.Optimizer
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        sched: torch.optim.lr_scheduler.LRScheduler
+        if self.schedule == "step":
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, [self.epochs // 2], gamma=0.1)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        return opt, sched
 
 
 class BatchLabeler(Protocol):
@@ -201,10 +229,7 @@ def train_model(
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     loss_fn = soft_cross_entropy if y.dim() == 2 else F.cross_entropy
-    opt = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[recipe.epochs // 2], gamma=0.1)
+    opt, sched = recipe.optimiser(model.parameters())
     choice: Choice | None = None
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     n = len(x)

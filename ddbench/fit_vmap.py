@@ -19,10 +19,10 @@ over K. Each seed keeps its own data-order and DSA generators (`ddbench.fit.seed
 seeds `train_model` uses) and its own training data (same shapes for all seeds), so batch k of
 a step is the batch seed k's sequential run would see; DSA runs per seed (each draws its own
 family), and the K batches are stacked [K, B, C, H, W].
-The loss is the sum of the per-seed mean losses, so each seed's gradient is its own. SGD with
-momentum and weight decay is element-wise, so `torch.optim.SGD` over the stacked leaves *is*
-the vectorised SGD step (every slice gets the update it would get alone), and `MultiStepLR`
-gives the recipe's step schedule (x0.1 at half the epochs). Precision is what the calibration
+The loss is the sum of the per-seed mean losses, so each seed's gradient is its own. The
+recipe's optimisers (SGD with momentum and weight decay, AdamW) are element-wise, so the
+optimiser over the stacked leaves *is* the vectorised step (every slice gets the update it would
+get alone), under the recipe's schedule (`Recipe.optimiser`). Precision is what the calibration
 of one model's step chooses (`ddbench.fit.run_choice`); the vectorised step is never compiled
 nor channels-last. Afterwards the stacked weights are
 copied back into the K models, which are tested with `ddbench.fit.val_test_top1`. The two paths
@@ -134,13 +134,7 @@ def train_vectorised(
     one = run_choice(eager, arch, models[0], data[0][0], data[0][1], dataset, device)
     precision = one.setup.precision
     choice = Choice(TrainSetup(precision, channels_last=False, compile=False), one.step_s)
-    opt = torch.optim.SGD(
-        list(params.values()),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-    )
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[recipe.epochs // 2], gamma=0.1)
+    opt, sched = recipe.optimiser(list(params.values()))
     for _ in range(recipe.epochs):
         perms = [torch.randperm(n, generator=order).to(device) for order, _ in streams]
         for start in range(0, n, recipe.batch_size):
