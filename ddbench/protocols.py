@@ -40,6 +40,19 @@ TEACHER_ARCH = "convnet"  # D4M: ConvNet-W128 on CIFAR (ResNet-18 on ImageNet)
 # are near-uniform and students learn little from them)
 TEACHER_EPOCHS = 300
 TEACHER_TEMPERATURE = 20.0  # KD temperature T (D4M's scripts)
+# below this `teacher_certainty` (0 = uniform targets, 1 = one-hot; `teacher_certainty`) a
+# cell warns and the report flags the teacher's targets as near uniform: at 0.1 a 10-class
+# teacher's largest probability averages under 0.19
+NEAR_UNIFORM_CERTAINTY = 0.1
+
+
+def teacher_certainty(confidence: float, num_classes: int) -> float:
+    """How far a teacher's mean largest probability `confidence` is from uniform targets
+    (1 / K) towards one-hot ones (1): 0 = uniform, 1 = one-hot, whatever K is."""
+    chance = 1.0 / num_classes
+    return (confidence - chance) / (1.0 - chance)
+
+
 EVAL_CONFIG_HEX = 8  # hex digits of `eval_config`: 4 billion configs, short in MLflow names
 
 

@@ -1,7 +1,8 @@
 """Teacher soft labels: D4M's training-time matching (TTM, FKD style), usable by any method.
 
 - `teacher_model(real, arch, recipe, seed, cache_dir, device)`: a network trained on the whole
-  real train split with the shared recipe (`ddbench.fit`; the whole-dataset reference's recipe).
+  real train split with the shared recipe (`ddbench.fit`; the whole-dataset reference's recipe;
+  `teacher_recipe` makes it from a student's recipe).
   It is a cached reference job: saved with safetensors under `cache_dir/teachers/<key>` where the
   key hashes everything that determines it (data content, arch, recipe, seed, this module's
   version). Concurrent cells take a file lock (`filelock.FileLock`, any OS), so the first trains
@@ -12,9 +13,10 @@
   Hinton et al.'s scaling, which keeps the gradient magnitude independent of T.
 - `TeacherLabels`: the per-batch labeller `ddbench.fit.train_model` calls *after* each batch's
   augmentation, so the soft labels are regenerated every epoch under that epoch's augmentation
-  (D4M Eq. 8; FKD regenerates them per crop). `teacher_labels(...)` builds one from the cached
-  teacher; evaluators (`cross_arch`, Tune's selection in `ddbench.tuning`) go through it, so
-  equal settings share one teacher.
+  (D4M Eq. 8; FKD regenerates them per crop). It measures how confident the targets it gave
+  were (`confidence`), which evaluators write as a row. `teacher_labels(...)` builds one from
+  the cached teacher; evaluators (`cross_arch`, Tune's selection in `ddbench.tuning`) go
+  through it, so equal settings share one teacher.
 
 To use another target (e.g. an ensemble), write an object with `targets(x)` and
 `loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
@@ -153,6 +155,16 @@ def kd_loss(student_logits: Tensor, targets: Tensor, temperature: float) -> Tens
     return F.kl_div(log_student, targets, reduction="batchmean") * temperature**2
 
 
+def teacher_recipe(student: Recipe, epochs: int) -> Recipe:
+    """The recipe a teacher trains with: the shared (DC) recipe for `epochs` whole-split epochs,
+    with the student's augmentation and execution settings; the student's optimiser, schedule
+    and learning rate are its own (a D4M student's AdamW recipe does not retrain the teacher)."""
+    from ddbench.fit import Recipe
+
+    keep = ("augment", "dsa_strategy", "precision", "compile")
+    return Recipe(epochs=epochs, **{k: getattr(student, k) for k in keep})
+
+
 def teacher_labels(
     real: RealData,
     arch: str,
@@ -161,21 +173,40 @@ def teacher_labels(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> TeacherLabels:
-    """Soft labels at `temperature` from the (cached) teacher of `arch` trained with `recipe`."""
-    return TeacherLabels(
-        teacher_model(real, arch, recipe, cache_dir=cache_dir, device=device), temperature
-    )
+    """Soft labels at `temperature` from the (cached) teacher of `arch` trained with `recipe`;
+    its `teacher_stats` hold the teacher's cache record (`teacher_model`'s `stats`)."""
+    stats: dict[str, Any] = {}
+    teacher = teacher_model(real, arch, recipe, cache_dir=cache_dir, device=device, stats=stats)
+    return TeacherLabels(teacher, temperature, stats)
 
 
 class TeacherLabels:
-    """Per-batch soft labels from a teacher (the `labeler` of `ddbench.fit.train_model`)."""
+    """Per-batch soft labels from a teacher (the `labeler` of `ddbench.fit.train_model`).
 
-    def __init__(self, teacher: nn.Module, temperature: float) -> None:
+    It keeps the mean over every target it gave of the largest class probability
+    (`confidence`): 1/K means uniform targets (K classes), which teach a student nothing."""
+
+    def __init__(
+        self, teacher: nn.Module, temperature: float, teacher_stats: dict[str, Any] | None = None
+    ) -> None:
         self.teacher = teacher
         self.temperature = temperature
+        self.teacher_stats = teacher_stats or {}  # e.g. its `val_top1` / `test_top1`
+        # sum over the targets given of their largest probability (a tensor on the teacher's
+        # device: adding to it does not wait for the GPU)
+        self._max_prob_sum: Tensor | float = 0.0
+        self._targets_given = 0
 
     def targets(self, x: Tensor) -> Tensor:
-        return teacher_targets(self.teacher, x, self.temperature)
+        probs = teacher_targets(self.teacher, x, self.temperature)
+        self._max_prob_sum = self._max_prob_sum + probs.max(dim=1).values.sum()
+        self._targets_given += len(probs)
+        return probs
+
+    @property
+    def confidence(self) -> float | None:
+        """Mean largest probability of the targets given so far (None before the first)."""
+        return float(self._max_prob_sum) / self._targets_given if self._targets_given else None
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         return kd_loss(logits, targets, self.temperature)

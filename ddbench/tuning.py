@@ -75,12 +75,12 @@ class TuneSelection(Evaluator):
         real = real.subset(cell["classes"]) if "classes" in cell else real
         labeler = None
         if params.labels == "teacher":
-            from ddbench.teacher import teacher_labels
+            from ddbench.teacher import teacher_labels, teacher_recipe
 
             labeler = teacher_labels(
                 real,
                 params.teacher_arch,
-                Recipe(epochs=params.teacher_epochs),
+                teacher_recipe(Recipe(), params.teacher_epochs),
                 params.temperature,
                 ctx.cache_dir,
                 ctx.device,

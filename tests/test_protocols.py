@@ -248,3 +248,42 @@ def test_report_shows_a_table_per_protocol_and_the_papers_numbers(tmp_path):
     cgan_line = next(line for line in published.splitlines() if line.startswith("| cgan |"))
     assert "97.8 ± 0.3" in cgan_line and "not run under `paper:cgan`" in cgan_line
     assert "| dim | 10 | 1 | 2.0 | 3.0 | 5.0 |" in text  # own, prerequisites, total seconds
+
+
+def test_report_shows_the_teacher_and_flags_near_uniform_targets(tmp_path):
+    """d4m's paper-protocol cells at two temperatures (two eval configs, so one of them is
+    outside the main tables): the teacher section shows both, with the teacher's top-1 and the
+    targets' confidence, and flags the row whose targets were near uniform."""
+    store = Store(tmp_path / "run")
+    rows = []
+    for label, temperature, confidence in (("d4m_t1", 1.0, 0.82), ("d4m_t20", 20.0, 0.12)):
+        params = to_json({**HARD, "labels": "teacher", "temperature": temperature})
+        measured = [
+            ("val", "top1", 0.8),
+            ("test", "top1", 0.8),
+            ("val", "teacher_top1", 0.97),
+            ("test", "teacher_top1", 0.96),
+            ("test", "teacher_confidence", confidence),
+            ("test", "teacher_certainty", (confidence - 0.1) / 0.9),
+        ]
+        rows += [
+            row(
+                job_id=label,
+                method="d4m",
+                method_label=label,
+                ipc=10,
+                arch="convnet",
+                eval_params=params,
+                protocol="paper:d4m",
+                split=split,
+                metric=metric,
+                value=value,
+            )
+            for split, metric, value in measured
+        ]
+    write_rows(store, "results/cross_arch/rows.parquet", rows)
+    text = write_report(store, tmp_path / "report").read_text()
+    section = text.split("## Teacher soft labels")[1].split("\n## ")[0]
+    assert "| paper:d4m | d4m_t1 | 10 | 1.0 | 97.0 | 96.0 | 0.820 | 0.800 |" in section
+    assert "| paper:d4m | d4m_t20 | 10 | 20.0 | 97.0 | 96.0 | 0.120 | 0.022 **near uniform** |" in section
+    assert "**Warning**: in 1 row(s) the targets were near uniform" in section

@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from ddbench.artifact import ImageSet
+from ddbench.context import Context
+from ddbench.evals import EvalJob, get_eval
 from ddbench.fit import Recipe, fit_and_test, fit_artifact, train_model
-from ddbench.teacher import TeacherLabels, kd_loss, teacher_model, teacher_targets
+from ddbench.methods import get_method
+from ddbench.protocols import NEAR_UNIFORM_CERTAINTY, teacher_certainty
+from ddbench.teacher import (
+    TeacherLabels,
+    kd_loss,
+    teacher_model,
+    teacher_recipe,
+    teacher_targets,
+)
 
 QUICK = Recipe(epochs=2, batch_size=64, augment=False)  # 40 steps of an MLP: a second
 
@@ -102,3 +112,56 @@ def test_hard_path_is_unchanged_and_label_modes_differ(digits):
         "mlp", images, 2, digits, recipe, 0, label_mode="teacher", labeler=TeacherLabels(teacher, 4)
     )
     assert taught != direct
+
+
+def test_confidence_is_the_mean_largest_probability_of_the_targets_given(digits):
+    teacher = teacher_model(digits, "mlp", QUICK)
+    labels = TeacherLabels(teacher, 2.0)
+    assert labels.confidence is None  # nothing given yet
+    given = [labels.targets(digits.val_x[:30]), labels.targets(digits.val_x[30:50])]
+    expected = float(torch.cat(given).max(dim=1).values.mean())
+    assert labels.confidence == pytest.approx(expected, rel=1e-6)
+    assert teacher_certainty(0.1, 10) == pytest.approx(0.0)  # uniform over 10 classes
+    assert teacher_certainty(1.0, 10) == pytest.approx(1.0)  # one-hot
+    assert teacher_certainty(0.55, 2) == pytest.approx(0.1)
+
+
+def test_the_teacher_trains_with_the_shared_recipe_whatever_the_student_uses():
+    student = Recipe(
+        epochs=7, optimizer="adamw", schedule="cosine", lr=1e-3, weight_decay=0.01, augment=False
+    )
+    teacher = teacher_recipe(student, 40)
+    assert teacher == Recipe(epochs=40, augment=False)  # SGD, step schedule, DC lr and decay
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1000.0], ids=["confident", "near_uniform"])
+def test_cross_arch_records_the_teacher_and_warns_on_near_uniform_targets(
+    digits, tmp_path, caplog, temperature
+):
+    evaluator = get_eval("cross_arch")
+    params = evaluator.Params(
+        archs=["mlp"],
+        seeds=1,
+        epochs=2,
+        labels="teacher",
+        temperature=temperature,
+        teacher_arch="mlp",
+        teacher_epochs=30,  # a second of an MLP: confident at a low T
+    )
+    artifact = get_method("random_real").distill(digits, 2, None, Context(0))
+    ctx = Context(1)
+    ctx.cache_dir = str(tmp_path)
+    with caplog.at_level("WARNING", logger="ddbench"):
+        rows = evaluator.run(
+            {"arch": "mlp", "eval_seed": 0}, EvalJob(artifact, digits, 2, "digits"), params, ctx
+        )
+    measured = {(r["split"], r["metric"]): r["value"] for r in rows}
+    assert 0.0 <= measured[("val", "teacher_top1")] <= 1.0
+    assert 0.0 <= measured[("test", "teacher_top1")] <= 1.0
+    confidence = measured[("test", "teacher_confidence")]
+    assert 0.1 <= confidence <= 1.0
+    certainty = measured[("test", "teacher_certainty")]
+    assert certainty == pytest.approx(teacher_certainty(confidence, digits.num_classes))
+    near_uniform = certainty < NEAR_UNIFORM_CERTAINTY
+    assert near_uniform == (temperature > 1.0)  # T=1000: every target near 1/10
+    assert ("near uniform" in caplog.text) == near_uniform

@@ -42,7 +42,8 @@ they depend on where the cell ran.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -53,13 +54,20 @@ from ddbench.fit import Recipe, fit_artifact, generator_costs, is_generator
 from ddbench.fit_vmap import use_vectorised
 from ddbench.methods import Method
 from ddbench.protocols import (
+    NEAR_UNIFORM_CERTAINTY,
     SHARED,
     TEACHER_ARCH,
     TEACHER_EPOCHS,
     TEACHER_TEMPERATURE,
     paper_name,
+    teacher_certainty,
 )
 from ddbench.schema import WHOLE_SPLIT_IPC
+
+if TYPE_CHECKING:
+    from ddbench.teacher import TeacherLabels
+
+LOGGER = logging.getLogger("ddbench")
 
 
 class CrossArchParams(EvalParams, Recipe):
@@ -151,12 +159,12 @@ class CrossArch(Evaluator):
         arch, seed = cell["arch"], cell["eval_seed"]
         labeler = None
         if params.labels == "teacher":
-            from ddbench.teacher import teacher_labels
+            from ddbench.teacher import teacher_labels, teacher_recipe
 
             labeler = teacher_labels(
                 job.real,
                 params.teacher_arch,
-                recipe.model_copy(update={"epochs": params.teacher_epochs}),
+                teacher_recipe(recipe, params.teacher_epochs),
                 params.temperature,
                 ctx.cache_dir,
                 ctx.device,
@@ -175,7 +183,10 @@ class CrossArch(Evaluator):
         )
         if is_generator(job.artifact):
             extra = {**generator_costs(arch, job.artifact, job.real, recipe, ctx.device), **extra}
-        return _seed_rows(arch, seed, top1, extra)
+        rows = _seed_rows(arch, seed, top1, extra)
+        if labeler is not None:
+            rows += _teacher_rows(arch, seed, labeler, job.real.num_classes)
+        return rows
 
     def _run_vectorised(
         self,
@@ -207,6 +218,45 @@ class CrossArch(Evaluator):
         for i, (seed, (top1, path)) in enumerate(zip(seeds, results, strict=True)):
             rows += _seed_rows(arch, seed, top1, {**(costs if i == 0 else {}), **path})
         return rows
+
+
+def _teacher_rows(
+    arch: str, seed: int, labeler: TeacherLabels, num_classes: int
+) -> list[dict[str, Any]]:
+    """What the student learned from: the teacher's own top-1 per split (from its cache record)
+    and how confident the targets it gave were; warns when they were near uniform."""
+    measured = {
+        (split, "teacher_top1"): labeler.teacher_stats.get(f"{split}_top1")
+        for split in ("val", "test")
+    }
+    confidence = labeler.confidence
+    if confidence is not None:
+        certainty = teacher_certainty(confidence, num_classes)
+        measured[("test", "teacher_confidence")] = confidence
+        measured[("test", "teacher_certainty")] = certainty
+        if certainty < NEAR_UNIFORM_CERTAINTY:
+            LOGGER.warning(
+                "%s seed %d: the teacher's targets at T=%g were near uniform (mean largest "
+                "probability %.3f over %d classes): the student learns little from them; lower "
+                "the temperature or train the teacher longer",
+                arch,
+                seed,
+                labeler.temperature,
+                confidence,
+                num_classes,
+            )
+    return [
+        {
+            "arch": arch,
+            "eval_seed": seed,
+            "split": split,
+            "metric": metric,
+            "value": value,
+            "higher_is_better": True,
+        }
+        for (split, metric), value in measured.items()
+        if value is not None
+    ]
 
 
 def _seed_rows(

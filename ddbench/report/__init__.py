@@ -47,6 +47,7 @@ from ddbench.report.accuracy import (
     other_configs_section,
     protocol_sections,
     published_section,
+    teacher_section,
 )
 from ddbench.report.ddranking import dd_ranking_section
 from ddbench.report.html import write_html
@@ -93,6 +94,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
         lines += published_section(every_protocol, facts)
         lines += gain_table(summary)
         lines += cost_table(summary)
+        lines += teacher_section(every)
     lines += accuracy_vs_ipc_section(summary, out_dir)
     lines += other_configs_section(every, rows)
     lines += cross_arch_section(summary, out_dir)

@@ -9,7 +9,8 @@ shared protocol's (every method trained alike) and, when the run has any, each m
 protocol (the methods whose paper protocol is the shared one appear there with their shared
 rows), each saying what it is. `published_section` sets the papers' own numbers
 (`Method.published`) beside ddbench's where the run's dataset has them, and says where the run's
-protocol is not the paper's. The cost table counts a job's prerequisites (d2m's cgan, d4m's
+protocol is not the paper's. `teacher_section` shows the teacher behind teacher-label cells and
+flags near-uniform targets. The cost table counts a job's prerequisites (d2m's cgan, d4m's
 diffusion model: `prerequisite_seconds`). `other_configs_section` shows the rows of the eval
 params left out of the main tables (only the latest config of an evaluator per protocol is
 there), one table per config.
@@ -28,7 +29,13 @@ from pathlib import Path
 
 import polars as pl
 
-from ddbench.protocols import PROTOCOL_PARAMS, SHARED, MethodFacts, paper_name
+from ddbench.protocols import (
+    NEAR_UNIFORM_CERTAINTY,
+    PROTOCOL_PARAMS,
+    SHARED,
+    MethodFacts,
+    paper_name,
+)
 from ddbench.report.format import cell, line_plot, markdown_table, pyplot, save
 from ddbench.report.rows import (
     BASELINE,
@@ -165,6 +172,75 @@ def cost_table(summary: pl.DataFrame) -> list[str]:
         + markdown_table(header, body)
         + [""]
     )
+
+
+def teacher_section(rows: pl.DataFrame) -> list[str]:
+    """What students trained on teacher soft labels learned from, per protocol, method, IPC and
+    temperature, over every evaluation config of the run: the teacher's val and test top-1, the mean largest probability of its targets
+    (`teacher_confidence`) and its certainty (0 = uniform, 1 = one-hot); a row whose certainty
+    is under `NEAR_UNIFORM_CERTAINTY` is flagged, since such targets teach little. Empty when no
+    cell trained on a teacher's labels."""
+    teacher = rows.filter(
+        (pl.col("evaluator") == MAIN_EVALUATOR)
+        & (pl.col("status") == "ok")
+        & pl.col("metric").str.starts_with("teacher_")
+    )
+    if teacher.is_empty():
+        return []
+    keys = ["protocol", "method_label", "ipc", "temperature"]
+    wide = (
+        teacher.with_columns(
+            name=pl.col("metric") + "_" + pl.col("split"),
+            temperature=pl.col("eval_params").str.json_path_match("$.temperature"),
+        )
+        .group_by(*keys, "name")
+        .agg(pl.col("value").mean())
+        .pivot(on="name", index=keys, values="value")
+        .sort(keys)
+    )
+    body, flagged = [], 0
+    for r in wide.iter_rows(named=True):
+        certainty = r.get("teacher_certainty_test")
+        near_uniform = certainty is not None and certainty < NEAR_UNIFORM_CERTAINTY
+        flagged += near_uniform
+        body.append(
+            [
+                r["protocol"],
+                r["method_label"],
+                str(r["ipc"]),
+                r["temperature"] or "–",
+                *(_percent(r.get(f"teacher_top1_{split}")) for split in ("val", "test")),
+                _fraction(r.get("teacher_confidence_test")),
+                _fraction(certainty) + (" **near uniform**" if near_uniform else ""),
+            ]
+        )
+    header = ["protocol", "method", "ipc", "T", "teacher val", "teacher test", "confidence"]
+    lines = [
+        "## Teacher soft labels",
+        "",
+        "The teacher behind every `labels: teacher` cell: its own top-1 (%), the mean largest "
+        "probability of the targets it gave the students (confidence) and how far that is from "
+        "uniform targets towards one-hot ones (certainty: 0 to 1), averaged over the cells.",
+        "",
+        *markdown_table([*header, "certainty"], body),
+        "",
+    ]
+    if flagged:
+        lines += [
+            f"**Warning**: in {flagged} row(s) the targets were near uniform (certainty under "
+            f"{NEAR_UNIFORM_CERTAINTY}): those students learned from little more than noise. "
+            "Lower the temperature or train the teacher longer.",
+            "",
+        ]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _fraction(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def protocol_sections(summary: pl.DataFrame, facts: MethodFacts) -> tuple[pl.DataFrame, list[str]]:
