@@ -97,6 +97,12 @@ COST_BATCH = 128  # batch of DiM's Tab. 9 generation / training timings
 CONVNET_ARCHS = frozenset({"convnet", "convnet_bn"})
 
 
+# the Recipe fields that make its optimiser and schedule: what a protocol's student recipe
+# changes (`ddbench.protocols.SOFT_LABEL_RECIPE`) and Tune's selection follows
+# (`TuneSpec.eval_recipe`)
+OPTIMISER_FIELDS = ("optimizer", "schedule", "lr", "momentum", "weight_decay")
+
+
 class Recipe(BaseModel):
     """Training hyper-parameters; evaluators embed these fields in their Params."""
 

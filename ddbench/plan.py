@@ -196,15 +196,22 @@ def _make_job(
 # the job id, so running a sweep with more trials at once reuses its artifacts. (Under `asha` the
 # trials cut early can depend on their timing, so that choice is only as repeatable as ASHA.)
 TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
+# the teacher's settings score nothing unless the selection trains on teacher labels: only then
+# are they in the job id
+TUNE_TEACHER_FIELDS = {"eval_temperature", "eval_teacher_arch", "eval_teacher_epochs"}
 
 
 def _tune_identity(tune: TuneSpec | None) -> dict[str, Any] | None:
     """What of a tune block (resolved by `_selection_spec`) enters the job id. `eval_sampling`
-    enters only when it is not `fixed`, so blocks scored as before keep their ids."""
+    enters only when it is not `fixed` and `eval_recipe` only when it changes the DC recipe, so
+    blocks scored as before keep their ids."""
     if tune is None:
         return None
-    exclude = set(TUNE_EXECUTION_FIELDS) | (
-        {"eval_sampling"} if tune.eval_sampling == "fixed" else set()
+    exclude = (
+        set(TUNE_EXECUTION_FIELDS)
+        | ({"eval_sampling"} if tune.eval_sampling == "fixed" else set())
+        | (set() if tune.eval_recipe else {"eval_recipe"})
+        | (set() if tune.eval_labels == "teacher" else TUNE_TEACHER_FIELDS)
     )
     return tune.model_dump(mode="json", exclude=exclude)
 
@@ -214,13 +221,15 @@ def _selection_spec(
 ) -> tuple[TuneSpec | None, str]:
     """A tune block with its selection protocol filled in, and that protocol's name.
 
-    Unset `eval_sampling` / `eval_labels` (None) take the protocol the suite's first
-    `cross_arch` entry reports the method with: its last protocol, i.e. the paper one under
-    `paper` or `both` (the method's params are chosen for the protocol of its own paper), with
-    that entry's teacher settings under teacher labels; without such an entry, fixed sampling
-    and hard labels. A block that sets either itself is named `tune` (its own protocol)."""
+    Unset `eval_sampling` / `eval_labels` / `eval_recipe` (None) take the protocol the suite's
+    first `cross_arch` entry reports the method with: its last protocol, i.e. the paper one
+    under `paper` or `both` (the method's params are chosen for the protocol of its own paper),
+    with that entry's teacher settings under teacher labels and its optimiser fields where they
+    differ from the DC recipe; without such an entry, fixed sampling, hard labels and the DC
+    recipe. A block that sets any of the three itself is named `tune` (its own protocol)."""
     from ddbench.evals import EVALS
     from ddbench.evals.cross_arch import CrossArch, CrossArchParams
+    from ddbench.fit import OPTIMISER_FIELDS, Recipe
     from ddbench.methods import METHODS
 
     if tune is None:
@@ -240,7 +249,16 @@ def _selection_spec(
             update["eval_temperature"] = protocol.temperature
             update["eval_teacher_arch"] = protocol.teacher_arch
             update["eval_teacher_epochs"] = protocol.teacher_epochs
-    own = tune.eval_sampling is not None or tune.eval_labels is not None
+    if tune.eval_recipe is None:
+        dc_recipe = Recipe()
+        update["eval_recipe"] = {
+            key: getattr(protocol, key)
+            for key in OPTIMISER_FIELDS
+            if getattr(protocol, key) != getattr(dc_recipe, key)
+        }
+    own = any(
+        field is not None for field in (tune.eval_sampling, tune.eval_labels, tune.eval_recipe)
+    )
     return tune.model_copy(update=update), "tune" if own else name
 
 

@@ -75,6 +75,10 @@ class TuneSpec(Strict):
     eval_temperature: float = Field(TEACHER_TEMPERATURE, gt=0)  # KD temperature T (cross_arch's)
     eval_teacher_arch: str = TEACHER_ARCH  # teacher network (cross_arch's default)
     eval_teacher_epochs: int = Field(TEACHER_EPOCHS, ge=1)  # its whole-split epochs (cross_arch's)
+    # the selection models' optimiser: `ddbench.fit.OPTIMISER_FIELDS` over the shared DC recipe
+    # ({} = the DC recipe); None = the protocol's, as for eval_sampling (d4m's paper protocol:
+    # AdamW + cosine)
+    eval_recipe: dict[str, Any] | None = None
 
     @field_validator("space")
     @classmethod
@@ -472,16 +476,27 @@ def _check_tune(
     m: MethodSpec, tune: TuneSpec, i: int, params_model: type[BaseModel], add: Any
 ) -> None:
     """A tune block's names: space keys are the method's params, every grid / choice value
-    validates as that param, `eval_arch` and `eval_teacher_arch` are registered architectures."""
+    validates as that param, `eval_arch` and `eval_teacher_arch` are registered architectures,
+    `eval_recipe` holds optimiser fields of the recipe with valid values."""
     from ddbench.archs import ARCHS
+    from ddbench.fit import OPTIMISER_FIELDS, Recipe
 
     for arch_field in ("eval_arch", "eval_teacher_arch"):
         arch = getattr(tune, arch_field)
         if arch not in ARCHS:
             hint = did_you_mean(arch, ARCHS.names())
             add(("methods", i, "tune", arch_field), f"unknown architecture {arch!r}{hint}")
+    for key, value in (tune.eval_recipe or {}).items():
+        loc: Loc = ("methods", i, "tune", "eval_recipe", key)
+        if key not in OPTIMISER_FIELDS:
+            add(loc, f"not an optimiser field of the recipe{did_you_mean(key, OPTIMISER_FIELDS)}")
+            continue
+        try:
+            Recipe.model_validate({key: value})
+        except ValidationError as exc:
+            add(loc, f"{value!r}: {exc.errors()[0]['msg']}")
     for key, dist in tune.space.items():
-        loc: Loc = ("methods", i, "tune", "space", key)
+        loc = ("methods", i, "tune", "space", key)
         if key not in params_model.model_fields:
             hint = did_you_mean(key, list(params_model.model_fields))
             add(loc, f"{m.name} has no parameter {key!r}{hint}")

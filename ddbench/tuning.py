@@ -56,6 +56,7 @@ class SelectionParams(EvalParams):
     temperature: float = Field(gt=0)  # TuneSpec.eval_temperature
     teacher_arch: str  # TuneSpec.eval_teacher_arch
     teacher_epochs: int = Field(ge=1)  # TuneSpec.eval_teacher_epochs
+    recipe: dict[str, Any]  # TuneSpec.eval_recipe: optimiser fields over the DC recipe
 
 
 class TuneSelection(Evaluator):
@@ -90,7 +91,7 @@ class TuneSelection(Evaluator):
             job.artifact,
             job.ipc,
             real,
-            Recipe(epochs=params.epochs),
+            Recipe(epochs=params.epochs, **params.recipe),
             cell["eval_seed"],
             params.sampling,
             ctx.device,
@@ -160,6 +161,7 @@ def selection_cells(
         temperature=job.tune.eval_temperature,
         teacher_arch=job.tune.eval_teacher_arch,
         teacher_epochs=job.tune.eval_teacher_epochs,
+        recipe=job.tune.eval_recipe or {},  # None only on a block the plan did not resolve
     )
     eval_params = params.model_dump(mode="json")
     ipc = selection_ipc(job, suite_ipcs)

@@ -9,6 +9,8 @@ commit, whose message says why. History of deliberate moves:
 - dc, dsa, dm, datadam, cgan, dim, d2m, latent_diffusion (and d4m through its latent_diffusion
   dependency): version 2, worker-count-invariant random streams;
 - tuned jobs: `max_concurrent_trials` left the job id (it cannot change a fifo sweep's result);
+- tuned jobs scored without teacher labels: the teacher's settings (`eval_temperature`, ...)
+  left the job id, as they score nothing there (found when the default T moved from 20 to 1);
 - every method with `checkpoint_every` (and dm / datadam's `channels_last`, new `compile`):
   execution-only params leave the job id (`MethodParams.execution_fields`);
 - (earlier: `classes` enters a job's identity only when set, so jobs without a class subset
@@ -66,8 +68,8 @@ PINNED_IDS = {
     ("d4m", 1): "a516f888728a6811",
     ("d4m", 10): "1454e68ef550efb6",
     ("whole_dataset", None): "a3c2b19fe0354715",
-    ("dm_tuned", 1): "a81b737caf28aec1",
-    ("dm_tuned", 10): "f775b7a236b25b9c",
+    ("dm_tuned", 1): "e539fd3ebe2ec235",
+    ("dm_tuned", 10): "83906821420140d3",
 }
 
 

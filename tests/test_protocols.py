@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 
 from ddbench.cli import main
+from ddbench.errors import UserError
 from ddbench.methods import METHODS
 from ddbench.plan import DistillJob, make_plan
-from ddbench.protocols import SHARED, eval_config, paper_name
+from ddbench.protocols import SHARED, SOFT_LABEL_RECIPE, eval_config, paper_name
 from ddbench.report import write_report
 from ddbench.report.accuracy import leaderboard_table
 from ddbench.report.rows import load_rows
@@ -26,15 +27,19 @@ from tests.conftest import REPO
 from tests.test_storage import row  # a valid result row, any column overridden
 
 QUICK = REPO / "suites" / "quickstart.yaml"
-HARD = {"labels": "hard", "sampling": "fixed", "augment": True, "epochs": 300}
-TEACHER = {**HARD, "labels": "teacher", "temperature": 20.0}
+HARD = {"labels": "hard", "sampling": "fixed", "augment": True, "epochs": 300, "optimizer": "sgd"}
+TEACHER = {**HARD, "labels": "teacher", "temperature": 1.0, "optimizer": "adamw"}
 
 
 def test_methods_declare_their_paper_protocol():
     assert METHODS.get("dim").paper_protocol == {"sampling": "fresh"}
     assert METHODS.get("cgan").paper_protocol == {"sampling": "fresh"}  # DiM's cGAN row
     assert METHODS.get("d2m").paper_protocol == {"sampling": "time_matched"}
-    assert METHODS.get("d4m").paper_protocol == {"labels": "teacher", "temperature": 20.0}
+    assert METHODS.get("d4m").paper_protocol == {
+        "labels": "teacher",
+        "temperature": 1.0,  # chosen on val (benchmarks/soft_labels.py), not the scripts' 20
+        **SOFT_LABEL_RECIPE,  # D4M's student recipe: AdamW + cosine
+    }
     for name in ("random_real", "herding", "kcenter", "dc", "dsa", "dm", "datadam"):
         assert METHODS.get(name).paper_protocol == {}  # the DC recipe, hard labels: shared
     # DSA subclasses DC: it must carry its own numbers, not DC's
@@ -87,6 +92,35 @@ def test_selection_scores_under_the_suites_protocol(tmp_path, protocol, sampling
     assert own.selection_protocol == "tune" and own.tune.eval_sampling == "fixed"
 
 
+def test_selection_trains_with_the_protocols_recipe(tmp_path):
+    """d4m reported under its paper protocol: Tune's selection models learn the teacher's
+    labels with D4M's AdamW + cosine recipe, as the cross_arch cells they are chosen for do."""
+    from ddbench.tuning import SelectionParams, selection_cells, trial_job
+
+    path = tmp_path / "tuned.yaml"
+    suite = TUNED.replace("name: dim", "name: d4m").replace("task_balance", "strength")
+    path.write_text(suite.replace("PROTOCOL", "paper").replace("[0.01, 0.1]", "[0.3, 0.7]"))
+    job = next(j for j in make_plan(load_suite(path)).jobs if j.tune is not None)
+    assert job.tune.eval_labels == "teacher" and job.tune.eval_recipe == SOFT_LABEL_RECIPE
+    assert job.selection_protocol == "paper:d4m"
+    config = {"strength": 0.3}
+    (cell, *_) = selection_cells(job, trial_job(job, config), config, [1])
+    assert SelectionParams.model_validate(cell.eval_params).recipe == SOFT_LABEL_RECIPE
+    # under the shared protocol the selection keeps the DC recipe
+    to_shared = ["evals.cross_arch.params.protocol=shared"]
+    shared = next(j for j in make_plan(load_suite(path, to_shared)).jobs if j.tune)
+    assert shared.tune.eval_recipe == {} and shared.tune.eval_labels == "hard"
+
+
+def test_a_misspelt_selection_recipe_field_is_named(tmp_path):
+    path = tmp_path / "tuned.yaml"
+    path.write_text(TUNED.replace("PROTOCOL", "shared"))
+    with pytest.raises(UserError, match=r"eval_recipe.*optimiser.*did you mean 'optimizer'"):
+        load_suite(path, ["methods.dim.tune.eval_recipe={optimiser: adamw}"])
+    with pytest.raises(UserError, match=r"eval_recipe.*schedule.*'linear'"):
+        load_suite(path, ["methods.dim.tune.eval_recipe={schedule: linear}"])
+
+
 def two_protocol_rows() -> list[dict]:
     """One job, one arch, two distill seeds x two eval seeds under hard labels (about 50 %)
     and under teacher labels (about 90 %)."""
@@ -126,7 +160,7 @@ def test_leaderboard_never_averages_two_protocols():
     assert not any(0.6 < m < 0.8 for m in every)  # no number mixes the two label modes
     assert leaderboard_table(rows, protocol="paper:*")["labels"].to_list() == ["teacher"]
     assert leaderboard_table(rows, where={"labels": "hard"})["protocol"].to_list() == [SHARED]
-    assert leaderboard_table(rows, where={"temperature": "20.0"}).height == 1  # an eval param
+    assert leaderboard_table(rows, where={"temperature": "1.0"}).height == 1  # an eval param
 
 
 def test_mlflow_metrics_are_one_family_per_eval_config():
@@ -180,7 +214,7 @@ def test_leaderboard_reads_the_stores_mlflow_indexes(tmp_path, capsys):
     ]
     assert main([*base, "md", "--where", "labels=teacher"]) == 0
     text = capsys.readouterr().out
-    assert "| paper:d4m | teacher | fixed | true | 300 | 91.0 ± 0.8 (4) |" in text
+    assert "| paper:d4m | teacher | fixed | true | 300 | adamw | 91.0 ± 0.8 (4) |" in text
     assert "| shared |" not in text
     assert main([*base, "csv", "--protocol", "nothing*"]) == 2
 
@@ -285,5 +319,6 @@ def test_report_shows_the_teacher_and_flags_near_uniform_targets(tmp_path):
     text = write_report(store, tmp_path / "report").read_text()
     section = text.split("## Teacher soft labels")[1].split("\n## ")[0]
     assert "| paper:d4m | d4m_t1 | 10 | 1.0 | 97.0 | 96.0 | 0.820 | 0.800 |" in section
-    assert "| paper:d4m | d4m_t20 | 10 | 20.0 | 97.0 | 96.0 | 0.120 | 0.022 **near uniform** |" in section
+    flagged = "| paper:d4m | d4m_t20 | 10 | 20.0 | 97.0 | 96.0 | 0.120 | 0.022 **near uniform** |"
+    assert flagged in section
     assert "**Warning**: in 1 row(s) the targets were near uniform" in section

@@ -19,6 +19,7 @@ from ddbench.evals import EvalJob
 from ddbench.evals.cross_arch import CrossArch
 from ddbench.fit import Recipe, fit_artifact
 from ddbench.plan import make_plan
+from ddbench.protocols import SOFT_LABEL_RECIPE
 from ddbench.selection import TrialScore, choose
 from ddbench.spec import load_suite
 from ddbench.teacher import teacher_labels
@@ -143,6 +144,7 @@ def test_selection_never_reads_the_test_split(digits, tmp_path, labels):
         temperature=4.0,
         teacher_arch="mlp",
         teacher_epochs=2,
+        recipe={},
     )
     whole = {"arch": "mlp", "eval_seed": 0}
     for cell in (whole, {**whole, "classes": [1, 2]}):
@@ -169,6 +171,7 @@ def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_pa
             epochs=30,
             labels=labels,
             sampling="fixed",
+            recipe=SOFT_LABEL_RECIPE,  # d4m's paper protocol: the models learn with AdamW
             **teacher,
         )
         (row,) = TuneSelection().run(cell, job, params, ctx)
@@ -179,9 +182,16 @@ def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_pa
     assert len(list((tmp_path / "teachers").glob("mlp-*.safetensors"))) == 1
     labeler = teacher_labels(digits, "mlp", Recipe(epochs=2), 4.0, tmp_path)
     top1, _ = fit_artifact(
-        "mlp", job.artifact, 3, digits, Recipe(epochs=30), 0, label_mode="teacher", labeler=labeler
+        "mlp",
+        job.artifact,
+        3,
+        digits,
+        Recipe(epochs=30, **SOFT_LABEL_RECIPE),
+        0,
+        label_mode="teacher",
+        labeler=labeler,
     )
-    assert soft == top1["val"]  # the selection trained on that teacher's labels
+    assert soft == top1["val"]  # the selection trained on that teacher's labels, that recipe
     assert val_top1("hard") != soft
 
     def no_training(*args, **kwargs):

@@ -23,7 +23,11 @@ augmentation, with KL at `temperature` (D4M's training-time matching). The teach
 (`teacher_arch`) is trained on the whole train split with the shared recipe for
 `teacher_epochs` (a fixed seed) and cached under `<out>/cache/teachers/`, so every cell of a run
 shares one (`ddbench.teacher`). These are in `eval_params`, so every row records the label mode
-and the teacher.
+and the teacher; such a cell also writes the teacher's `teacher_top1` (val, test) and the
+`teacher_confidence` / `teacher_certainty` of the targets it gave, and warns when they were near
+uniform. Teacher labels pay under D4M's AdamW + cosine student recipe
+(`ddbench.protocols.SOFT_LABEL_RECIPE`, d4m's paper protocol) and trail hard labels under the
+shared DC recipe (benchmarks/RESULTS.md).
 
 `protocol` says which evaluation protocols a job is evaluated under (`ddbench.protocols`):
 `shared` (default) trains every method with these params; `paper` trains each with its

@@ -176,10 +176,11 @@ def cost_table(summary: pl.DataFrame) -> list[str]:
 
 def teacher_section(rows: pl.DataFrame) -> list[str]:
     """What students trained on teacher soft labels learned from, per protocol, method, IPC and
-    temperature, over every evaluation config of the run: the teacher's val and test top-1, the mean largest probability of its targets
-    (`teacher_confidence`) and its certainty (0 = uniform, 1 = one-hot); a row whose certainty
-    is under `NEAR_UNIFORM_CERTAINTY` is flagged, since such targets teach little. Empty when no
-    cell trained on a teacher's labels."""
+    temperature, over every evaluation config of the run: the teacher's val and test top-1,
+    the mean largest probability of its targets (`teacher_confidence`) and its certainty
+    (0 = uniform, 1 = one-hot); a row whose certainty is under `NEAR_UNIFORM_CERTAINTY` is
+    flagged, since such targets teach little. Empty when no cell trained on a teacher's
+    labels."""
     teacher = rows.filter(
         (pl.col("evaluator") == MAIN_EVALUATOR)
         & (pl.col("status") == "ok")
@@ -376,8 +377,8 @@ def leaderboard_table(
     """`ddbench leaderboard`: mean ± std (n) of `metric` per (dataset, IPC, method, arch,
     evaluator, protocol config) over distill seeds and eval seeds, from the rows of any number
     of runs (duplicates of a cell, by `LEADERBOARD_KEY`, counted once: the latest), with the
-    protocol columns (`protocol`, labels, sampling, augment, epochs) and costs. Numbers of two
-    protocols or configs are never averaged together."""
+    protocol columns (`protocol`, labels, sampling, augment, epochs, optimizer) and costs.
+    Numbers of two protocols or configs are never averaged together."""
     rows = protocol_params(fill_protocol(rows)).filter(pl.col("evaluator") != SELECTION)
     rows = rows.sort("created_at").unique(subset=list(LEADERBOARD_KEY), keep="last")
     if protocol is not None:

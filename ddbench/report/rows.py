@@ -74,7 +74,7 @@ def fill_protocol(rows: pl.DataFrame) -> pl.DataFrame:
 
 def protocol_params(rows: pl.DataFrame) -> pl.DataFrame:
     """`rows` with one string column per `PROTOCOL_PARAMS` entry (labels, sampling, augment,
-    epochs), read from `eval_params`; null where the evaluator has no such param."""
+    epochs, optimizer), read from `eval_params`; null where the evaluator has no such param."""
     return rows.with_columns(
         pl.col("eval_params").str.json_path_match(f"$.{key}").alias(key) for key in PROTOCOL_PARAMS
     )
