@@ -13,7 +13,13 @@ Tolerances, and the max abs differences 1 vs 2 workers measured on a 2-core CPU 
 - pixel methods (dm, datadam, dc): measured 0 (bit-exact). A class's matching loss has gradient
   only in its own synthetic rows, so summing the ranks' gradients adds zeros. The tolerance,
   1e-5 in normalised pixel units (the images move by 0.03-11), only allows for kernels that
-  might round differently in another process.
+  might round differently in another process. dm and datadam run with their forward path
+  pinned (NCHW, eager): under `auto` each rank calibrates the layout on its own shard, and on an
+  AMD EPYC with AVX2 only (2026-12-01) the 2-worker run took channels-last where the 1-worker
+  run took NCHW. oneDNN's channels-last convolutions there round differently (ConvNet embeddings
+  2.4e-5 apart, relative), and DM's loss, a difference of nearly equal class means, turns that
+  into images 5.3e-4 apart after 2 iterations (1.5 % of the distance moved): the same gap as
+  1-worker channels-last vs 1-worker NCHW, so a path choice, not a broken invariance.
 - generator methods (cgan, dim, d2m), Adam at lr 1e-4: weights measured 2.2e-4 (dim), 2.7e-4
   (cgan), 2.8e-4 (d2m). The bias of a layer feeding a BatchNorm has a gradient that is exactly 0
   in exact arithmetic, i.e. rounding noise in floating point, and Adam's normalised step turns
@@ -55,10 +61,13 @@ MIN_MOVED = 50  # distilled images must move from their initialisation by >= 50 
 ADAM_WALK = 3.0  # generator weight tolerance per step, in units of lr (module docstring)
 IMAGE_SHARE = 0.02  # generated images: 1 vs 2 workers within 2 % of the distance trained
 MIN_TRAINED = 0.01  # normalised pixel units generated images must move at least
+# dm / datadam's forward path (layout, compile) pinned: `auto` calibrates it on each rank's
+# shard, so 1 and 2 workers may time different shapes and take different paths (module docstring)
+FIXED_PATH = {"channels_last": "off", "compile": "off"}
 # seconds each on digits; the generators take 2 steps per epoch (batch 512 of 1,295 images)
 PARAMS: dict[str, dict[str, Any]] = {
-    "dm": {"iterations": 2, "batch_real": 8},
-    "datadam": {"iterations": 2, "batch_real": 8},
+    "dm": {"iterations": 2, "batch_real": 8, **FIXED_PATH},
+    "datadam": {"iterations": 2, "batch_real": 8, **FIXED_PATH},
     "dc": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "batch_real": 8},
     "cgan": {**TINY_GENERATOR, "epochs": 2, "batch_size": 512},
     "dim": {
