@@ -48,3 +48,17 @@ def test_cross_arch_is_deterministic_and_above_chance(digits):
     assert a == b
     test_top1 = next(r["value"] for r in a if r["split"] == "test")
     assert test_top1 > 0.5  # chance is 0.1
+
+
+def test_cross_arch_writes_a_pixel_distillates_image_change(digits):
+    """A pixel method's `image_change` (from its meta) becomes a row of every cell; a coreset,
+    which has none, writes no such row."""
+    evaluator = get_eval("cross_arch")
+    params = evaluator.Params(archs=["mlp"], seeds=1, epochs=1)
+    dm = get_method("dm")
+    moved = dm.distill(digits, 1, dm.Params(iterations=2, batch_real=8), Context(0))
+    picked = get_method("random_real").distill(digits, 1, None, Context(0))
+    cell = {"arch": "mlp", "eval_seed": 0}
+    for artifact, expected in ((moved, [moved.meta["image_change"]]), (picked, [])):
+        rows = evaluator.run(cell, EvalJob(artifact, digits, 1, "digits"), params, Context(1))
+        assert [r["value"] for r in rows if r["metric"] == "image_change"] == expected

@@ -166,3 +166,27 @@ def test_task_balance_resolution(digits):
     assert method.term_weights(digits, params, LocalContext(0)) == [1.0, 1.0, 0.01]
     _, params = _params("datadam", layer_weight=100.0, task_balance=1.0)
     assert method.term_weights(digits, params, LocalContext(0)) == [100.0, 100.0, 1.0]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_image_change_measures_how_far_the_images_moved(name, digits):
+    """||S_T - S_0|| / ||S_0|| in the meta: what the steps did to the initial images, so a step
+    too small to matter (a tiny lr_img here) shows as a change near 0."""
+    method, params = _params(name)
+    moved = method.distill(digits, 2, params, LocalContext(5))
+    init = SyntheticSet.initialise(digits, 2, "real", LocalContext(5)).images.detach()
+    expected = (moved.images - init).norm() / init.norm()
+    assert moved.meta["image_change"] == pytest.approx(float(expected), rel=1e-5)
+    assert moved.meta["image_change"] > 0.0
+    still = method.distill(digits, 2, params.model_copy(update={"lr_img": 1e-9}), LocalContext(5))
+    assert still.meta["image_change"] < 1e-6 * moved.meta["image_change"] + 1e-9
+
+
+def test_image_change_of_a_resumed_run_counts_from_the_first_images(digits):
+    method, params = _params("dm", iterations=4, checkpoint_every=2)
+    first = SnapshotContext(3)
+    full = method.distill(digits, 1, params, first)
+    resumed_ctx = LocalContext(3)
+    resumed_ctx.checkpoints.append(first.checkpoints[0])
+    resumed = method.distill(digits, 1, params, resumed_ctx)
+    assert resumed.meta["image_change"] == full.meta["image_change"]

@@ -322,3 +322,34 @@ def test_report_shows_the_teacher_and_flags_near_uniform_targets(tmp_path):
     flagged = "| paper:d4m | d4m_t20 | 10 | 20.0 | 97.0 | 96.0 | 0.120 | 0.022 **near uniform** |"
     assert flagged in section
     assert "**Warning**: in 1 row(s) the targets were near uniform" in section
+
+
+def test_report_shows_how_far_pixel_images_moved(tmp_path):
+    """One row per (method, ipc) with the mean image change over distill seeds (a job's value
+    repeated in its cells counts once)."""
+    store = Store(tmp_path / "run")
+    rows = []
+    for label, change in (("dm", (0.2, 0.4)), ("datadam", (1e-4, 3e-4))):
+        for distill_seed, value in enumerate(change):
+            for eval_seed in (0, 1):
+                rows += [
+                    row(
+                        job_id=f"{label}{distill_seed}",
+                        method=label,
+                        method_label=label,
+                        ipc=10,
+                        arch="convnet",
+                        distill_seed=distill_seed,
+                        eval_seed=eval_seed,
+                        eval_params=to_json(HARD),
+                        split="test",
+                        metric=metric,
+                        value=v,
+                    )
+                    for metric, v in (("top1", 0.8), ("image_change", value))
+                ]
+    write_rows(store, "results/cross_arch/rows.parquet", rows)
+    text = write_report(store, tmp_path / "report").read_text()
+    section = text.split("## How far the distilled images moved")[1].split("\n## ")[0]
+    assert "| datadam | 10 | 0.0002 (2) |" in section
+    assert "| dm | 10 | 0.3 (2) |" in section

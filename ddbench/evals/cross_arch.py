@@ -187,7 +187,7 @@ class CrossArch(Evaluator):
         )
         if is_generator(job.artifact):
             extra = {**generator_costs(arch, job.artifact, job.real, recipe, ctx.device), **extra}
-        rows = _seed_rows(arch, seed, top1, extra)
+        rows = _seed_rows(arch, seed, top1, {**_distillate_metrics(job), **extra})
         if labeler is not None:
             rows += _teacher_rows(arch, seed, labeler, job.real.num_classes)
         return rows
@@ -215,9 +215,9 @@ class CrossArch(Evaluator):
             # auto trains one by one where the cell's device turns out not to be a GPU
             vectorise=params.vectorise,
         )
-        costs = {}
+        costs = _distillate_metrics(job)
         if is_generator(job.artifact):
-            costs = generator_costs(arch, job.artifact, job.real, recipe, ctx.device)
+            costs |= generator_costs(arch, job.artifact, job.real, recipe, ctx.device)
         rows = []
         for i, (seed, (top1, path)) in enumerate(zip(seeds, results, strict=True)):
             rows += _seed_rows(arch, seed, top1, {**(costs if i == 0 else {}), **path})
@@ -261,6 +261,13 @@ def _teacher_rows(
         for (split, metric), value in measured.items()
         if value is not None
     ]
+
+
+def _distillate_metrics(job: EvalJob) -> dict[str, float]:
+    """What the distillate's meta says about the distillation itself: a pixel method's
+    `image_change` (||S_T - S_0|| / ||S_0||, `ddbench.methods._pixel`)."""
+    change = job.artifact.meta.get("image_change")
+    return {} if change is None else {"image_change": float(change)}
 
 
 def _seed_rows(

@@ -15,7 +15,10 @@ writes its matching loss, a sum over classes; `distill_pixels` owns the outer lo
   (job seed, draw name, iteration[, class]), a resumed run continues exactly as an uninterrupted
   one would;
 - progress (iteration, loss, images/s) through `ctx.report`; a non-finite loss stops the job with
-  a clear error.
+  a clear error;
+- how far the images moved from their initialisation, ||S_T - S_0|| / ||S_0|| over the whole set
+  (Frobenius norms), in the artifact's meta as `image_change` (cross_arch writes it as a row), so
+  a method whose step barely moves the pixels is visible.
 
 Randomness never depends on the rank (so it does not depend on the number of workers either):
 per-iteration draws come from `iteration_rng(ctx, name, it)`, per-class draws from
@@ -186,6 +189,7 @@ def distill_pixels(
     classes = [real.classes[i] for i in ctx.shard(len(real.classes))]
     syn = SyntheticSet.initialise(real, ipc, params.init, ctx)
     ctx.broadcast_(syn.images.data)
+    initial = syn.images.detach().clone()  # S_0: a resumed run rebuilds the same from its seed
     opt = torch.optim.SGD([syn.images], lr=params.lr_img, momentum=params.momentum)
     start = 0
     state = ctx.load_checkpoint()
@@ -230,5 +234,8 @@ def distill_pixels(
             "last_loss": last_loss,
             "iterations": params.iterations,
             "resumed_from_iteration": start,
+            "image_change": float(
+                (syn.images.detach() - initial).norm() / initial.norm().clamp_min(1e-12)
+            ),
         },
     )

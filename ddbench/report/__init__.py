@@ -44,6 +44,7 @@ from ddbench.report.accuracy import (
     cost_table,
     cross_arch_section,
     gain_table,
+    image_change_section,
     other_configs_section,
     protocol_sections,
     published_section,
@@ -94,6 +95,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
         lines += published_section(every_protocol, facts)
         lines += gain_table(summary)
         lines += cost_table(summary)
+        lines += image_change_section(rows)
         lines += teacher_section(every)
     lines += accuracy_vs_ipc_section(summary, out_dir)
     lines += other_configs_section(every, rows)

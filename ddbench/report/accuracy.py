@@ -10,8 +10,9 @@ protocol (the methods whose paper protocol is the shared one appear there with t
 rows), each saying what it is. `published_section` sets the papers' own numbers
 (`Method.published`) beside ddbench's where the run's dataset has them, and says where the run's
 protocol is not the paper's. `teacher_section` shows the teacher behind teacher-label cells and
-flags near-uniform targets. The cost table counts a job's prerequisites (d2m's cgan, d4m's
-diffusion model: `prerequisite_seconds`). `other_configs_section` shows the rows of the eval
+flags near-uniform targets; `image_change_section` how far pixel methods moved their images.
+The cost table counts a job's prerequisites (d2m's cgan, d4m's diffusion model:
+`prerequisite_seconds`). `other_configs_section` shows the rows of the eval
 params left out of the main tables (only the latest config of an evaluator per protocol is
 there), one table per config.
 
@@ -172,6 +173,38 @@ def cost_table(summary: pl.DataFrame) -> list[str]:
         + markdown_table(header, body)
         + [""]
     )
+
+
+def image_change_section(rows: pl.DataFrame) -> list[str]:
+    """How far each pixel method's images moved from their initialisation (`image_change`,
+    ||S_T - S_0|| / ||S_0||), mean over its distill seeds, per method and IPC: a method that
+    left its initial images almost as they were shows here. Empty when no row has it."""
+    change = rows.filter(
+        (pl.col("evaluator") == MAIN_EVALUATOR)
+        & (pl.col("status") == "ok")
+        & (pl.col("metric") == "image_change")
+    )
+    if change.is_empty():
+        return []
+    per_job = change.group_by("method_label", "ipc", "job_id").agg(pl.col("value").first())
+    table = (
+        per_job.group_by("method_label", "ipc")
+        .agg(pl.col("value").mean().alias("mean"), pl.len().alias("n"))
+        .sort("ipc", "method_label")
+    )
+    body = [
+        [r["method_label"], str(r["ipc"]), f"{r['mean']:.3g} ({r['n']})"]
+        for r in table.iter_rows(named=True)
+    ]
+    return [
+        "## How far the distilled images moved",
+        "",
+        "‖S_T − S_0‖ / ‖S_0‖ of each pixel method's images against their initialisation, mean "
+        "over distill seeds (n): near 0, the method left its initial images almost as they were.",
+        "",
+        *markdown_table(["method", "ipc", "image change"], body),
+        "",
+    ]
 
 
 def teacher_section(rows: pl.DataFrame) -> list[str]:
