@@ -3,8 +3,8 @@
 A `DistillJob` is one (method config, dataset, ipc, distill_seed); methods whose artifact serves
 every IPC (`ipc_independent`) get one job for all IPCs. Its `job_id` hashes everything that
 determines the artifact (method, version, params with defaults filled in but without the
-params' `execution_fields`, dataset and its params, ipc, distill seed, suite seed), so equal work
-has equal ids across suites and reruns.
+params' `execution_fields` and `added_fields` left at their defaults, dataset and its params,
+ipc, distill seed, suite seed), so equal work has equal ids across suites and reruns.
 A method's `dependencies` (e.g. d2m's pre-trained cgan generator) become jobs of their own, placed
 before the jobs that need them and shared when identical; they are evaluated only when the suite
 lists them. An `EvalCell` is one unit of an evaluator's work on one job at one IPC under one
@@ -34,12 +34,15 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddbench.protocols import PROTOCOL_PARAMS, SHARED, MethodFacts
 from ddbench.schema import WHOLE_SPLIT_IPC, to_json
 from ddbench.seeding import content_hash
 from ddbench.spec import LoadedSuite, TuneSpec
+
+if TYPE_CHECKING:
+    from ddbench.methods import MethodParams
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def _make_job(
     identity = {
         "method": method_name,
         "version": method.version,
-        "params": {k: v for k, v in full_params.items() if k not in method.Params.execution_fields},
+        "params": _identity_params(method.Params, full_params),
         "dataset": suite.dataset.name,
         "dataset_params": dataset_params,
         "ipc": ipc,
@@ -199,6 +202,18 @@ TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
 # the teacher's settings score nothing unless the selection trains on teacher labels: only then
 # are they in the job id
 TUNE_TEACHER_FIELDS = {"eval_temperature", "eval_teacher_arch", "eval_teacher_epochs"}
+
+
+def _identity_params(params_model: type[MethodParams], params: dict[str, Any]) -> dict[str, Any]:
+    """The params that enter a job id: all but the execution fields and the added fields left
+    at their defaults (`MethodParams`)."""
+    fields = params_model.model_fields
+    return {
+        key: value
+        for key, value in params.items()
+        if key not in params_model.execution_fields
+        and not (key in params_model.added_fields and value == fields[key].default)
+    }
 
 
 def _tune_identity(tune: TuneSpec | None) -> dict[str, Any] | None:

@@ -7,11 +7,13 @@ import copy
 import pytest
 import torch
 
+from ddbench.archs import build_arch
 from ddbench.augment import apply_dsa, sample_dsa
 from ddbench.context import LocalContext
+from ddbench.errors import UserError
 from ddbench.methods import get_method
 from ddbench.methods._pixel import SyntheticSet
-from ddbench.methods.datadam import resolve_task_balance, spatial_attention
+from ddbench.methods.datadam import activation_maps, resolve_task_balance, spatial_attention
 from ddbench.methods.dm import augment_classes, class_means
 
 METHODS = ["dm", "datadam"]
@@ -115,11 +117,30 @@ def test_datadam_power_and_normalisation_change_the_loss(digits):
         "p1": {"power": 1.0},
         "raw": {"normalize": False},
         "code_weight": {"layer_weight": 100.0},
+        "relu_tap": {"attention_tap": "activation"},
     }.items():
         _, params = _params("datadam", **overrides)
         losses[key] = float(_loss_and_grad("datadam", digits, params, 0)[0])
     assert len(set(losses.values())) == len(losses), losses
     assert losses["code_weight"] > 10 * losses["paper"]
+
+
+def test_activation_tap_takes_each_map_before_its_pooling(digits):
+    """The official code's tap: ConvNet blocks' activation outputs, twice the side of the pooled
+    block outputs, with the same embedding; an architecture without such blocks is refused."""
+    net = build_arch("convnet", digits.channels, digits.num_classes, digits.image_size)
+    x = digits.train_x[:4]
+    pooled, embedding, _ = net.forward_features(x)
+    before, same = activation_maps(net, x)
+    assert len(before) == len(pooled)
+    for b, p in zip(before, pooled, strict=True):
+        assert b.shape[-1] in (p.shape[-1], 2 * p.shape[-1]) and b.shape[:2] == p.shape[:2]
+        assert (b >= 0).all()  # a ReLU output, before the average pooling
+    assert before[0].shape[-1] == 2 * pooled[0].shape[-1]
+    torch.testing.assert_close(same, embedding)
+    _, params = _params("datadam", attention_tap="activation", arch="mlp")
+    with pytest.raises(UserError, match="attention_tap: activation needs a DC-lineage ConvNet"):
+        get_method("datadam").distill(digits, 1, params, LocalContext(0))
 
 
 def test_spatial_attention():

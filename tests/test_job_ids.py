@@ -95,3 +95,12 @@ def test_execution_knobs_do_not_move_ids(tmp_path):
     assert plan_ids(tmp_path, knobs) == plan_ids(tmp_path)
     moved = plan_ids(tmp_path, ["methods.dm.params.iterations=7"])
     assert moved[("dm", 1)] != plan_ids(tmp_path)[("dm", 1)]  # a real param does move it
+
+
+def test_an_added_field_left_at_its_default_keeps_the_id(tmp_path):
+    """datadam's `attention_tap` came after its ids were in use (`MethodParams.added_fields`):
+    spelling out the default keeps the pinned id, another value moves it."""
+    ids = plan_ids(tmp_path, ["methods.datadam.params.attention_tap=block"])
+    assert ids == PINNED_IDS
+    moved = plan_ids(tmp_path, ["methods.datadam.params.attention_tap=activation"])
+    assert moved[("datadam", 1)] != PINNED_IDS[("datadam", 1)]

@@ -49,10 +49,14 @@ class MethodParams(BaseModel):
 
     `execution_fields` names the params that only say how a job runs, not what it computes
     (checkpoint spacing, memory layout, compilation: the artifact is the same up to
-    floating-point rounding): they stay out of the job id, so changing them reuses artifacts."""
+    floating-point rounding): they stay out of the job id, so changing them reuses artifacts.
+    `added_fields` names params added after the method's job ids were in use whose default is
+    the behaviour from before: they enter the job id only when set to another value, so jobs
+    that leave them alone keep their ids (and artifacts)."""
 
     model_config = ConfigDict(extra="forbid")
     execution_fields: ClassVar[frozenset[str]] = frozenset()
+    added_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class Method(Plugin):

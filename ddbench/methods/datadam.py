@@ -29,9 +29,9 @@ Paper vs official code (DataDistillation/DataDAM, `main_DataDAM.py`), and what d
 - task_balance lambda: 0.01 below 64 px, 0.02 from 64 px (paper); `task_balance: null` (default)
   resolves by image size, a number overrides it.
 - intermediate maps: the code hooks the ReLU outputs (before pooling) of every block but the
-  last; ddbench uses the block outputs after pooling that `forward_features` exposes for every
-  architecture (same blocks, half the resolution; at 32 px 16x16 and 8x8 maps instead of 32x32
-  and 16x16).
+  last (`attention_tap: activation`, DC-lineage ConvNets only); the default `block` uses the
+  block outputs after pooling that `forward_features` exposes for every architecture (same
+  blocks, half the resolution; at 32 px 16x16 and 8x8 maps instead of 32x32 and 16x16).
 - iterations: paper 8,000, code 20,000 -> 8000. batch_real: paper 256, code 64 -> 256.
 - lr_img 1.0 with SGD momentum 0.5 (code; the paper: "SGD with momentum", lr 1) -> the same.
 - the code draws DSA seeds from the wall clock; here every draw comes from `iteration_rng` (per
@@ -42,15 +42,19 @@ Paper vs official code (DataDistillation/DataDAM, `main_DataDAM.py`), and what d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from ddbench.archs import FeatureModel
+from ddbench.archs.dc import ConvNet
 from ddbench.artifact import ImageSet
 from ddbench.context import Context
 from ddbench.data import RealData
+from ddbench.errors import UserError
 from ddbench.methods import Method, register_method
 from ddbench.methods._pixel import (
     LossFn,
@@ -65,6 +69,24 @@ from ddbench.protocols import DATADAM_TABLE_1, published_table
 LOW_RES_TASK_BALANCE = 0.01  # DataDAM paper, 32-px datasets (CIFAR)
 HIGH_RES_TASK_BALANCE = 0.02  # DataDAM paper, >= 64-px datasets (Tiny ImageNet, ImageNet subsets)
 HIGH_RES_FROM = 64  # image side in pixels from which the paper's high-resolution lambda applies
+
+
+POOL_LAYERS = (nn.AvgPool2d, nn.MaxPool2d)  # the 2x2 poolings of a ConvNet block (`make_pool`)
+
+
+def activation_maps(net: ConvNet, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(maps, embedding) of a ConvNet with each block's map taken before its pooling, i.e. the
+    activation output (a block without pooling gives its output); the embedding is the one
+    `net.embed` returns."""
+    maps = []
+    for block in net.features:
+        tapped = None
+        for layer in block:
+            if isinstance(layer, POOL_LAYERS):
+                tapped = x
+            x = layer(x)
+        maps.append(x if tapped is None else tapped)
+    return maps, x.flatten(1)
 
 
 def resolve_task_balance(task_balance: float | None, image_size: int) -> float:
@@ -97,6 +119,12 @@ class DataDAMParams(MeanMatchParams):
     layer_weight: float = Field(1.0, ge=0)  # weight of the attention term; paper 1 (code 100)
     # MMD (last-layer embedding) weight lambda, unitless; None = 0.01 below 64 px, 0.02 from 64 px
     task_balance: float | None = Field(None, ge=0)
+    # where the attention maps are taken: each block's output after its pooling (`block`, any
+    # architecture's forward_features) or its activation output before the pooling
+    # (`activation`, the official code's ReLU hooks; DC-lineage ConvNets)
+    attention_tap: Literal["block", "activation"] = "block"
+    # `block` is what datadam computed before the field existed: those job ids stay
+    added_fields: ClassVar[frozenset[str]] = frozenset({"attention_tap"})
 
 
 @register_method
@@ -132,7 +160,11 @@ class DataDAM(Method):
         strategy = dsa_strategy(params, real)
 
         def attention_stats(net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
-            maps, embedding, _ = net.forward_features(x)
+            if params.attention_tap == "activation":
+                assert isinstance(net, ConvNet), "checked in term_weights"
+                maps, embedding = activation_maps(net, x)
+            else:
+                maps, embedding, _ = net.forward_features(x)
             attention = [spatial_attention(m, params.power, params.normalize) for m in maps[:-1]]
             return [*attention, embedding]
 
@@ -150,6 +182,11 @@ class DataDAM(Method):
         """`layer_weight` per intermediate map, then lambda for the embedding; the number of
         maps is read off the architecture with a two-image forward."""
         net = matching_net(real, params, ctx, 0)
+        if params.attention_tap == "activation" and not isinstance(net, ConvNet):
+            raise UserError(
+                f"datadam: attention_tap: activation needs a DC-lineage ConvNet as `arch`, not "
+                f"{params.arch!r} (use attention_tap: block)"
+            )
         with torch.no_grad():
             maps, _, _ = net.forward_features(real.train_x[:2].to(ctx.device))
         task_balance = resolve_task_balance(params.task_balance, real.image_size)
