@@ -214,7 +214,22 @@ def run_twice(method: str, params: dict, real: RealData, dependencies: dict | No
                 "task_balance": 0.1,
             },
         ),
+        (  # DiM's code: a lower lr while matching, which a resumed run must set again
+            "dim",
+            {
+                **TINY_GENERATOR,
+                "gan_epochs": 1,
+                "match_epochs": 2,
+                "batch_size": 512,
+                "checkpoint_every": 2,
+                "pool": ["mlp"],
+                "pool_train_steps": 1,
+                "task_balance": 0.1,
+                "match_lr": 1e-5,
+            },
+        ),
     ],
+    ids=["cgan", "dim", "dim_match_lr"],
 )
 def test_resume_continues_from_the_saved_epoch(method: str, params: dict, real: RealData) -> None:
     full, resumed, saved, resumed_ctx = run_twice(method, params, real)
@@ -374,3 +389,19 @@ def test_smoke_budgets_distil_generators(real: RealData) -> None:
         art = m.distill(real, 0, m.Params(**m.smoke), LocalContext(0))
         assert isinstance(art, GeneratorSet)
     assert draw_generator(0, 1, "x").initial_seed() != draw_generator(1, 1, "x").initial_seed()
+
+
+def test_dim_match_lr_applies_to_the_matching_epochs_only(real: RealData) -> None:
+    """`match_lr` changes the generator only through the matching epochs: with no matching
+    epoch it is the same run, with one it is a different one."""
+    dim = get_method("dim")
+    base = {**TINY_GENERATOR, "batch_size": 512, "pool": ["mlp"], "pool_train_steps": 1}
+
+    def state(**changes: object) -> dict:
+        params = dim.Params(**base, **changes)
+        return dim.distill(real, 0, params, LocalContext(3)).state_dict
+
+    gan_only = {"gan_epochs": 2, "match_epochs": 0}
+    assert states_equal(state(**gan_only), state(**gan_only, match_lr=1e-6))
+    matching = {"gan_epochs": 1, "match_epochs": 1}
+    assert not states_equal(state(**matching), state(**matching, match_lr=1e-6))

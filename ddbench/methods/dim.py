@@ -18,6 +18,8 @@ steps on real batches before every generator step (DiM's code: 16; the paper cal
   auxiliary classifier), the GAN loss the non-saturating one;
 - no siamese augmentation in matching by default (`dsa: false`, DiM's code default `match_aug`
   off); the pool networks train with per-sample DSA as in DiM's code;
+- one Adam lr for both stages by default; DiM's code lowers generator's and discriminator's lr
+  to 5e-6 for matching (`match_lr`, 1/20 of its GAN lr);
 - the GAN stage is the `cgan` method's training loop (same code and parameters), run inside this
   job so `distill_seconds` counts DiM's whole cost.
 
@@ -30,7 +32,7 @@ result up to floating-point summation order.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,11 @@ class DiMParams(GanTrainingParams, PoolParams):
     match_on: Literal["logits", "log_softmax"] = "logits"  # paper: logits; DiM's code: log-softmax
     pool_train_steps: int = Field(16, ge=0)  # SGD steps of the pool net per generator step (code)
     dsa: bool = False  # siamese DSA before matching (DiM's code default: off)
+    # Adam lr of generator and discriminator during the matching epochs; None = `lr` throughout
+    # (the paper names one lr). DiM's code matches at 5e-6 after GAN training at 1e-4, 1/20
+    match_lr: float | None = Field(None, gt=0)
+    # `match_lr: null` is what dim computed before the field existed: those job ids stay
+    added_fields: ClassVar[frozenset[str]] = frozenset({"match_lr"})
 
     @model_validator(mode="after")
     def _some_epochs(self) -> DiMParams:
@@ -116,6 +123,9 @@ class DiM(Method):
         def epoch_fn(epoch: int) -> dict[str, float]:
             if epoch < params.gan_epochs:
                 return gan_epoch(generator, discriminator, opt_g, opt_d, real, params, ctx, epoch)
+            if params.match_lr is not None:  # every matching epoch: a resumed run sets it too
+                for group in (*opt_g.param_groups, *opt_d.param_groups):
+                    group["lr"] = params.match_lr
             _, net = pool.draw(epoch)
             trainer = PoolTrainer(net, real, params.batch_size, pool_strategy)
 
