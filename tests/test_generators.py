@@ -405,3 +405,23 @@ def test_dim_match_lr_applies_to_the_matching_epochs_only(real: RealData) -> Non
     assert states_equal(state(**gan_only), state(**gan_only, match_lr=1e-6))
     matching = {"gan_epochs": 1, "match_epochs": 1}
     assert not states_equal(state(**matching), state(**matching, match_lr=1e-6))
+
+
+def test_d2m_optimiser_and_pool_training_are_choices(real: RealData, tmp_path: Path) -> None:
+    """The paper's text (SGD) and a trained pool each give another generator than the default
+    (Adam, random pool networks); the default run is unchanged by spelling the defaults out."""
+    cgan = get_method("cgan")
+    cgan.distill(
+        real, 0, cgan.Params(**TINY_GENERATOR, epochs=1, batch_size=512), LocalContext(0)
+    ).save(tmp_path / "cgan")
+    d2m = get_method("d2m")
+
+    def state(**changes: object) -> dict:
+        params = d2m.Params(epochs=1, batch_size=512, pool=["mlp"], **changes)
+        ctx = LocalContext(2, dependencies={"generator": str(tmp_path / "cgan")})
+        return d2m.distill(real, 0, params, ctx).state_dict
+
+    default = state()
+    assert states_equal(default, state(optimizer="adam", pool_train_steps=0))
+    assert not states_equal(default, state(optimizer="sgd"))
+    assert not states_equal(default, state(pool_train_steps=2))
