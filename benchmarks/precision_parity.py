@@ -5,8 +5,10 @@ recipe (`ddbench.fit.fit_artifact`, DSA on) along each training path of `PATHS` 
 reference), bf16 autocast eager, bf16 autocast compiled (`compile: on`, what `compile: auto`
 picks for long CIFAR-size runs) — for the same eval seeds, so every path sees identical
 initialisations, data orders and augmentations. It prints, per IPC and path, mean +- std (n) of
-test top1, the mean difference to fp32 and whether it lies within one standard deviation of the
+val top1, the mean difference to fp32 and whether it lies within one standard deviation of the
 fp32 runs (the rule `precision: auto` relies on), and the seconds each path took in this run.
+The rule is a choice, so it is read on val: the test split is removed before anything trains
+(`RealData.without_test`).
 Final JSON line: the same figures, per-seed values included.
 
     python benchmarks/precision_parity.py                       # IPC 1 10 50, 5 seeds, 300 epochs
@@ -35,21 +37,21 @@ PATHS = {
 def parity(
     dataset: str, arch: str, ipc: int, seeds: int, epochs: int, paths: list[str]
 ) -> dict[str, Any]:
-    """Test top1 for eval seeds 0..seeds-1 at `ipc` along each of `paths` (fp32 first), with
+    """Val top1 for eval seeds 0..seeds-1 at `ipc` along each of `paths` (fp32 first), with
     each path's wall time and its mean difference to fp32."""
     from ddbench.context import Context
     from ddbench.data import load_dataset
     from ddbench.fit import Recipe, fit_artifact
     from ddbench.methods import get_method
 
-    real = load_dataset(dataset)
+    real = load_dataset(dataset).without_test()
     artifact = get_method("random_real").distill(real, ipc, None, Context(0))
     out: dict[str, Any] = {"ipc": ipc}
     for path in paths:
         recipe = Recipe(epochs=epochs, **PATHS[path])
         tic = time.perf_counter()
         top1 = [
-            fit_artifact(arch, artifact, ipc, real, recipe, seed)[0]["test"]
+            fit_artifact(arch, artifact, ipc, real, recipe, seed)[0]["val"]
             for seed in range(seeds)
         ]
         out[path] = top1
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [
         parity(args.dataset, args.arch, ipc, args.seeds, args.epochs, paths) for ipc in args.ipcs
     ]
-    print(f"{args.dataset}, {args.arch}, {args.epochs} epochs, test top1 mean ± std (n)")
-    print("| IPC | path | test top1 | − fp32 | within 1 std of fp32 | s |")
+    print(f"{args.dataset}, {args.arch}, {args.epochs} epochs, val top1 mean ± std (n)")
+    print("| IPC | path | val top1 | − fp32 | within 1 std of fp32 | s |")
     print("|---|---|---|---|---|---|")
     for r in results:
         for path in paths:
