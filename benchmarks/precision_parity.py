@@ -51,8 +51,7 @@ def parity(
         recipe = Recipe(epochs=epochs, **PATHS[path])
         tic = time.perf_counter()
         top1 = [
-            fit_artifact(arch, artifact, ipc, real, recipe, seed)[0]["val"]
-            for seed in range(seeds)
+            fit_artifact(arch, artifact, ipc, real, recipe, seed)[0]["val"] for seed in range(seeds)
         ]
         out[path] = top1
         out[f"{path}_s"] = round(time.perf_counter() - tic, 2)
