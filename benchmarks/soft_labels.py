@@ -26,9 +26,10 @@ import tempfile
 import time
 from typing import Any
 
-# the AdamW + cosine student recipe of D4M (from SRe2L's soft-label training scripts, which
-# D4M's build on): lr 1e-3, decoupled weight decay 0.01
-ADAMW = {"optimizer": "adamw", "schedule": "cosine", "lr": 1e-3, "weight_decay": 0.01}
+from ddbench.protocols import SOFT_LABEL_RECIPE
+
+# D4M's AdamW + cosine student recipe, as d4m's paper protocol uses it (stated once there)
+ADAMW = SOFT_LABEL_RECIPE
 # protocol name -> the `cross_arch` params it sets over the defaults
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "hard": {"labels": "hard"},
