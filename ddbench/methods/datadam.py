@@ -68,7 +68,13 @@ from ddbench.methods._pixel import (
     draw_classes,
     dsa_strategy,
 )
-from ddbench.methods.dm import MatchingForward, MeanMatchParams, matching_net, mean_matching_loss
+from ddbench.methods.dm import (
+    MatchingForward,
+    MeanMatchParams,
+    first_forward_rows,
+    matching_net,
+    mean_matching_loss,
+)
 from ddbench.protocols import DATADAM_TABLE_1, published_table
 
 LOW_RES_TASK_BALANCE = 0.01  # DataDAM paper, 32-px datasets (CIFAR)
@@ -173,7 +179,9 @@ class DataDAM(Method):
             attention = [spatial_attention(m, params.power, params.normalize) for m in maps[:-1]]
             return [*attention, embedding]
 
-        stats = MatchingForward(attention_stats, params, self.name)
+        stats = MatchingForward(
+            attention_stats, params, self.name, first_forward_rows(real, params)
+        )
 
         def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)

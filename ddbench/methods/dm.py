@@ -117,10 +117,19 @@ class MatchingForward:
     `fastpath.COMPILE_WORTH_TRYING_S`, the compiled variants are timed too, compile time
     included. The path with the least `compile_s + iterations x step_s` is taken, a compiled one
     only when it beats the best eager by the calibration's margin. Measurements are cached per
-    device model and shape like `ddbench.fastpath`'s, so a node calibrates a shape once."""
+    device model and shape like `ddbench.fastpath`'s, so a node calibrates a shape once.
 
-    def __init__(self, stats_fn: StatsFn, params: MeanMatchParams, name: str) -> None:
+    Workers. The paths round differently (a channels-last convolution is another summation
+    order), so the choice must not depend on the worker count. It is made for the job's
+    one-worker first forward, `rows` images (`first_forward_rows`), whatever the rank's shard:
+    a rank with fewer rows times its rows repeated up to `rows`. The 1-worker and W-worker runs
+    of a job on one node then look up the same cache entry and take the same path. (Ranks that
+    calibrate at the same moment on an empty cache measure separately and may still disagree;
+    the summed gradient keeps the ranks identical either way, only rounding moves.)"""
+
+    def __init__(self, stats_fn: StatsFn, params: MeanMatchParams, name: str, rows: int) -> None:
         self.stats_fn, self.params, self.name = stats_fn, params, name
+        self.rows = rows  # images of the one-worker job's first forward: the calibrated shape
         self.path: tuple[bool, bool] | None = None  # (channels_last, compiled), once chosen
         self.compiled: dict[bool, Callable[..., list[torch.Tensor]]] = {}
 
@@ -182,7 +191,9 @@ class MatchingForward:
             return layouts[0], compiles[0]
         device, iterations = str(x.device), self.params.iterations
         shape = (x.shape[1], x.shape[2], x.shape[3])
-        key = shape_key(self.params.arch, shape, len(x), device, stats=self.name)
+        key = shape_key(self.params.arch, shape, self.rows, device, stats=self.name)
+        if len(x) != self.rows:  # a shard (or chunk) of the one-worker forward: time that
+            x = x[torch.arange(self.rows, device=x.device) % len(x)]
 
         def name(path: tuple[bool, bool]) -> str:
             return f"{'cl' if path[0] else 'nchw'}_{'compiled' if path[1] else 'eager'}"
@@ -219,6 +230,17 @@ class MatchingForward:
         self.compiled.clear()  # the chosen compiled path recompiles (from inductor's cache)
         assert best is not None
         return best
+
+
+def first_forward_rows(real: RealData, params: MeanMatchParams) -> int:
+    """Images in the first matching forward of the job run on one worker: one class's real
+    batch (`per_class_loop`), else every class's, cut to `forward_chunk`."""
+    classes = range(real.num_classes)
+    per_class = [min(params.batch_real, len(real.class_indices(c))) for c in classes]
+    if params.per_class_loop:
+        return per_class[0]
+    rows = sum(per_class)
+    return min(rows, params.forward_chunk) if params.forward_chunk > 0 else rows
 
 
 def _have_compiler() -> bool:
@@ -374,7 +396,9 @@ class DM(Method):
         """The loss of iteration `it` summed over `classes`: a pure function of (job, it, classes,
         images)."""
         strategy = dsa_strategy(params, real)
-        stats = MatchingForward(embedding_stats, params, self.name)
+        stats = MatchingForward(
+            embedding_stats, params, self.name, first_forward_rows(real, params)
+        )
 
         def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)
