@@ -128,6 +128,7 @@ class RayRun:
         self.tunes: dict[Any, Unit] = {}
         self.cells: dict[Any, Unit] = {}
         self.names = (f"runner-{i}" for i in itertools.count())
+        self.cell_task = ray.remote(cell_task)  # once: each ray.remote exports the function anew
         self.inbox = ProgressInbox.options(**self.on_head).remote()
         self.lines = self.inbox.drain.remote()  # the next batch of workers' progress lines
 
@@ -173,7 +174,7 @@ class RayRun:
     def start(self, unit: Unit) -> None:
         res = self.suite.resources
         if unit.kind == "cell":
-            task = ray.remote(cell_task).options(
+            task = self.cell_task.options(
                 num_cpus=res.eval.cpus,
                 num_gpus=res.eval.gpus,
                 max_retries=1,
