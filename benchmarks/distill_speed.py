@@ -16,7 +16,10 @@ would take far longer than this benchmark's budget.
 
 `dm` and `datadam` are also timed with `per_class_loop: true` (the reference per-class forwards)
 at `--compare-ipc`, each right after its batched run so both see the same machine load; the final
-JSON line has `<method>_batched_vs_loop_ipc<N>` = loop seconds / batched seconds.
+JSON line has `<method>_batched_vs_loop_ipc<N>` = loop seconds / batched seconds. With
+`--amp-ipc N` they are timed with `amp: true` (bf16 autocast of the networks' forwards, an opt-in
+that is part of the job id: it changes the result by more than rounding) at IPC N as well, right
+after the fp32 run: `<method>_fp32_over_amp_ipc<N>` = fp32 seconds / amp seconds.
 
 Side by side with the official code (`--official-dm DIR`, `--official-datadam DIR`: a checkout
 of VICO-UoE/DatasetCondensation or DataDistillation/DataDAM; nothing of theirs is in this repo):
@@ -85,7 +88,7 @@ def _peak_rss_mib() -> float:
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time one (method, ipc, per_class_loop) configuration in this process."""
+    """Time one (method, ipc, per_class_loop, amp) configuration in this process."""
     import torch
 
     from ddbench.context import Context, pick_device
@@ -102,6 +105,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if spec["loop"]:
         overrides["per_class_loop"] = True
+    if spec.get("amp"):
+        overrides["amp"] = True
     params = method.Params.model_validate(overrides)
     steps_per_iteration = 1
     if "outer_loop" in method.Params.model_fields:
@@ -131,6 +136,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     steps = [b - a for a, b in zip([start, *stamps], stamps, strict=False)][spec["warmup"] :]
     result = {
         **{k: spec[k] for k in ("method", "ipc", "loop", "batch_real", "threads")},
+        "amp": bool(spec.get("amp")),
         "device": device,
         "s_per_step": statistics.median(steps),
         "s_per_step_all": [round(s, 3) for s in steps],
@@ -260,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-real", type=int, default=256, help="real images per class")
     parser.add_argument("--per-class", type=int, default=300, help="train images per class")
     parser.add_argument("--compare-ipc", type=int, default=10, help="batched vs loop at this IPC")
+    parser.add_argument("--amp-ipc", type=int, default=None, help="dm/datadam with amp at this IPC")
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default all")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--official-dm", help="a checkout of VICO-UoE/DatasetCondensation")
@@ -292,14 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     for method in methods:
         for ipc in args.ipcs:
-            configs = [False]
+            configs = [(False, False)]  # (per_class_loop, amp)
             if method in LOOP_METHODS and ipc == args.compare_ipc:
-                configs.append(True)  # right after the batched run: same machine load
-            for loop in configs:
-                row = _spawn({**base, "method": method, "ipc": ipc, "loop": loop})
+                configs.append((True, False))  # right after the batched run: same machine load
+            if method in LOOP_METHODS and ipc == args.amp_ipc:
+                configs.append((False, True))
+            for loop, amp in configs:
+                row = _spawn({**base, "method": method, "ipc": ipc, "loop": loop, "amp": amp})
                 rows.append(row)
+                name = "loop   " if loop else "amp    " if amp else "batched"
                 print(
-                    f"{method:8s} ipc {ipc:3d} {'loop   ' if loop else 'batched'} "
+                    f"{method:8s} ipc {ipc:3d} {name} "
                     f"{row['s_per_step']:8.3f} s/step  {row['s_per_iteration']:9.3f} s/iteration"
                     f"{' (extrapolated)' if row['s_per_iteration_extrapolated'] else ''}  "
                     f"peak RSS {row['peak_rss_mib']:7.0f} MiB  steps {row['s_per_step_all']}",
@@ -313,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                 ours = next(
                     r
                     for r in rows
-                    if r["method"] == method and r["ipc"] == ipc and r.get("loop") is False
+                    if r["method"] == method
+                    and r["ipc"] == ipc
+                    and r.get("loop") is False
+                    and not r["amp"]
                 )
                 ratio = theirs["s_per_iteration"] / ours["s_per_iteration"]
                 summary_ratios[f"official_over_ddbench_{method}_ipc{ipc}"] = round(ratio, 3)
@@ -331,10 +344,20 @@ def main(argv: list[str] | None = None) -> int:
         pair = {
             r["loop"]: r["s_per_step"]
             for r in rows
-            if r["method"] == method and r["ipc"] == args.compare_ipc and "loop" in r
+            if r["method"] == method
+            and r["ipc"] == args.compare_ipc
+            and "loop" in r
+            and not r["amp"]
         }
         if len(pair) == 2:
             summary[f"{method}_batched_vs_loop_ipc{args.compare_ipc}"] = pair[True] / pair[False]
+        amp_pair = {
+            r["amp"]: r["s_per_step"]
+            for r in rows
+            if r["method"] == method and r["ipc"] == args.amp_ipc and r.get("loop") is False
+        }
+        if len(amp_pair) == 2:
+            summary[f"{method}_fp32_over_amp_ipc{args.amp_ipc}"] = amp_pair[False] / amp_pair[True]
     print(json.dumps(summary))
     return 0
 
