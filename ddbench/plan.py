@@ -202,6 +202,10 @@ TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
 # the teacher's settings score nothing unless the selection trains on teacher labels: only then
 # are they in the job id
 TUNE_TEACHER_FIELDS = {"eval_temperature", "eval_teacher_arch", "eval_teacher_epochs"}
+# fields added after tuned job ids were in use, each with the value (as `_selection_spec`
+# resolves it) that scores trials as before: at that value the field stays out of the job id,
+# so those jobs keep their ids (the rule of `MethodParams.added_fields`)
+TUNE_ADDED_FIELDS: dict[str, Any] = {"eval_sampling": "fixed", "eval_recipe": {}}
 
 
 def _identity_params(params_model: type[MethodParams], params: dict[str, Any]) -> dict[str, Any]:
@@ -217,15 +221,12 @@ def _identity_params(params_model: type[MethodParams], params: dict[str, Any]) -
 
 
 def _tune_identity(tune: TuneSpec | None) -> dict[str, Any] | None:
-    """What of a tune block (resolved by `_selection_spec`) enters the job id. `eval_sampling`
-    enters only when it is not `fixed` and `eval_recipe` only when it changes the DC recipe, so
-    blocks scored as before keep their ids."""
+    """What of a tune block (resolved by `_selection_spec`) enters the job id."""
     if tune is None:
         return None
     exclude = (
         set(TUNE_EXECUTION_FIELDS)
-        | ({"eval_sampling"} if tune.eval_sampling == "fixed" else set())
-        | (set() if tune.eval_recipe else {"eval_recipe"})
+        | {field for field, before in TUNE_ADDED_FIELDS.items() if getattr(tune, field) == before}
         | (set() if tune.eval_labels == "teacher" else TUNE_TEACHER_FIELDS)
     )
     return tune.model_dump(mode="json", exclude=exclude)
