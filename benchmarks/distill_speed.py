@@ -154,6 +154,22 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 OFFICIAL_SCRIPTS = {"dm": "main_DM", "datadam": "main_DataDAM"}  # their entry modules
 
 
+def overlapping_write_shim() -> None:
+    """Let the official siamese DSA run on today's torch: it writes `t[:] = t[0]`, an
+    overlapping write torch now refuses; such a write takes the same values from a copy (a few
+    integers per call). Patches `torch.Tensor.__setitem__` for the rest of this process."""
+    import torch
+
+    setitem = torch.Tensor.__setitem__
+
+    def setitem_on_a_copy(self: Any, key: Any, value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.data_ptr() == self.data_ptr():
+            value = value.clone()
+        return setitem(self, key, value)
+
+    torch.Tensor.__setitem__ = setitem_on_a_copy
+
+
 def run_official_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Time the official script of `spec["method"]` (checkout `spec["official"]`) in this
     process: their `main()`, on `_random_cifar` data (module docstring)."""
@@ -209,16 +225,7 @@ def run_official_child(spec: dict[str, Any]) -> dict[str, Any]:
         return out
 
     torch.optim.SGD.step = stamped_step
-    setitem = torch.Tensor.__setitem__
-
-    def setitem_on_a_copy(self: Any, key: Any, value: Any) -> Any:
-        # their siamese DSA writes `t[:] = t[0]`, an overlapping write torch now refuses; the
-        # same values from a copy (a few integers per call)
-        if isinstance(value, torch.Tensor) and value.data_ptr() == self.data_ptr():
-            value = value.clone()
-        return setitem(self, key, value)
-
-    torch.Tensor.__setitem__ = setitem_on_a_copy
+    overlapping_write_shim()
     if not torch.cuda.is_available():  # DataDAM's get_network calls `net.cuda()` unconditionally
         torch.nn.Module.cuda = lambda self, device=None: self
     sys.argv = [
