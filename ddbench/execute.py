@@ -16,6 +16,7 @@ reason) and pass it from the CLI's `_execution_args` and from `ddbench.api.run`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +86,7 @@ class RunResult:
 def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | RunLog) -> RunResult:
     """Plan, check, run (in-process or on Ray) and track a validated suite. `source` names the
     suite in messages (its file, or `ddbench eval`)."""
+    from ddbench.choices import CHOSEN_ON_FILE, value_choices
     from ddbench.data import load_dataset
     from ddbench.plan import make_plan, method_facts
     from ddbench.protocols import METHOD_FACTS_FILE, MethodFacts
@@ -108,6 +110,8 @@ def execute(loaded: LoadedSuite, options: ExecOptions, source: str, log: Log | R
     if suite_dir.exists(METHOD_FACTS_FILE):  # an earlier run of other methods (`--only`)
         facts = MethodFacts.from_json(suite_dir.read_text(METHOD_FACTS_FILE)).merged(facts)
     suite_dir.write_text(METHOD_FACTS_FILE, facts.to_json())
+    choices = json.dumps(value_choices(loaded), indent=1)  # where each value set was chosen
+    suite_dir.write_text(CHOSEN_ON_FILE, choices)
     out(
         f"suite {suite.name}: {len(plan.jobs)} distill jobs, {len(plan.cells)} eval cells; "
         f"{real.describe()}"

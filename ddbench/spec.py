@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ddbench.choices import ChosenOn
 from ddbench.errors import UserError
 from ddbench.protocols import TEACHER_ARCH, TEACHER_EPOCHS, TEACHER_TEMPERATURE
 from ddbench.registry import did_you_mean
@@ -104,6 +105,8 @@ class MethodSpec(Strict):
     name: str
     label: str | None = None  # tells apart two configs of one method; default = name
     params: dict[str, Any] = Field(default_factory=dict)
+    # param (one set above) -> where its value was chosen: val, paper or budget (ddbench.choices)
+    chosen_on: dict[str, ChosenOn] = Field(default_factory=dict)
     tune: TuneSpec | None = None
 
     @property
@@ -114,6 +117,8 @@ class MethodSpec(Strict):
 class EvalSpec(Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # param (one set above) -> where its value was chosen: val, paper or budget (ddbench.choices)
+    chosen_on: dict[str, ChosenOn] = Field(default_factory=dict)
 
 
 class DistillResources(Strict):
@@ -511,6 +516,14 @@ def _check_tune(
                     add((*loc, kind, j), f"{value!r}: {errors[0]}")
 
 
+def _check_chosen_on(loc: Loc, params: dict[str, Any], chosen_on: dict[str, str], add: Any) -> None:
+    """`chosen_on` names params the entry sets (a value it does not set was not chosen here)."""
+    for key in chosen_on:
+        if key not in params:
+            hint = did_you_mean(key, list(params))
+            add((*loc, "chosen_on", key), f"not a param this entry sets{hint}")
+
+
 def _validate_plugins(suite: Suite, add: Any) -> tuple[list[BaseModel], list[BaseModel], BaseModel]:
     """Check plugin names against the registries and their params against each Params model."""
     from ddbench.data import DATASETS, DatasetParams, dataset_params_model
@@ -553,6 +566,7 @@ def _validate_plugins(suite: Suite, add: Any) -> tuple[list[BaseModel], list[Bas
             )
             continue
         method = METHODS.get(m.name)
+        _check_chosen_on(("methods", i), m.params, m.chosen_on, add)
         params = check(("methods", i, "params"), method.Params, m.params)
         method_params.append(params if params is not None else method.Params.model_construct())
         if m.tune is not None:
@@ -567,6 +581,7 @@ def _validate_plugins(suite: Suite, add: Any) -> tuple[list[BaseModel], list[Bas
             )
             continue
         evaluator = EVALS.get(e.name)
+        _check_chosen_on(("evals", i), e.params, e.chosen_on, add)
         params = check(("evals", i, "params"), evaluator.Params, e.params)
         eval_params.append(params if params is not None else evaluator.Params.model_construct())
     return method_params, eval_params, dataset_params

@@ -19,8 +19,8 @@ The package, one module per role:
   section of the reduce metrics of an evaluator without one; the built-ins `continual.py` and
   `nas.py` register when this package is imported;
 - `html.py`: the same markdown as one self-contained `report.html`;
-- this module: the assembly (`write_report`) and the run-level sections (image grids, failed
-  cells, unreadable files).
+- this module: the assembly (`write_report`) and the run-level sections (image grids, where
+  the suite's values were chosen, failed cells, unreadable files).
 
 `write_report` renders, after the accuracy sections, the section of every other evaluator in the
 rows (`ddbench.report.sections`), then DD-Ranking, Tune, grids, failures. Extending: a section
@@ -32,10 +32,12 @@ protocols and published numbers come from the record the run wrote (`rows.run_me
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 
 import polars as pl
 
+from ddbench.choices import CHOSEN_ON_FILE, UNRECORDED
 from ddbench.protocols import SHARED
 from ddbench.report import continual, nas  # noqa: F401 - the built-in sections register
 from ddbench.report.accuracy import (
@@ -51,6 +53,7 @@ from ddbench.report.accuracy import (
     teacher_section,
 )
 from ddbench.report.ddranking import dd_ranking_section
+from ddbench.report.format import markdown_table
 from ddbench.report.html import write_html
 from ddbench.report.rows import REFERENCE, latest_config, load_rows, run_method_facts, summarise
 from ddbench.report.sections import evaluator_section
@@ -109,6 +112,7 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     grids = write_grids(run, rows, out_dir)
     if grids:
         lines += ["## Distilled images", ""] + grids
+    lines += choices_section(run)
     lines += failed_section(rows)
     lines += unreadable_section(unreadable)
     path = out_dir / "README.md"
@@ -118,6 +122,39 @@ def write_report(run: Store, out_dir: Path, formats: tuple[str, ...] = ("md",)) 
     if "html" in formats:
         write_html("\n".join(lines), out_dir)
     return path
+
+
+VALUE_CHARS = 60  # a longer value (a nested mapping) is cut in the table
+
+
+def choices_section(run: Store) -> list[str]:
+    """Every value the suite's entries set and where it was chosen (`ddbench.choices`); empty
+    for a run written before that record existed."""
+    if not run.exists(CHOSEN_ON_FILE):
+        return []
+    records = json.loads(run.read_text(CHOSEN_ON_FILE))
+    if not records:
+        return []
+
+    def short(text: str) -> str:
+        return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
+
+    body = [
+        [r["section"], r["entry"], r["param"], short(r["value"]), r["chosen_on"]] for r in records
+    ]
+    unrecorded = sum(r["chosen_on"] == UNRECORDED for r in records)
+    return [
+        "## Where the suite's values were chosen",
+        "",
+        "Every value the suite's method and eval entries set, and where it was chosen (the "
+        "entry's `chosen_on`): val = measured on the val split, paper = the method's paper or "
+        "code, budget = cut to fit a run time (not chosen for accuracy), val (Ray Tune) = the "
+        f"sweep's selection, --set = an override of this run. {unrecorded} of {len(records)} "
+        "values do not say where they were chosen (unrecorded).",
+        "",
+        *markdown_table(["section", "entry", "param", "value", "chosen on"], body),
+        "",
+    ]
 
 
 def failed_section(rows: pl.DataFrame) -> list[str]:
