@@ -250,9 +250,10 @@ def run_official_child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
+def spawn(spec: dict[str, Any], script: str = __file__) -> dict[str, Any]:
+    """Run `script --child SPEC` in a fresh process; its last stdout line, as JSON."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
+        [sys.executable, script, "--child", json.dumps(spec)],
         capture_output=True,
         text=True,
         check=False,
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             if method in LOOP_METHODS and ipc == args.amp_ipc:
                 configs.append((False, True))
             for loop, amp in configs:
-                row = _spawn({**base, "method": method, "ipc": ipc, "loop": loop, "amp": amp})
+                row = spawn({**base, "method": method, "ipc": ipc, "loop": loop, "amp": amp})
                 rows.append(row)
                 name = "loop   " if loop else "amp    " if amp else "batched"
                 print(
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             official = {"dm": args.official_dm, "datadam": args.official_datadam}.get(method)
             if official:  # right after ddbench's run of the same configuration
                 spec = {**base, "method": method, "ipc": ipc, "official": official}
-                theirs = _spawn(spec)
+                theirs = spawn(spec)
                 rows.append(theirs)
                 ours = next(
                     r

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -150,18 +149,6 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
     return {"s_per_epoch": seconds / (spec["epochs"] + 1), "top1": float(top1)}
 
 
-def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"child {spec} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=sorted(STRATEGY), default="cifar")
@@ -179,6 +166,8 @@ def main() -> int:
 
     import os
 
+    from distill_speed import spawn
+
     base = {"data": args.data, "epochs": args.epochs, "threads": args.threads or os.cpu_count()}
     configs = {f"ddbench_{p}": {"precision": p} for p in args.precisions}
     if args.official_dc:
@@ -187,7 +176,7 @@ def main() -> int:
     tic = time.perf_counter()
     for seed in range(args.seeds):
         for name, extra in configs.items():
-            run = _spawn({**base, **extra, "seed": seed})
+            run = spawn({**base, **extra, "seed": seed}, __file__)
             runs[name].append(run)
             print(
                 f"{name:14s} seed {seed}: {run['s_per_epoch'] * 1000:8.1f} ms/epoch  "
