@@ -21,9 +21,9 @@ steps on real batches before every generator step (DiM's code: 16; the paper cal
 - one Adam lr for both stages by default; DiM's code lowers generator's and discriminator's lr
   to 5e-6 for matching (`match_lr`, 1/20 of its GAN lr);
 - defaults are the paper's (logits, no matching augmentation, one lr): on val on digits
-  (suites/acceptance/dim_digits.yaml, one GAN per config, table in benchmarks/RESULTS.md) the
-  eight combinations spread over 73.7-83.4 %, inside the GAN's seed noise, so no choice was
-  shown to matter;
+  (suites/acceptance/dim_digits.yaml, two GANs per config, table in benchmarks/RESULTS.md) the
+  eight combinations' means spread over 76.4-82.8 % while one config's two GANs differ by up
+  to 10 points; the default's 82.1 % is among the best, and no choice was shown to matter;
 - the GAN stage is the `cgan` method's training loop (same code and parameters), run inside this
   job so `distill_seconds` counts DiM's whole cost.
 
