@@ -39,7 +39,8 @@ def value_choices(loaded: LoadedSuite) -> list[dict[str, Any]]:
     entries += [("evals", i, e.name, e) for i, e in enumerate(suite.evals)]
     for section, i, name, entry in entries:
         for param, value in entry.params.items():
-            if (section, i, "params", param) in loaded.set_locs:
+            loc = (section, i, "params", param)
+            if any(loc[:n] in loaded.set_locs for n in range(2, len(loc) + 1)):  # or its parent
                 chosen = OVERRIDDEN
             else:
                 chosen = entry.chosen_on.get(param, UNRECORDED)

@@ -56,6 +56,12 @@ def test_every_set_value_is_recorded_with_where_it_was_chosen(tmp_path):
         ("cross_arch", "epochs"): ("60", "budget"),
         ("cross_arch", "seeds"): ("2", UNRECORDED),
     }
+    whole = load_suite(write(tmp_path, SUITE), ["evals.cross_arch.params={epochs: 9}"])
+    assert [
+        (r["param"], r["chosen_on"]) for r in value_choices(whole) if r["section"] == "evals"
+    ] == [
+        ("epochs", OVERRIDDEN)  # an override of the whole params mapping covers its values
+    ]
     tuned = [r for r in records if r["chosen_on"] == TUNED]
     assert [(r["entry"], r["param"], json.loads(r["value"])) for r in tuned] == [
         ("dm", "batch_real", {"grid": [32, 64]})
