@@ -45,12 +45,15 @@ import time
 from typing import Any
 
 IPC = 10  # images per class of the evaluated set: the IPC the speed goal names
-# DSA strategies, the same on both sides: DC's for CIFAR-10, and ddbench's for digits (no flips)
-STRATEGY = {
-    "cifar": "color_crop_cutout_flip_scale_rotate",
-    "digits": "color_crop_cutout_scale_rotate",
-    "digits_rgb": "color_crop_cutout_scale_rotate",
-}
+# the dataset each `--data` stands for: its DSA strategy (`ddbench.augment.default_strategy`,
+# DC's for CIFAR-10, no flips for digits) is given to both sides
+DATASET = {"cifar": "cifar10", "digits": "digits", "digits_rgb": "digits"}
+
+
+def _strategy(data: str) -> str:
+    from ddbench.augment import default_strategy
+
+    return default_strategy(DATASET[data])
 
 
 def _data(name: str) -> tuple[Any, Any, Any, Any]:
@@ -101,12 +104,10 @@ def run_ddbench(spec: dict[str, Any]) -> dict[str, Any]:
         epochs=spec["epochs"],
         precision=spec["precision"],
         compile="off" if spec["precision"] == "fp32" else "auto",
-        dsa_strategy=STRATEGY[spec["data"]],
+        dsa_strategy=_strategy(spec["data"]),
     )
-    stats: dict[str, float] = {}
     start = time.perf_counter()
-    dataset = {"cifar": "cifar10", "digits": "digits", "digits_rgb": "digits"}[spec["data"]]
-    choice = train_model(model, x, y, recipe, dataset, spec["seed"], stats=stats, arch="convnet")
+    choice = train_model(model, x, y, recipe, DATASET[spec["data"]], spec["seed"], arch="convnet")
     seconds = time.perf_counter() - start
     top1 = accuracy(model, score_x, score_y, precision=choice.setup.precision)
     return {"s_per_epoch": seconds / spec["epochs"], "top1": top1, "path": choice.metrics}
@@ -120,6 +121,8 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from distill_speed import overlapping_write_shim
 
+    from ddbench.fit import Recipe
+
     torch.set_num_threads(spec["threads"])
     os.chdir(tempfile.mkdtemp(prefix="ddbench-official-"))
     sys.path.insert(0, spec["official"])
@@ -129,13 +132,14 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
     x, y, score_x, score_y = _data(spec["data"])
     _warm_imports()
     net = utils.get_network("ConvNet", x.shape[1], 10, (x.shape[2], x.shape[3]))
+    recipe = Recipe()  # the lr and batch the ddbench side trains with (DC's)
     args = types.SimpleNamespace(
         device="cpu",
-        lr_net=0.01,
+        lr_net=recipe.lr,
         epoch_eval_train=spec["epochs"],
-        batch_train=256,
+        batch_train=recipe.batch_size,
         dsa=True,
-        dsa_strategy=STRATEGY[spec["data"]],
+        dsa_strategy=_strategy(spec["data"]),
         dsa_param=utils.ParamDiffAug(),
         dc_aug_param=None,
     )
@@ -151,7 +155,7 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", choices=sorted(STRATEGY), default="cifar")
+    parser.add_argument("--data", choices=sorted(DATASET), default="cifar")
     parser.add_argument("--epochs", type=int, default=300, help="DC's evaluation without ZCA")
     parser.add_argument("--seeds", type=int, default=1, help="runs per configuration")
     parser.add_argument("--precisions", nargs="+", default=["auto", "fp32"])
