@@ -201,7 +201,13 @@ def _make_job(
 TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
 # the teacher's settings score nothing unless the selection trains on teacher labels: only then
 # are they in the job id
-TUNE_TEACHER_FIELDS = {"eval_temperature", "eval_teacher_arch", "eval_teacher_epochs"}
+TUNE_TEACHER_FIELDS = {
+    "eval_temperature",
+    "eval_teacher_arch",
+    "eval_teacher_epochs",
+    "eval_teacher_lr",
+    "eval_teacher_batch_size",
+}
 # fields added after tuned job ids were in use, each with the value (as `_selection_spec`
 # resolves it) that scores trials as before: at that value the field stays out of the job id,
 # so those jobs keep their ids (the rule of `MethodParams.added_fields`)
@@ -265,6 +271,8 @@ def _selection_spec(
             update["eval_temperature"] = protocol.temperature
             update["eval_teacher_arch"] = protocol.teacher_arch
             update["eval_teacher_epochs"] = protocol.teacher_epochs
+            update["eval_teacher_lr"] = protocol.teacher_lr
+            update["eval_teacher_batch_size"] = protocol.teacher_batch_size
     if tune.eval_recipe is None:
         dc_recipe = Recipe()
         update["eval_recipe"] = {

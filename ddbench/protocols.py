@@ -36,9 +36,15 @@ PAPER_PREFIX = "paper:"  # + method name: the method's own paper protocol
 PROTOCOL_PARAMS = ("labels", "sampling", "augment", "epochs", "optimizer")
 # the teacher of `labels: teacher` (D4M's soft labels), for cross_arch and Tune's selection alike:
 TEACHER_ARCH = "convnet"  # D4M: ConvNet-W128 on CIFAR (ResNet-18 on ImageNet)
-# whole-split epochs: a confident teacher matters (on digits a 60-epoch ConvNet's soft labels
-# are near-uniform and students learn little from them)
-TEACHER_EPOCHS = 300
+# how the teacher trains (`ddbench.teacher.teacher_recipe`): the shared DC recipe (SGD with
+# momentum 0.9, step schedule, weight decay 5e-4) at a larger step on smaller batches, for few
+# whole-split epochs. A confident teacher matters (soft labels near uniform teach little); chosen
+# on digits val against the DC recipe's own lr 0.01 / batch 256 for 300 epochs, which is as good
+# and 7x slower (benchmarks/soft_labels.py --teacher-*, figures in benchmarks/RESULTS.md).
+# Larger datasets may want more epochs: `teacher_epochs` in a suite
+TEACHER_EPOCHS = 40  # whole-split epochs (digits: 40 x 21 steps of 64 images)
+TEACHER_LR = 0.05  # SGD learning rate (5x the DC recipe's: few epochs)
+TEACHER_BATCH_SIZE = 64  # images per step (DC: 256; 4x the steps per epoch)
 # KD temperature T: the val winner among 1, 2, 4 and 20 on digits (random real images, IPC 10;
 # benchmarks/soft_labels.py, figures in benchmarks/RESULTS.md). D4M's scripts use 20, made for
 # 1,000 ImageNet classes: a 10-class teacher's targets are near uniform at 20

@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ddbench.choices import ChosenOn
 from ddbench.errors import UserError
-from ddbench.protocols import TEACHER_ARCH, TEACHER_EPOCHS, TEACHER_TEMPERATURE
+from ddbench.protocols import (
+    TEACHER_ARCH,
+    TEACHER_BATCH_SIZE,
+    TEACHER_EPOCHS,
+    TEACHER_LR,
+    TEACHER_TEMPERATURE,
+)
 from ddbench.registry import did_you_mean
 
 Loc = tuple[str | int, ...]
@@ -71,11 +77,13 @@ class TuneSpec(Strict):
     eval_sampling: Literal["fixed", "fresh", "time_matched"] | None = None
     # what the selection models learn: hard labels, the artifact's soft labels, or the soft
     # labels of a teacher trained on the whole train split (D4M's training-time matching;
-    # cross_arch's labels: teacher with the same temperature / arch / epochs shares its teacher)
+    # cross_arch's labels: teacher with the same T and teacher settings shares its teacher)
     eval_labels: Literal["hard", "soft", "teacher"] | None = None
     eval_temperature: float = Field(TEACHER_TEMPERATURE, gt=0)  # KD temperature T (cross_arch's)
     eval_teacher_arch: str = TEACHER_ARCH  # teacher network (cross_arch's default)
     eval_teacher_epochs: int = Field(TEACHER_EPOCHS, ge=1)  # its whole-split epochs (cross_arch's)
+    eval_teacher_lr: float = Field(TEACHER_LR, gt=0)  # its SGD learning rate (cross_arch's)
+    eval_teacher_batch_size: int = Field(TEACHER_BATCH_SIZE, ge=1)  # its batch (cross_arch's)
     # the selection models' optimiser: `ddbench.fit.OPTIMISER_FIELDS` over the shared DC recipe
     # ({} = the DC recipe); None = the protocol's, as for eval_sampling (d4m's paper protocol:
     # AdamW + cosine)

@@ -1,8 +1,8 @@
 """Teacher soft labels: D4M's training-time matching (TTM, FKD style), usable by any method.
 
 - `teacher_model(real, arch, recipe, seed, cache_dir, device)`: a network trained on the whole
-  real train split with the shared recipe (`ddbench.fit`; the whole-dataset reference's recipe;
-  `teacher_recipe` makes it from a student's recipe).
+  real train split with `recipe` (`ddbench.fit`); `teacher_recipe` makes it from a student's
+  recipe: the shared DC recipe's SGD at the teacher's own epochs, lr and batch size.
   It is a cached reference job: saved with safetensors under `cache_dir/teachers/<key>` where the
   key hashes everything that determines it (data content, arch, recipe, seed, this module's
   version). Concurrent cells take a file lock (`filelock.FileLock`, any OS), so the first trains
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor, nn
 
+from ddbench.protocols import TEACHER_BATCH_SIZE, TEACHER_EPOCHS, TEACHER_LR
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import atomic_write
 
@@ -155,14 +156,22 @@ def kd_loss(student_logits: Tensor, targets: Tensor, temperature: float) -> Tens
     return F.kl_div(log_student, targets, reduction="batchmean") * temperature**2
 
 
-def teacher_recipe(student: Recipe, epochs: int) -> Recipe:
-    """The recipe a teacher trains with: the shared (DC) recipe for `epochs` whole-split epochs,
-    with the student's augmentation and execution settings; the student's optimiser, schedule
-    and learning rate are its own (a D4M student's AdamW recipe does not retrain the teacher)."""
+def teacher_recipe(
+    student: Recipe,
+    epochs: int = TEACHER_EPOCHS,
+    lr: float = TEACHER_LR,
+    batch_size: int = TEACHER_BATCH_SIZE,
+) -> Recipe:
+    """The recipe a teacher trains with: the shared (DC) recipe's SGD and step schedule at `lr`
+    on batches of `batch_size` for `epochs` whole-split epochs (`ddbench.protocols` says why
+    these defaults), with the student's augmentation and execution settings; the student's
+    optimiser is its own (a D4M student's AdamW recipe does not retrain the teacher)."""
     from ddbench.fit import Recipe
 
     keep = ("augment", "dsa_strategy", "precision", "compile")
-    return Recipe(epochs=epochs, **{k: getattr(student, k) for k in keep})
+    return Recipe(
+        epochs=epochs, lr=lr, batch_size=batch_size, **{k: getattr(student, k) for k in keep}
+    )
 
 
 def teacher_labels(

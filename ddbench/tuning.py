@@ -56,6 +56,8 @@ class SelectionParams(EvalParams):
     temperature: float = Field(gt=0)  # TuneSpec.eval_temperature
     teacher_arch: str  # TuneSpec.eval_teacher_arch
     teacher_epochs: int = Field(ge=1)  # TuneSpec.eval_teacher_epochs
+    teacher_lr: float = Field(gt=0)  # TuneSpec.eval_teacher_lr
+    teacher_batch_size: int = Field(ge=1)  # TuneSpec.eval_teacher_batch_size
     recipe: dict[str, Any]  # TuneSpec.eval_recipe: optimiser fields over the DC recipe
 
 
@@ -81,7 +83,9 @@ class TuneSelection(Evaluator):
             labeler = teacher_labels(
                 real,
                 params.teacher_arch,
-                teacher_recipe(Recipe(), params.teacher_epochs),
+                teacher_recipe(
+                    Recipe(), params.teacher_epochs, params.teacher_lr, params.teacher_batch_size
+                ),
                 params.temperature,
                 ctx.cache_dir,
                 ctx.device,
@@ -161,6 +165,8 @@ def selection_cells(
         temperature=job.tune.eval_temperature,
         teacher_arch=job.tune.eval_teacher_arch,
         teacher_epochs=job.tune.eval_teacher_epochs,
+        teacher_lr=job.tune.eval_teacher_lr,
+        teacher_batch_size=job.tune.eval_teacher_batch_size,
         recipe=job.tune.eval_recipe or {},  # None only on a block the plan did not resolve
     )
     eval_params = params.model_dump(mode="json")

@@ -12,7 +12,13 @@ from ddbench.context import Context
 from ddbench.evals import EvalJob, get_eval
 from ddbench.fit import Recipe, fit_and_test, fit_artifact, train_model
 from ddbench.methods import get_method
-from ddbench.protocols import NEAR_UNIFORM_CERTAINTY, teacher_certainty
+from ddbench.protocols import (
+    NEAR_UNIFORM_CERTAINTY,
+    TEACHER_BATCH_SIZE,
+    TEACHER_EPOCHS,
+    TEACHER_LR,
+    teacher_certainty,
+)
 from ddbench.teacher import (
     TeacherLabels,
     kd_loss,
@@ -126,12 +132,16 @@ def test_confidence_is_the_mean_largest_probability_of_the_targets_given(digits)
     assert teacher_certainty(0.55, 2) == pytest.approx(0.1)
 
 
-def test_the_teacher_trains_with_the_shared_recipe_whatever_the_student_uses():
+def test_the_teacher_trains_with_sgd_whatever_the_student_uses():
     student = Recipe(
         epochs=7, optimizer="adamw", schedule="cosine", lr=1e-3, weight_decay=0.01, augment=False
     )
-    teacher = teacher_recipe(student, 40)
-    assert teacher == Recipe(epochs=40, augment=False)  # SGD, step schedule, DC lr and decay
+    teacher = teacher_recipe(student, 40, 0.05, 64)
+    # SGD with the DC recipe's momentum, step schedule and decay; the teacher's epochs, lr, batch
+    assert teacher == Recipe(epochs=40, lr=0.05, batch_size=64, augment=False)
+    assert teacher_recipe(Recipe()) == Recipe(
+        epochs=TEACHER_EPOCHS, lr=TEACHER_LR, batch_size=TEACHER_BATCH_SIZE
+    )
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1000.0], ids=["confident", "near_uniform"])

@@ -144,6 +144,8 @@ def test_selection_never_reads_the_test_split(digits, tmp_path, labels):
         temperature=4.0,
         teacher_arch="mlp",
         teacher_epochs=2,
+        teacher_lr=0.05,
+        teacher_batch_size=64,
         recipe={},
     )
     whole = {"arch": "mlp", "eval_seed": 0}
@@ -157,7 +159,13 @@ def test_selection_never_reads_the_test_split(digits, tmp_path, labels):
 def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_path, monkeypatch):
     idx = torch.cat([digits.class_indices(c)[:3] for c in digits.classes])
     job = EvalJob(ImageSet(digits.train_x[idx], digits.train_y[idx]), digits, 3, "digits")
-    teacher = {"temperature": 4.0, "teacher_arch": "mlp", "teacher_epochs": 2}
+    teacher = {
+        "temperature": 4.0,
+        "teacher_arch": "mlp",
+        "teacher_epochs": 2,
+        "teacher_lr": 0.05,
+        "teacher_batch_size": 64,
+    }
     ctx = Context(0)
     ctx.cache_dir = str(tmp_path)
     cell = {"arch": "mlp", "eval_seed": 0}
@@ -180,7 +188,7 @@ def test_selection_under_teacher_labels_shares_cross_arch_teacher(digits, tmp_pa
 
     soft = val_top1("teacher")
     assert len(list((tmp_path / "teachers").glob("mlp-*.safetensors"))) == 1
-    labeler = teacher_labels(digits, "mlp", Recipe(epochs=2), 4.0, tmp_path)
+    labeler = teacher_labels(digits, "mlp", Recipe(epochs=2, lr=0.05, batch_size=64), 4.0, tmp_path)
     top1, _ = fit_artifact(
         "mlp",
         job.artifact,

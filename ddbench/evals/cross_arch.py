@@ -17,17 +17,18 @@ row records it. Image sets ignore it. For generator artifacts each cell also wri
 architecture on it, DiM's Tab. 9), and under `time_matched` the images per class, epochs and
 seconds it actually used.
 
-`labels` says what the student learns (`ddbench.fit`): `hard` labels (default), the artifact's
-own `soft` labels, or a `teacher`'s soft labels regenerated every epoch under that epoch's
-augmentation, with KL at `temperature` (D4M's training-time matching). The teacher
-(`teacher_arch`) is trained on the whole train split with the shared recipe for
-`teacher_epochs` (a fixed seed) and cached under `<out>/cache/teachers/`, so every cell of a run
-shares one (`ddbench.teacher`). These are in `eval_params`, so every row records the label mode
-and the teacher; such a cell also writes the teacher's `teacher_top1` (val, test) and the
+`labels` says what the student learns (`ddbench.fit`): `hard` labels (default), the artifact's own
+`soft` labels, or a `teacher`'s soft labels regenerated every epoch under that epoch's augmentation,
+with KL at `temperature` (D4M's training-time matching). The teacher (`teacher_arch`) is trained on
+the whole train split with SGD (the shared recipe's optimiser and schedule) for `teacher_epochs` at
+`teacher_lr` on batches of `teacher_batch_size` (a fixed seed; `ddbench.protocols` gives the
+defaults' measurement) and cached under `<out>/cache/teachers/`, so every cell of a run shares one
+(`ddbench.teacher`). These are in `eval_params`, so every row records the label mode and the
+teacher; such a cell also writes the teacher's `teacher_top1` (val, test) and the
 `teacher_confidence` / `teacher_certainty` of the targets it gave, and warns when they were near
 uniform. Teacher labels pay under D4M's AdamW + cosine student recipe
-(`ddbench.protocols.SOFT_LABEL_RECIPE`, d4m's paper protocol) and trail hard labels under the
-shared DC recipe (benchmarks/RESULTS.md).
+(`ddbench.protocols.SOFT_LABEL_RECIPE`, d4m's paper protocol) and trail hard labels under the shared
+DC recipe (benchmarks/RESULTS.md).
 
 `protocol` says which evaluation protocols a job is evaluated under (`ddbench.protocols`):
 `shared` (default) trains every method with these params; `paper` trains each with its
@@ -61,7 +62,9 @@ from ddbench.protocols import (
     NEAR_UNIFORM_CERTAINTY,
     SHARED,
     TEACHER_ARCH,
+    TEACHER_BATCH_SIZE,
     TEACHER_EPOCHS,
+    TEACHER_LR,
     TEACHER_TEMPERATURE,
     paper_name,
     teacher_certainty,
@@ -88,6 +91,8 @@ class CrossArchParams(EvalParams, Recipe):
     temperature: float = Field(TEACHER_TEMPERATURE, gt=0)  # KD temperature T of `teacher`
     teacher_arch: ArchName = TEACHER_ARCH  # the teacher network (`ddbench.protocols`)
     teacher_epochs: int = Field(TEACHER_EPOCHS, ge=1)  # its whole-split epochs
+    teacher_lr: float = Field(TEACHER_LR, gt=0)  # its SGD learning rate
+    teacher_batch_size: int = Field(TEACHER_BATCH_SIZE, ge=1)  # its images per step
     # train an arch's seeds at once with torch.func.vmap: auto = on GPUs only (faster there,
     # slower on this CPU: benchmarks/RESULTS.md); on = also on CPUs; off = one cell per seed
     vectorise: Literal["auto", "on", "off"] = "auto"
@@ -118,8 +123,8 @@ class CrossArch(Evaluator):
     version = 1
     Params = CrossArchParams
     # seconds per cell on digits (the teacher of `labels: teacher`, e.g. d4m's paper protocol,
-    # included: its default 300 whole-split epochs would outlast every smoke cell)
-    smoke = {"epochs": 20, "seeds": 2, "whole_set_epochs": 3, "teacher_epochs": 20}
+    # included: its default 40 whole-split epochs would outlast every smoke cell)
+    smoke = {"epochs": 20, "seeds": 2, "whole_set_epochs": 3, "teacher_epochs": 5}
 
     def cells(self, device: str, params: CrossArchParams) -> list[dict[str, Any]]:
         cells: list[dict[str, Any]] = []
@@ -168,7 +173,9 @@ class CrossArch(Evaluator):
             labeler = teacher_labels(
                 job.real,
                 params.teacher_arch,
-                teacher_recipe(recipe, params.teacher_epochs),
+                teacher_recipe(
+                    recipe, params.teacher_epochs, params.teacher_lr, params.teacher_batch_size
+                ),
                 params.temperature,
                 ctx.cache_dir,
                 ctx.device,
