@@ -135,6 +135,9 @@ def test_quickstart_smoke_on_embedded_ray(tmp_path):
     text = (reports / "quickstart" / "README.md").read_text()
     assert "### IPC 1" in text and "| random_real |" in text and "whole_dataset" in text
     assert "Gain over random_real" in text
+    assert "## Top-1 by method and architecture: each method's paper protocol" in text
+    for method in ("cgan", "dim", "d2m", "d4m"):  # each under its paper's protocol too
+        assert f"| {method} (paper:{method}) |" in text
     assert "| methods | dm | iterations | 5 | budget |" in text  # the smoke profile's value
     assert (reports / "quickstart" / "accuracy_vs_ipc.png").stat().st_size > 1000
     assert list((reports / "quickstart" / "grids").glob("*.png"))
