@@ -159,7 +159,10 @@ class Recipe(BaseModel):
 class BatchLabeler(Protocol):
     """Targets for each augmented training batch and the loss against them (`ddbench.teacher`)."""
 
-    def targets(self, x: torch.Tensor) -> torch.Tensor: ...
+    def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Targets for the augmented batch `x`, whose own labels are `labels` (class ids, or
+        soft rows): what the student trains on instead of them."""
+        ...
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
@@ -220,8 +223,8 @@ def train_model(
     `arch` (the registry name of `model`) lets the recipe's `auto` choices be calibrated for it
     (`ddbench.fastpath.choose_setup`, at the first batch); without it the run is fp32 eager.
 
-    `labeler`, when given, replaces each batch's labels by `labeler.targets(augmented batch)` and
-    the loss by `labeler.loss` (teacher soft labels, regenerated every epoch).
+    `labeler`, when given, replaces each batch's labels by `labeler.targets(augmented batch,
+    its labels)` and the loss by `labeler.loss` (teacher soft labels, regenerated every epoch).
 
     `data_source(epoch)`, when given, replaces (x, y) every epoch (fresh generator draws).
     `deadline_s` stops training at the first epoch boundary where one more epoch (at the mean
@@ -264,7 +267,7 @@ def train_model(
             if choice.setup.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             if labeler is not None:  # soft labels of this epoch's augmented batch
-                yb = labeler.targets(xb)
+                yb = labeler.targets(xb, yb)
             with autocast(device, choice.setup.precision):
                 logits = forward(xb)
                 loss = labeler.loss(logits, yb) if labeler is not None else loss_fn(logits, yb)

@@ -16,9 +16,11 @@
   (D4M Eq. 8; FKD regenerates them per crop). It measures how confident the targets it gave
   were (`confidence`), which evaluators write as a row. `teacher_labels(...)` builds one from
   the cached teacher; evaluators (`cross_arch`, Tune's selection in `ddbench.tuning`) go
-  through it, so equal settings share one teacher.
+  through it, so equal settings share one teacher. It also measures how often the teacher's
+  top class was the image's own label (`agreement`): a teacher that disagrees with a
+  distillate's labels teaches another task than its images were made for.
 
-To use another target (e.g. an ensemble), write an object with `targets(x)` and
+To use another target (e.g. an ensemble), write an object with `targets(x, labels)` and
 `loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
 """
 
@@ -193,7 +195,8 @@ class TeacherLabels:
     """Per-batch soft labels from a teacher (the `labeler` of `ddbench.fit.train_model`).
 
     It keeps the mean over every target it gave of the largest class probability
-    (`confidence`): 1/K means uniform targets (K classes), which teach a student nothing."""
+    (`confidence`): 1/K means uniform targets (K classes), which teach a student nothing; and
+    the share of those targets whose largest class is the image's own label (`agreement`)."""
 
     def __init__(
         self, teacher: nn.Module, temperature: float, teacher_stats: dict[str, Any] | None = None
@@ -204,11 +207,15 @@ class TeacherLabels:
         # sum over the targets given of their largest probability (a tensor on the teacher's
         # device: adding to it does not wait for the GPU)
         self._max_prob_sum: Tensor | float = 0.0
+        self._agreed: Tensor | float = 0.0  # targets whose top class was the image's label
         self._targets_given = 0
 
-    def targets(self, x: Tensor) -> Tensor:
+    def targets(self, x: Tensor, labels: Tensor) -> Tensor:
         probs = teacher_targets(self.teacher, x, self.temperature)
-        self._max_prob_sum = self._max_prob_sum + probs.max(dim=1).values.sum()
+        top = probs.max(dim=1)
+        own = labels.argmax(dim=1) if labels.dim() == 2 else labels
+        self._max_prob_sum = self._max_prob_sum + top.values.sum()
+        self._agreed = self._agreed + (top.indices == own.to(top.indices.device)).sum()
         self._targets_given += len(probs)
         return probs
 
@@ -216,6 +223,12 @@ class TeacherLabels:
     def confidence(self) -> float | None:
         """Mean largest probability of the targets given so far (None before the first)."""
         return float(self._max_prob_sum) / self._targets_given if self._targets_given else None
+
+    @property
+    def agreement(self) -> float | None:
+        """Share of the targets given so far whose largest class was the image's own label
+        (None before the first)."""
+        return float(self._agreed) / self._targets_given if self._targets_given else None
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         return kd_loss(logits, targets, self.temperature)

@@ -299,6 +299,7 @@ def test_report_shows_the_teacher_and_flags_near_uniform_targets(tmp_path):
             ("test", "teacher_top1", 0.96),
             ("test", "teacher_confidence", confidence),
             ("test", "teacher_certainty", (confidence - 0.1) / 0.9),
+            ("test", "teacher_agreement", 0.9),
         ]
         rows += [
             row(
@@ -318,8 +319,10 @@ def test_report_shows_the_teacher_and_flags_near_uniform_targets(tmp_path):
     write_rows(store, "results/cross_arch/rows.parquet", rows)
     text = write_report(store, tmp_path / "report").read_text()
     section = text.split("## Teacher soft labels")[1].split("\n## ")[0]
-    assert "| paper:d4m | d4m_t1 | 10 | 1.0 | 97.0 | 96.0 | 0.820 | 0.800 |" in section
-    flagged = "| paper:d4m | d4m_t20 | 10 | 20.0 | 97.0 | 96.0 | 0.120 | 0.022 **near uniform** |"
+    assert "| paper:d4m | d4m_t1 | 10 | 1.0 | 97.0 | 96.0 | 0.820 | 0.800 | 0.900 |" in section
+    flagged = (
+        "| paper:d4m | d4m_t20 | 10 | 20.0 | 97.0 | 96.0 | 0.120 | 0.022 **near uniform** | 0.900 |"
+    )
     assert flagged in section
     assert "**Warning**: in 1 row(s) the targets were near uniform" in section
 

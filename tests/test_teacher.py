@@ -77,9 +77,9 @@ class Recording(TeacherLabels):
         super().__init__(teacher, temperature)
         self.batches: list[torch.Tensor] = []
 
-    def targets(self, x):
+    def targets(self, x, labels):
         self.batches.append(x.detach().clone())
-        return super().targets(x)
+        return super().targets(x, labels)
 
 
 def test_soft_labels_are_regenerated_per_batch_after_augmentation(digits):
@@ -120,13 +120,22 @@ def test_hard_path_is_unchanged_and_label_modes_differ(digits):
     assert taught != direct
 
 
-def test_confidence_is_the_mean_largest_probability_of_the_targets_given(digits):
+def test_confidence_and_agreement_are_means_over_the_targets_given(digits):
     teacher = teacher_model(digits, "mlp", QUICK)
     labels = TeacherLabels(teacher, 2.0)
-    assert labels.confidence is None  # nothing given yet
-    given = [labels.targets(digits.val_x[:30]), labels.targets(digits.val_x[30:50])]
+    assert labels.confidence is None and labels.agreement is None  # nothing given yet
+    y = digits.val_y[:50]
+    wrong = (y[30:] + 1) % 10  # the second batch's labels: all other classes, as soft rows
+    given = [
+        labels.targets(digits.val_x[:30], y[:30]),
+        labels.targets(digits.val_x[30:50], torch.nn.functional.one_hot(wrong, 10).float()),
+    ]
     expected = float(torch.cat(given).max(dim=1).values.mean())
     assert labels.confidence == pytest.approx(expected, rel=1e-6)
+    top = torch.cat(given).argmax(dim=1)
+    agreed = (top[:30] == y[:30]).sum() + (top[30:] == wrong).sum()
+    assert labels.agreement == pytest.approx(float(agreed) / 50)
+    assert (top[:30] == y[:30]).float().mean() > 0.5  # a trained teacher mostly agrees
     assert teacher_certainty(0.1, 10) == pytest.approx(0.0)  # uniform over 10 classes
     assert teacher_certainty(1.0, 10) == pytest.approx(1.0)  # one-hot
     assert teacher_certainty(0.55, 2) == pytest.approx(0.1)
@@ -172,6 +181,7 @@ def test_cross_arch_records_the_teacher_and_warns_on_near_uniform_targets(
     assert 0.1 <= confidence <= 1.0
     certainty = measured[("test", "teacher_certainty")]
     assert certainty == pytest.approx(teacher_certainty(confidence, digits.num_classes))
+    assert 0.0 <= measured[("test", "teacher_agreement")] <= 1.0
     near_uniform = certainty < NEAR_UNIFORM_CERTAINTY
     assert near_uniform == (temperature > 1.0)  # T=1000: every target near 1/10
     assert ("near uniform" in caplog.text) == near_uniform

@@ -234,8 +234,9 @@ class CrossArch(Evaluator):
 def _teacher_rows(
     arch: str, seed: int, labeler: TeacherLabels, num_classes: int
 ) -> list[dict[str, Any]]:
-    """What the student learned from: the teacher's own top-1 per split (from its cache record)
-    and how confident the targets it gave were; warns when they were near uniform."""
+    """What the student learned from: the teacher's own top-1 per split (from its cache record),
+    how confident the targets it gave were and how often their top class was the image's own
+    label; warns when they were near uniform."""
     measured = {
         (split, "teacher_top1"): labeler.teacher_stats.get(f"{split}_top1")
         for split in ("val", "test")
@@ -245,6 +246,7 @@ def _teacher_rows(
         certainty = teacher_certainty(confidence, num_classes)
         measured[("test", "teacher_confidence")] = confidence
         measured[("test", "teacher_certainty")] = certainty
+        measured[("test", "teacher_agreement")] = labeler.agreement
         if certainty < NEAR_UNIFORM_CERTAINTY:
             LOGGER.warning(
                 "%s seed %d: the teacher's targets at T=%g were near uniform (mean largest "

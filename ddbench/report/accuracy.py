@@ -210,8 +210,9 @@ def image_change_section(rows: pl.DataFrame) -> list[str]:
 def teacher_section(rows: pl.DataFrame) -> list[str]:
     """What students trained on teacher soft labels learned from, per protocol, method, IPC and
     temperature, over every evaluation config of the run: the teacher's val and test top-1,
-    the mean largest probability of its targets (`teacher_confidence`) and its certainty
-    (0 = uniform, 1 = one-hot); a row whose certainty is under `NEAR_UNIFORM_CERTAINTY` is
+    the mean largest probability of its targets (`teacher_confidence`), its certainty
+    (0 = uniform, 1 = one-hot) and how often the targets' top class was the image's own label
+    (`teacher_agreement`); a row whose certainty is under `NEAR_UNIFORM_CERTAINTY` is
     flagged, since such targets teach little. Empty when no cell trained on a teacher's
     labels."""
     teacher = rows.filter(
@@ -246,6 +247,7 @@ def teacher_section(rows: pl.DataFrame) -> list[str]:
                 *(_percent(r.get(f"teacher_top1_{split}")) for split in ("val", "test")),
                 _fraction(r.get("teacher_confidence_test")),
                 _fraction(certainty) + (" **near uniform**" if near_uniform else ""),
+                _fraction(r.get("teacher_agreement_test")),
             ]
         )
     header = ["protocol", "method", "ipc", "T", "teacher val", "teacher test", "confidence"]
@@ -254,9 +256,12 @@ def teacher_section(rows: pl.DataFrame) -> list[str]:
         "",
         "The teacher behind every `labels: teacher` cell: its own top-1 (%), the mean largest "
         "probability of the targets it gave the students (confidence) and how far that is from "
-        "uniform targets towards one-hot ones (certainty: 0 to 1), averaged over the cells.",
+        "uniform targets towards one-hot ones (certainty: 0 to 1), and the share of them whose "
+        "top class was the training image's own label (agreement: low when the teacher reads "
+        "the distillate's images as other classes, so the students learn another labelling "
+        "than the one the images were made for), averaged over the cells.",
         "",
-        *markdown_table([*header, "certainty"], body),
+        *markdown_table([*header, "certainty", "agreement"], body),
         "",
     ]
     if flagged:
