@@ -14,14 +14,25 @@ from ddbench.errors import UserError
 from ddbench.methods import get_method
 from ddbench.methods._pixel import SyntheticSet
 from ddbench.methods.datadam import activation_maps, resolve_task_balance, spatial_attention
-from ddbench.methods.dm import augment_classes, class_means
+from ddbench.methods.dm import (
+    FORWARD_BLOCK_ROWS,
+    augment_classes,
+    class_means,
+    first_forward_rows,
+)
 
 METHODS = ["dm", "datadam"]
 # seconds on digits; the forward path pinned (NCHW, eager), since these tests compare two
 # computations of one loss (batched vs per-class, whole vs chunked) whose forwards have other
 # shapes: under `auto` each shape is timed on its own and may take another layout, which rounds
 # differently (an Xeon with AMX took channels-last for one: gradients 5.8e-6 apart, over atol)
-FAST = {"iterations": 3, "batch_real": 16, "channels_last": "off", "compile": "off"}
+FAST = {
+    "iterations": 3,
+    "batch_real": 16,
+    "channels_last": "off",
+    "compile": "off",
+    "forward_blocks": "off",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,6 +89,22 @@ def test_forward_chunks_do_not_change_the_loss(name, digits):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_forward_blocks_do_not_change_the_loss(name, digits):
+    """Blocks of FORWARD_BLOCK_ROWS images (160 real rows here: 3 blocks) give the one call's
+    loss and pixel gradients; a BatchNorm network refuses them (its statistics span a batch)."""
+    _, whole = _params(name)
+    _, blocked = _params(name, forward_blocks="on")
+    assert first_forward_rows(digits, blocked) > FORWARD_BLOCK_ROWS
+    loss_w, grad_w = _loss_and_grad(name, digits, whole, 0)
+    loss_b, grad_b = _loss_and_grad(name, digits, blocked, 0)
+    torch.testing.assert_close(loss_w, loss_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_w, grad_b, rtol=1e-4, atol=1e-6)
+    _, batch_norm = _params(name, forward_blocks="on", arch="convnet_bn")
+    with pytest.raises(ValueError, match="forward_blocks: on needs a network without batch"):
+        _loss_and_grad(name, digits, batch_norm, 0)
 
 
 def test_class_augmentation_matches_per_class_dsa():

@@ -89,6 +89,7 @@ def test_execution_knobs_do_not_move_ids(tmp_path):
         "methods.dm.params.checkpoint_every=7",
         "methods.dm.params.compile=off",
         "methods.dm.params.channels_last=on",
+        "methods.dm.params.forward_blocks=off",
         "methods.dm_tuned.tune.max_concurrent_trials=2",
         "methods.cgan.params.checkpoint_every=3",
     ]

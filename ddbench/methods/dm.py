@@ -34,9 +34,11 @@ removes the per-call overhead of 2 x classes small forwards and backwards, not F
 largest where calls are expensive (GPU kernel launches) and smaller on a CPU (measured in
 benchmarks/RESULTS.md). A single forward holds classes x batch_real activations at once (about
 3.7 GB peak RSS for CIFAR-10 shapes at batch_real 256); `forward_chunk` bounds that without
-changing the loss. The forward's memory layout (`channels_last`) and whether it is compiled
-(`compile`) are chosen by measuring the job's own forward (`MatchingForward`): on a 2-core CPU,
-compiling the forward halved DM's iteration at IPC 10 (benchmarks/RESULTS.md).
+changing the loss. The forward's memory layout (`channels_last`), whether it is compiled
+(`compile`) and whether it runs in blocks of 64 images (`forward_blocks`) are chosen by measuring
+the job's own forward (`MatchingForward`): on a 2-core CPU, compiling the forward halved DM's
+iteration at IPC 10, and blocks, which keep the first layer's activations in cache, took another
+10-25 % off it (benchmarks/RESULTS.md).
 
 Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what ddbench uses:
 
@@ -52,6 +54,7 @@ Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what dd
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -78,6 +81,8 @@ from ddbench.methods._pixel import (
 )
 from ddbench.protocols import DATADAM_TABLE_1, published_table
 
+# A matching forward's execution path: (channels_last, compiled, blocked).
+Path = tuple[bool, bool, bool]
 # Per-sample statistics of a batch: one [N, D_k] tensor per matched quantity (DM: the embedding;
 # DataDAM: one attention vector per intermediate layer, then the embedding).
 StatsFn = Callable[[FeatureModel, torch.Tensor], list[torch.Tensor]]
@@ -97,14 +102,26 @@ class MeanMatchParams(PixelParams):
     # iteration's new random weights are inputs of it): auto = where the calibration says the
     # compile time pays over the job's iterations (`MatchingForward`)
     compile: Switch = "auto"
+    # run each matching forward in blocks of FORWARD_BLOCK_ROWS images, so a block's large
+    # first-layer activations stay in cache; only for networks without batch statistics (the
+    # result is the same per image): auto = where the calibration measures it faster
+    forward_blocks: Switch = "auto"
     execution_fields: ClassVar[frozenset[str]] = frozenset(
-        {"checkpoint_every", "channels_last", "compile"}
+        {"checkpoint_every", "channels_last", "compile", "forward_blocks"}
     )  # rounding at most: not in job ids
+
+
+PAIRED_ROUNDS = 3  # alternating rounds timing a forward whole and in blocks (median of each)
+# images per block of a blocked matching forward (`forward_blocks`): the compiled ConvNet-3
+# embedding of 2,560 CIFAR-shaped images took 2.97 s in one call, 2.16 s in blocks of 16, 1.97 s
+# of 64 and 2.83 s of 256 (Xeon-AMX, 2 threads; benchmarks/RESULTS.md)
+FORWARD_BLOCK_ROWS = 64
 
 
 class MatchingForward:
     """How the iteration's random network computes the matched statistics (`stats_fn(net, x)`):
-    memory layout (NCHW or channels-last) and eager or compiled, chosen once per job.
+    memory layout (NCHW or channels-last), eager or compiled, and in one call or in blocks of
+    `FORWARD_BLOCK_ROWS` images, chosen once per job.
 
     Compiling. The network is rebuilt with new random weights every iteration, so the compiled
     function takes the weights as inputs (`torch.func.functional_call` on a copy of the first
@@ -116,8 +133,12 @@ class MatchingForward:
     work), the allowed layouts are timed eager; where `iterations x` the best eager time exceeds
     `fastpath.COMPILE_WORTH_TRYING_S`, the compiled variants are timed too, compile time
     included. The path with the least `compile_s + iterations x step_s` is taken, a compiled one
-    only when it beats the best eager by the calibration's margin. Measurements are cached per
-    device model and shape like `ddbench.fastpath`'s, so a node calibrates a shape once.
+    only when it beats the best eager by the calibration's margin. Then that path is timed in
+    blocks (a network without batch statistics only: blocks change no image's result beyond
+    rounding) and blocks are taken when they beat it by the margin: on a CPU the first layer's
+    activations of thousands of images (1.3 GB for 2,560 CIFAR images) make one call
+    memory-bound. Measurements are cached per device model and shape like `ddbench.fastpath`'s,
+    so a node calibrates a shape once.
 
     Workers. The paths round differently (a channels-last convolution is another summation
     order), so the choice must not depend on the worker count. It is made for the job's
@@ -130,7 +151,7 @@ class MatchingForward:
     def __init__(self, stats_fn: StatsFn, params: MeanMatchParams, name: str, rows: int) -> None:
         self.stats_fn, self.params, self.name = stats_fn, params, name
         self.rows = rows  # images of the one-worker job's first forward: the calibrated shape
-        self.path: tuple[bool, bool] | None = None  # (channels_last, compiled), once chosen
+        self.path: Path | None = None  # (channels_last, compiled, blocked), once chosen
         self.compiled: dict[bool, Callable[..., list[torch.Tensor]]] = {}
 
     def __call__(self, net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
@@ -138,12 +159,16 @@ class MatchingForward:
             self.path = self._choose(net, x)
         return self._run(self.path, net, x)
 
-    def _run(
-        self, path: tuple[bool, bool], net: FeatureModel, x: torch.Tensor
-    ) -> list[torch.Tensor]:
-        channels_last, compiled = path
+    def _run(self, path: Path, net: FeatureModel, x: torch.Tensor) -> list[torch.Tensor]:
+        channels_last, compiled, blocked = path
         layout = torch.channels_last if channels_last else torch.contiguous_format
         net.to(memory_format=layout)
+        if blocked and len(x) > FORWARD_BLOCK_ROWS:
+            parts = [
+                self._run((channels_last, compiled, False), net, block)
+                for block in torch.split(x, FORWARD_BLOCK_ROWS)
+            ]
+            return [torch.cat(column) for column in zip(*parts, strict=True)]
         x = x.contiguous(memory_format=layout)
         if not compiled:
             return self.stats_fn(net, x)
@@ -173,7 +198,7 @@ class MatchingForward:
 
         return torch.compile(run)
 
-    def _choose(self, net: FeatureModel, x: torch.Tensor) -> tuple[bool, bool]:
+    def _choose(self, net: FeatureModel, x: torch.Tensor) -> Path:
         from ddbench.fastpath import (
             COMPILE_WORTH_TRYING_S,
             MARGIN,
@@ -187,18 +212,29 @@ class MatchingForward:
         compiles = allowed[self.params.compile]
         if torch.device(x.device).type == "cpu" and not _have_compiler():
             compiles = [False]
-        if len(layouts) * len(compiles) == 1:
-            return layouts[0], compiles[0]
+        blocks = allowed[self.params.forward_blocks]
+        if _has_batch_statistics(net):
+            if blocks == [True]:
+                raise ValueError(
+                    f"forward_blocks: on needs a network without batch statistics; "
+                    f"{self.params.arch} has BatchNorm (use forward_chunk to bound memory)"
+                )
+            blocks = [False]
+        if self.rows <= FORWARD_BLOCK_ROWS:  # one block: nothing to split
+            blocks = [False]
+        if len(layouts) * len(compiles) * len(blocks) == 1:
+            return layouts[0], compiles[0], blocks[0]
         device, iterations = str(x.device), self.params.iterations
         shape = (x.shape[1], x.shape[2], x.shape[3])
         key = shape_key(self.params.arch, shape, self.rows, device, stats=self.name)
         if len(x) != self.rows:  # a shard (or chunk) of the one-worker forward: time that
             x = x[torch.arange(self.rows, device=x.device) % len(x)]
 
-        def name(path: tuple[bool, bool]) -> str:
-            return f"{'cl' if path[0] else 'nchw'}_{'compiled' if path[1] else 'eager'}"
+        def name(path: Path) -> str:
+            blocked = f"_blocks{FORWARD_BLOCK_ROWS}" if path[2] else ""
+            return f"{'cl' if path[0] else 'nchw'}_{'compiled' if path[1] else 'eager'}{blocked}"
 
-        def measure(paths: list[tuple[bool, bool]]) -> dict[str, float]:
+        def measure(paths: list[Path]) -> dict[str, float]:
             out = {}
             with torch.no_grad():
                 for path in paths:
@@ -213,22 +249,54 @@ class MatchingForward:
                         out[f"{name(path)}/compile"] = max(0.0, first - out[name(path)])
             return out
 
-        def cost(seconds: dict[str, float], path: tuple[bool, bool]) -> float:
+        def measure_pair(whole: Path, blocked: Path) -> dict[str, float]:
+            """`whole` (measured above) against `blocked` in alternating rounds, after the
+            blocked path's first call (its compile, if compiled): a compiled graph can slow
+            down once a second shape makes it dynamic, which must hit both alike."""
+            with torch.no_grad():
+                self._run(whole, net, x)  # compiled here if its timing came from the cache
+                tic = time.perf_counter()
+                self._run(blocked, net, x)
+                out = {f"{name(blocked)}/first_call": time.perf_counter() - tic}
+                rounds: dict[Path, list[float]] = {whole: [], blocked: []}
+                for _ in range(PAIRED_ROUNDS):
+                    for path, times in rounds.items():
+                        times.append(
+                            median_seconds(lambda p=path: self._run(p, net, x), device, 1, 0)
+                        )
+            return out | {f"{name(p)}/paired": statistics.median(t) for p, t in rounds.items()}
+
+        def cost(seconds: dict[str, float], path: Path) -> float:
             return seconds.get(f"{name(path)}/compile", 0.0) + iterations * seconds[name(path)]
 
+        def names(paths: list[Path]) -> list[str]:
+            return [n for p in paths for n in (name(p), *([f"{name(p)}/compile"] * p[1]))]
+
+        first_blocked = blocks == [True]  # `on`: every candidate runs in blocks
         with torch.random.fork_rng(devices=[]):  # measuring draws nothing the job sees
-            eager = [(layout, False) for layout in layouts] if False in compiles else []
-            seconds = calibrated(key, [name(p) for p in eager], lambda: measure(eager))
+            eager = [(cl, False, first_blocked) for cl in layouts] if False in compiles else []
+            seconds = calibrated(key, names(eager), lambda: measure(eager))
             best = min(eager, key=lambda p: cost(seconds, p)) if eager else None
             if True in compiles and (best is None or cost(seconds, best) > COMPILE_WORTH_TRYING_S):
-                fast = [(layout, True) for layout in layouts]
-                names = [n for p in fast for n in (name(p), f"{name(p)}/compile")]
-                seconds = {**seconds, **calibrated(key, names, lambda: measure(fast))}
+                fast = [(cl, True, first_blocked) for cl in layouts]
+                seconds = {**seconds, **calibrated(key, names(fast), lambda: measure(fast))}
                 quickest = min(fast, key=lambda p: cost(seconds, p))
                 if best is None or cost(seconds, quickest) < cost(seconds, best) * (1 - MARGIN):
                     best = quickest
+            assert best is not None
+            if len(blocks) == 2:  # auto: the chosen path in blocks, taken where it pays
+                blocked = (best[0], best[1], True)
+                pair = [f"{name(best)}/paired", f"{name(blocked)}/paired"]
+                first = f"{name(blocked)}/first_call"
+                seconds = {
+                    **seconds,
+                    **calibrated(key, [*pair, first], lambda: measure_pair(best, blocked)),
+                }
+                extra_first_call = max(0.0, seconds[first] - seconds[pair[1]])
+                blocked_cost = extra_first_call + iterations * seconds[pair[1]]
+                if blocked_cost < iterations * seconds[pair[0]] * (1 - MARGIN):
+                    best = blocked
         self.compiled.clear()  # the chosen compiled path recompiles (from inductor's cache)
-        assert best is not None
         return best
 
 
@@ -241,6 +309,12 @@ def first_forward_rows(real: RealData, params: MeanMatchParams) -> int:
         return per_class[0]
     rows = sum(per_class)
     return min(rows, params.forward_chunk) if params.forward_chunk > 0 else rows
+
+
+def _has_batch_statistics(net: torch.nn.Module) -> bool:
+    """Whether a layer of `net` normalises with statistics over the batch (BatchNorm), so a
+    block's result would depend on which images share it."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def _have_compiler() -> bool:
