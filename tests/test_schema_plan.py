@@ -91,7 +91,14 @@ def test_plan_counts_cells():
     # a generator is one job evaluated at every IPC; whole_dataset is one cell group at ipc 0
     n_groups = sum(len(j.eval_ipcs) for j in evaluated)
     assert n_groups == (len(suite.methods) - 1) * len(suite.ipc) + 1
-    assert len(plan.cells) == per_job * n_groups
+    # `protocol: both`: a second group per IPC for each method with a paper protocol of its own
+    own = {"cgan", "dim", "d2m", "d4m"}
+    assert {j.method for j in evaluated if j.method in own} == own
+    paper_groups = sum(len(j.eval_ipcs) for j in evaluated if j.method in own)
+    assert len(plan.cells) == per_job * (n_groups + paper_groups)
+    paper = [c for c in plan.cells if c.protocol != "shared"]
+    assert {c.protocol for c in paper} == {f"paper:{m}" for m in own}
+    assert len(paper) == per_job * paper_groups
     only = make_plan(load_suite(QUICK), only="herd*")
     assert {j.method for j in only.jobs} == {"herding"}
 
@@ -106,6 +113,8 @@ def test_plan_groups_convnet_seeds_when_eval_cells_get_a_gpu():
     grouped = [c for c in gpu.cells if "eval_seeds" in c.cell]
     assert grouped and {c.cell["arch"] for c in grouped} == {"convnet"}
     assert all(c.cell["eval_seeds"] == list(range(seeds)) for c in grouped)
-    convnet_cells = [c for c in cpu.cells if c.cell["arch"] == "convnet"]
+    # paper protocols with fresh draws, time budgets or a teacher stay per seed
+    assert {c.protocol for c in grouped} == {"shared"}
+    convnet_cells = [c for c in cpu.cells if c.cell["arch"] == "convnet" and c.protocol == "shared"]
     assert len(convnet_cells) == seeds * len(grouped)
     assert len(gpu.cells) == len(cpu.cells) - len(grouped) * (seeds - 1)
