@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ddbench.protocols import PROTOCOL_PARAMS, SHARED, MethodFacts
+from ddbench.protocols import PROTOCOL_PARAMS, SHARED, TEACHER_SETTINGS, MethodFacts
 from ddbench.schema import WHOLE_SPLIT_IPC, to_json
 from ddbench.seeding import content_hash
 from ddbench.spec import LoadedSuite, TuneSpec
@@ -201,13 +201,7 @@ def _make_job(
 TUNE_EXECUTION_FIELDS = {"max_concurrent_trials"}
 # the teacher's settings score nothing unless the selection trains on teacher labels: only then
 # are they in the job id
-TUNE_TEACHER_FIELDS = {
-    "eval_temperature",
-    "eval_teacher_arch",
-    "eval_teacher_epochs",
-    "eval_teacher_lr",
-    "eval_teacher_batch_size",
-}
+TUNE_TEACHER_FIELDS = {f"eval_{name}" for name in TEACHER_SETTINGS}
 # fields added after tuned job ids were in use, each with the value (as `_selection_spec`
 # resolves it) that scores trials as before: at that value the field stays out of the job id,
 # so those jobs keep their ids (the rule of `MethodParams.added_fields`)
@@ -268,11 +262,7 @@ def _selection_spec(
     if tune.eval_labels is None:
         update["eval_labels"] = protocol.labels
         if protocol.labels == "teacher":  # the same teacher as cross_arch's: one cached model
-            update["eval_temperature"] = protocol.temperature
-            update["eval_teacher_arch"] = protocol.teacher_arch
-            update["eval_teacher_epochs"] = protocol.teacher_epochs
-            update["eval_teacher_lr"] = protocol.teacher_lr
-            update["eval_teacher_batch_size"] = protocol.teacher_batch_size
+            update |= {f"eval_{name}": getattr(protocol, name) for name in TEACHER_SETTINGS}
     if tune.eval_recipe is None:
         dc_recipe = Recipe()
         update["eval_recipe"] = {

@@ -45,6 +45,16 @@ TEACHER_ARCH = "convnet"  # D4M: ConvNet-W128 on CIFAR (ResNet-18 on ImageNet)
 TEACHER_EPOCHS = 40  # whole-split epochs (digits: 40 x 21 steps of 64 images)
 TEACHER_LR = 0.05  # SGD learning rate (5x the DC recipe's: few epochs)
 TEACHER_BATCH_SIZE = 64  # images per step (DC: 256; 4x the steps per epoch)
+# the teacher settings, as the params of a teacher-label evaluation name them (`cross_arch`,
+# Tune's selection); a Tune block names each `eval_<setting>` (`ddbench.spec.TuneSpec`). Equal
+# settings (and student augmentation) mean one cached teacher (`ddbench.teacher.labels_for`)
+TEACHER_SETTINGS = (
+    "temperature",
+    "teacher_arch",
+    "teacher_epochs",
+    "teacher_lr",
+    "teacher_batch_size",
+)
 # KD temperature T: the val winner among 1, 2, 4 and 20 on digits (random real images, IPC 10;
 # benchmarks/soft_labels.py, figures in benchmarks/RESULTS.md). D4M's scripts use 20, made for
 # 1,000 ImageNet classes: a 10-class teacher's targets are near uniform at 20

@@ -16,9 +16,10 @@
   (D4M Eq. 8; FKD regenerates them per crop). It measures how confident the targets it gave
   were (`confidence`), which evaluators write as a row. `teacher_labels(...)` builds one from
   the cached teacher; evaluators (`cross_arch`, Tune's selection in `ddbench.tuning`) go
-  through it, so equal settings share one teacher. It also measures how often the teacher's
-  top class was the image's own label (`agreement`): a teacher that disagrees with a
-  distillate's labels teaches another task than its images were made for.
+  through `labels_for(their params, ...)`, so equal settings share one teacher. It also
+  measures how often the teacher's top class was the image's own label (`agreement`): a
+  teacher that disagrees with a distillate's labels teaches another task than its images were
+  made for.
 
 To use another target (e.g. an ensemble), write an object with `targets(x, labels)` and
 `loss(logits, targets)` and pass it as `labeler` to `ddbench.fit.train_model`.
@@ -191,6 +192,24 @@ def teacher_labels(
     return TeacherLabels(teacher, temperature, stats)
 
 
+def labels_for(
+    settings: Any,
+    real: RealData,
+    student: Recipe,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> TeacherLabels:
+    """`teacher_labels` for an evaluation whose params `settings` carry the teacher settings
+    (`ddbench.protocols.TEACHER_SETTINGS`); the teacher trains with `teacher_recipe(student,
+    ...)`."""
+    recipe = teacher_recipe(
+        student, settings.teacher_epochs, settings.teacher_lr, settings.teacher_batch_size
+    )
+    return teacher_labels(
+        real, settings.teacher_arch, recipe, settings.temperature, cache_dir, device
+    )
+
+
 class TeacherLabels:
     """Per-batch soft labels from a teacher (the `labeler` of `ddbench.fit.train_model`).
 
@@ -212,10 +231,11 @@ class TeacherLabels:
 
     def targets(self, x: Tensor, labels: Tensor) -> Tensor:
         probs = teacher_targets(self.teacher, x, self.temperature)
+        from ddbench.fit import select_labels
+
         top = probs.max(dim=1)
-        own = labels.argmax(dim=1) if labels.dim() == 2 else labels
         self._max_prob_sum = self._max_prob_sum + top.values.sum()
-        self._agreed = self._agreed + (top.indices == own.to(top.indices.device)).sum()
+        self._agreed = self._agreed + (top.indices == select_labels(labels, "hard")).sum()
         self._targets_given += len(probs)
         return probs
 

@@ -35,6 +35,7 @@ from ddbench.context import Context
 from ddbench.evals import EvalJob, EvalParams, Evaluator
 from ddbench.fit import Recipe, fit_artifact
 from ddbench.plan import DistillJob, EvalCell
+from ddbench.protocols import TEACHER_SETTINGS
 from ddbench.schema import to_json
 from ddbench.seeding import content_hash
 from ddbench.selection import SELECTION
@@ -78,18 +79,9 @@ class TuneSelection(Evaluator):
         real = real.subset(cell["classes"]) if "classes" in cell else real
         labeler = None
         if params.labels == "teacher":
-            from ddbench.teacher import teacher_labels, teacher_recipe
+            from ddbench.teacher import labels_for
 
-            labeler = teacher_labels(
-                real,
-                params.teacher_arch,
-                teacher_recipe(
-                    Recipe(), params.teacher_epochs, params.teacher_lr, params.teacher_batch_size
-                ),
-                params.temperature,
-                ctx.cache_dir,
-                ctx.device,
-            )
+            labeler = labels_for(params, real, Recipe(), ctx.cache_dir, ctx.device)
         top1, _ = fit_artifact(
             cell["arch"],
             job.artifact,
@@ -162,11 +154,7 @@ def selection_cells(
         epochs=job.tune.eval_epochs,
         labels=job.tune.eval_labels or "hard",  # None only on a block the plan did not resolve
         sampling=job.tune.eval_sampling or "fixed",
-        temperature=job.tune.eval_temperature,
-        teacher_arch=job.tune.eval_teacher_arch,
-        teacher_epochs=job.tune.eval_teacher_epochs,
-        teacher_lr=job.tune.eval_teacher_lr,
-        teacher_batch_size=job.tune.eval_teacher_batch_size,
+        **{name: getattr(job.tune, f"eval_{name}") for name in TEACHER_SETTINGS},
         recipe=job.tune.eval_recipe or {},  # None only on a block the plan did not resolve
     )
     eval_params = params.model_dump(mode="json")

@@ -17,6 +17,7 @@ from ddbench.protocols import (
     TEACHER_BATCH_SIZE,
     TEACHER_EPOCHS,
     TEACHER_LR,
+    TEACHER_SETTINGS,
     teacher_certainty,
 )
 from ddbench.teacher import (
@@ -185,3 +186,17 @@ def test_cross_arch_records_the_teacher_and_warns_on_near_uniform_targets(
     near_uniform = certainty < NEAR_UNIFORM_CERTAINTY
     assert near_uniform == (temperature > 1.0)  # T=1000: every target near 1/10
     assert ("near uniform" in caplog.text) == near_uniform
+
+
+def test_every_teacher_setting_is_a_field_of_each_evaluation_that_carries_it():
+    """`TEACHER_SETTINGS` is how cross_arch, a Tune block and Tune's selection pass one teacher
+    along (plan and tuning copy them by name): a setting added to one model only must fail here,
+    and the Tune block's default must be cross_arch's (so both share a cached teacher)."""
+    from ddbench.evals.cross_arch import CrossArchParams
+    from ddbench.spec import TuneSpec
+    from ddbench.tuning import SelectionParams
+
+    for name in TEACHER_SETTINGS:
+        assert name in SelectionParams.model_fields
+        cross, tune = CrossArchParams.model_fields[name], TuneSpec.model_fields[f"eval_{name}"]
+        assert tune.default == cross.default, name

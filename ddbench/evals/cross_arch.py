@@ -168,18 +168,9 @@ class CrossArch(Evaluator):
         arch, seed = cell["arch"], cell["eval_seed"]
         labeler = None
         if params.labels == "teacher":
-            from ddbench.teacher import teacher_labels, teacher_recipe
+            from ddbench.teacher import labels_for
 
-            labeler = teacher_labels(
-                job.real,
-                params.teacher_arch,
-                teacher_recipe(
-                    recipe, params.teacher_epochs, params.teacher_lr, params.teacher_batch_size
-                ),
-                params.temperature,
-                ctx.cache_dir,
-                ctx.device,
-            )
+            labeler = labels_for(params, job.real, recipe, ctx.cache_dir, ctx.device)
         top1, extra = fit_artifact(
             arch,
             job.artifact,
