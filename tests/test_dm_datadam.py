@@ -16,8 +16,10 @@ from ddbench.methods._pixel import SyntheticSet
 from ddbench.methods.datadam import activation_maps, resolve_task_balance, spatial_attention
 from ddbench.methods.dm import (
     FORWARD_BLOCK_ROWS,
+    MatchingForward,
     augment_classes,
     class_means,
+    embedding_stats,
     first_forward_rows,
 )
 
@@ -89,6 +91,24 @@ def test_forward_chunks_do_not_change_the_loss(name, digits):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_a_blocked_forward_calls_the_network_per_block_with_the_same_result(digits):
+    """`forward_blocks: on`: 160 images go through the network as blocks of FORWARD_BLOCK_ROWS
+    (64, 64, 32), and the statistics equal one call's."""
+    _, params = _params("dm", forward_blocks="on")
+    net = build_arch("convnet", digits.channels, digits.num_classes, digits.image_size).eval()
+    calls: list[int] = []
+
+    def stats(network, x):
+        calls.append(len(x))
+        return embedding_stats(network, x)
+
+    x = digits.train_x[:160]
+    (blocked,) = MatchingForward(stats, params, "dm", len(x))(net, x)
+    assert calls == [64, 64, 32] and FORWARD_BLOCK_ROWS == 64
+    with torch.no_grad():
+        torch.testing.assert_close(blocked, net.embed(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -37,8 +37,8 @@ benchmarks/RESULTS.md). A single forward holds classes x batch_real activations 
 changing the loss. The forward's memory layout (`channels_last`), whether it is compiled
 (`compile`) and whether it runs in blocks of 64 images (`forward_blocks`) are chosen by measuring
 the job's own forward (`MatchingForward`): on a 2-core CPU, compiling the forward halved DM's
-iteration at IPC 10, and blocks, which keep the first layer's activations in cache, took another
-10-25 % off it (benchmarks/RESULTS.md).
+iteration at IPC 10, and blocks, which keep the first layer's activations in cache, made a
+compiled iteration about 1.24x faster at IPC 10 and 50 (benchmarks/RESULTS.md).
 
 Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what ddbench uses:
 
@@ -270,7 +270,11 @@ class MatchingForward:
             return seconds.get(f"{name(path)}/compile", 0.0) + iterations * seconds[name(path)]
 
         def names(paths: list[Path]) -> list[str]:
-            return [n for p in paths for n in (name(p), *([f"{name(p)}/compile"] * p[1]))]
+            """The measurements `measure(paths)` writes: seconds, and compile time if compiled."""
+            out = []
+            for path in paths:
+                out += [name(path), f"{name(path)}/compile"] if path[1] else [name(path)]
+            return out
 
         first_blocked = blocks == [True]  # `on`: every candidate runs in blocks
         with torch.random.fork_rng(devices=[]):  # measuring draws nothing the job sees
