@@ -72,6 +72,19 @@ def sweep(
     artifact = get_method("random_real").distill(real, ipc, None, Context(0))
     out: dict[str, Any] = {"dataset": dataset, "arch": arch, "ipc": ipc, "epochs": epochs}
     teacher = None
+    if any(PROTOCOLS[name]["labels"] == "teacher" for name in protocols):  # one, timed alone
+        stats: dict[str, Any] = {}
+        started = time.perf_counter()
+        teacher = teacher_model(
+            real,
+            TEACHER_ARCH,
+            # no protocol changes the augmentation the teacher takes from its student's recipe
+            teacher_recipe(Recipe(epochs=epochs), teacher_epochs, teacher_lr, teacher_batch_size),
+            cache_dir=cache_dir,
+            stats=stats,
+        )
+        out["teacher_seconds"] = round(time.perf_counter() - started, 1)
+        out["teacher_val_top1"] = stats["val_top1"]
     for name in protocols:
         params = dict(PROTOCOLS[name])
         labels, temperature = params.pop("labels"), params.pop("temperature", None)
@@ -82,18 +95,7 @@ def sweep(
         for seed in range(seeds):
             labeler = None
             if labels == "teacher":
-                if teacher is None:
-                    stats: dict[str, Any] = {}
-                    started = time.perf_counter()
-                    teacher = teacher_model(
-                        real,
-                        TEACHER_ARCH,
-                        teacher_recipe(recipe, teacher_epochs, teacher_lr, teacher_batch_size),
-                        cache_dir=cache_dir,
-                        stats=stats,
-                    )
-                    out["teacher_seconds"] = round(time.perf_counter() - started, 1)
-                    out["teacher_val_top1"] = stats["val_top1"]
+                assert teacher is not None  # trained above
                 labeler = TeacherLabels(teacher, temperature)
             scores, _ = fit_artifact(
                 arch, artifact, ipc, real, recipe, seed, label_mode=labels, labeler=labeler
