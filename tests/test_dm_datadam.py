@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from ddbench.methods.dm import (
     augment_classes,
     class_means,
     embedding_stats,
-    first_forward_rows,
+    matching_rows,
 )
 
 METHODS = ["dm", "datadam"]
@@ -63,7 +64,7 @@ def _loss_and_grad(name, real, params, it: int, ipc: int = 2):
     method = get_method(name)
     ctx = LocalContext(7)
     syn = SyntheticSet.initialise(real, ipc, "real", ctx)
-    loss = method.matching_loss(real, params, ctx)(syn, it, real.classes)
+    loss = method.matching_loss(real, ipc, params, ctx)(syn, it, real.classes)
     loss.backward()
     return loss.detach(), syn.images.grad.clone()
 
@@ -105,10 +106,36 @@ def test_a_blocked_forward_calls_the_network_per_block_with_the_same_result(digi
         return embedding_stats(network, x)
 
     x = digits.train_x[:160]
-    (blocked,) = MatchingForward(stats, params, "dm", len(x))(net, x)
+    (blocked,) = MatchingForward(stats, params, "dm", (len(x), 10))(net, x)
     assert calls == [64, 64, 32] and FORWARD_BLOCK_ROWS == 64
     with torch.no_grad():
         torch.testing.assert_close(blocked, net.embed(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_blocks_calibration_times_a_whole_matching_step(digits, tmp_path, monkeypatch):
+    """`forward_blocks: auto` times a matching step along both paths: the real rows without
+    gradient, then `syn_rows` stand-in synthetic images with a gradient to their pixels (the
+    synthetic side gains from blocks too; timing the real forward alone under-read the gain)."""
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path))
+    _, params = _params("dm", forward_blocks="auto")
+    net = build_arch("convnet", digits.channels, digits.num_classes, digits.image_size).eval()
+    calls: list[tuple[int, bool]] = []
+
+    def stats(network, x):
+        calls.append((len(x), x.requires_grad))
+        return embedding_stats(network, x)
+
+    x = digits.train_x[:160]
+    with torch.no_grad():  # as the real forward of `mean_matching_loss` runs
+        MatchingForward(stats, params, "dm", (len(x), 30))(net, x)
+    assert (160, False) in calls and (64, False) in calls  # the real rows, whole and in blocks
+    assert (30, True) in calls  # the synthetic stand-ins, with a gradient
+    (measured,) = tmp_path.glob("fastpath/convnet-*.json")
+    timed = json.loads(measured.read_text())
+    assert timed["key"]["syn_rows"] == 30
+    assert {"nchw_eager/paired", f"nchw_eager_blocks{FORWARD_BLOCK_ROWS}/paired"} <= set(
+        timed["seconds"]
+    )
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -117,7 +144,7 @@ def test_forward_blocks_do_not_change_the_loss(name, digits):
     loss and pixel gradients; a BatchNorm network refuses them (its statistics span a batch)."""
     _, whole = _params(name)
     _, blocked = _params(name, forward_blocks="on")
-    assert first_forward_rows(digits, blocked) > FORWARD_BLOCK_ROWS
+    assert matching_rows(digits, 2, blocked)[0] > FORWARD_BLOCK_ROWS
     loss_w, grad_w = _loss_and_grad(name, digits, whole, 0)
     loss_b, grad_b = _loss_and_grad(name, digits, blocked, 0)
     torch.testing.assert_close(loss_w, loss_b, rtol=1e-5, atol=1e-6)
@@ -151,7 +178,7 @@ def test_loss_goes_down(name, digits):
     """After a short run the loss on held-out iterations (unseen nets and batches) is lower."""
     method, params = _params(name, iterations=15)
     ctx = LocalContext(0)
-    loss_fn = method.matching_loss(digits, params, ctx)
+    loss_fn = method.matching_loss(digits, 1, params, ctx)
     initial = SyntheticSet.initialise(digits, 1, "real", ctx)
     final = SyntheticSet.initialise(digits, 1, "real", ctx)
     final.images.data.copy_(method.distill(digits, 1, params, ctx).images)

@@ -71,8 +71,8 @@ from ddbench.methods._pixel import (
 from ddbench.methods.dm import (
     MatchingForward,
     MeanMatchParams,
-    first_forward_rows,
     matching_net,
+    matching_rows,
     mean_matching_loss,
 )
 from ddbench.protocols import DATADAM_TABLE_1, published_table
@@ -161,12 +161,14 @@ class DataDAM(Method):
 
     def distill(self, real: RealData, ipc: int, params: DataDAMParams, ctx: Context) -> ImageSet:
         return distill_pixels(
-            real, ipc, params, ctx, self.matching_loss(real, params, ctx), self.name
+            real, ipc, params, ctx, self.matching_loss(real, ipc, params, ctx), self.name
         )
 
-    def matching_loss(self, real: RealData, params: DataDAMParams, ctx: Context) -> LossFn:
-        """The loss of iteration `it` summed over `classes`: a pure function of (job, it, classes,
-        images)."""
+    def matching_loss(
+        self, real: RealData, ipc: int, params: DataDAMParams, ctx: Context
+    ) -> LossFn:
+        """The loss of iteration `it` summed over `classes` for a set of `ipc` images per class:
+        a pure function of (job, it, classes, images)."""
         weights = self.term_weights(real, params, ctx)
         strategy = dsa_strategy(params, real)
 
@@ -179,9 +181,8 @@ class DataDAM(Method):
             attention = [spatial_attention(m, params.power, params.normalize) for m in maps[:-1]]
             return [*attention, embedding]
 
-        stats = MatchingForward(
-            attention_stats, params, self.name, first_forward_rows(real, params)
-        )
+        rows = matching_rows(real, ipc, params)
+        stats = MatchingForward(attention_stats, params, self.name, rows)
 
         def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)

@@ -67,7 +67,7 @@ from ddbench.artifact import ImageSet
 from ddbench.augment import DSAParams, apply_dsa
 from ddbench.context import Context
 from ddbench.data import RealData
-from ddbench.fastpath import Switch
+from ddbench.fastpath import Switch, has_batch_statistics
 from ddbench.methods import Method, register_method
 from ddbench.methods._pixel import (
     ClassDraws,
@@ -129,8 +129,11 @@ class MatchingForward:
     Inductor fuses each block's norm, activation and pooling around the convolutions, which on a
     CPU is a large share of an eager forward's time (benchmarks/RESULTS.md).
 
-    Choosing (`auto`). At the job's first forward (the real batch, the bulk of an iteration's
-    work), the allowed layouts are timed eager; where `iterations x` the best eager time exceeds
+    Choosing (`auto`). At the job's first forward, a matching step is timed along each allowed
+    path: the real batch's forward without gradient (the bulk of an iteration's work), then the
+    synthetic images' forward and the backward to their pixels (`syn_rows` images: a share of
+    the work that grows with IPC and that every path speeds up too). The allowed layouts are
+    timed eager; where `iterations x` the best eager time exceeds
     `fastpath.COMPILE_WORTH_TRYING_S`, the compiled variants are timed too, compile time
     included. The path with the least `compile_s + iterations x step_s` is taken, a compiled one
     only when it beats the best eager by the calibration's margin. Then that path is timed in
@@ -142,15 +145,19 @@ class MatchingForward:
 
     Workers. The paths round differently (a channels-last convolution is another summation
     order), so the choice must not depend on the worker count. It is made for the job's
-    one-worker first forward, `rows` images (`first_forward_rows`), whatever the rank's shard:
-    a rank with fewer rows times its rows repeated up to `rows`. The 1-worker and W-worker runs
-    of a job on one node then look up the same cache entry and take the same path. (Ranks that
-    calibrate at the same moment on an empty cache measure separately and may still disagree;
-    the summed gradient keeps the ranks identical either way, only rounding moves.)"""
+    one-worker first forward, `rows` real and `syn_rows` synthetic images (`matching_rows`),
+    whatever the rank's shard: a rank with fewer rows times its rows repeated up to those. The
+    1-worker and W-worker runs of a job on one node then look up the same cache entry and take
+    the same path. (Ranks that calibrate at the same moment on an empty cache measure
+    separately and may still disagree; the summed gradient keeps the ranks identical either way,
+    only rounding moves.)"""
 
-    def __init__(self, stats_fn: StatsFn, params: MeanMatchParams, name: str, rows: int) -> None:
+    def __init__(
+        self, stats_fn: StatsFn, params: MeanMatchParams, name: str, rows: tuple[int, int]
+    ) -> None:
         self.stats_fn, self.params, self.name = stats_fn, params, name
-        self.rows = rows  # images of the one-worker job's first forward: the calibrated shape
+        # real and synthetic images of the one-worker job's first forwards: the calibrated step
+        self.rows, self.syn_rows = rows
         self.path: Path | None = None  # (channels_last, compiled, blocked), once chosen
         self.compiled: dict[bool, Callable[..., list[torch.Tensor]]] = {}
 
@@ -213,7 +220,7 @@ class MatchingForward:
         if torch.device(x.device).type == "cpu" and not _have_compiler():
             compiles = [False]
         blocks = allowed[self.params.forward_blocks]
-        if _has_batch_statistics(net):
+        if has_batch_statistics(net):
             if blocks == [True]:
                 raise ValueError(
                     f"forward_blocks: on needs a network without batch statistics; "
@@ -226,9 +233,21 @@ class MatchingForward:
             return layouts[0], compiles[0], blocks[0]
         device, iterations = str(x.device), self.params.iterations
         shape = (x.shape[1], x.shape[2], x.shape[3])
-        key = shape_key(self.params.arch, shape, self.rows, device, stats=self.name)
+        key = shape_key(
+            self.params.arch, shape, self.rows, device, stats=self.name, syn_rows=self.syn_rows
+        )
         if len(x) != self.rows:  # a shard (or chunk) of the one-worker forward: time that
             x = x[torch.arange(self.rows, device=x.device) % len(x)]
+        # stand-ins for the synthetic images: their number, with a gradient to the pixels
+        syn = x[torch.arange(self.syn_rows, device=x.device) % len(x)].clone().requires_grad_()
+
+        def step(path: Path) -> None:
+            """One matching step's network work along `path`: the real forward without
+            gradient, the synthetic forward and the backward to the synthetic pixels."""
+            with torch.no_grad():
+                self._run(path, net, x)
+            with torch.enable_grad():
+                torch.stack([s.sum() for s in self._run(path, net, syn)]).sum().backward()
 
         def name(path: Path) -> str:
             blocked = f"_blocks{FORWARD_BLOCK_ROWS}" if path[2] else ""
@@ -236,34 +255,28 @@ class MatchingForward:
 
         def measure(paths: list[Path]) -> dict[str, float]:
             out = {}
-            with torch.no_grad():
-                for path in paths:
-                    self.compiled.pop(path[0], None)  # a compiled path compiles afresh
-                    tic = time.perf_counter()
-                    self._run(path, net, x)  # warm-up (and, compiled, the compile)
-                    first = time.perf_counter() - tic
-                    out[name(path)] = median_seconds(
-                        lambda p=path: self._run(p, net, x), device, 2, 0
-                    )
-                    if path[1]:
-                        out[f"{name(path)}/compile"] = max(0.0, first - out[name(path)])
+            for path in paths:
+                self.compiled.pop(path[0], None)  # a compiled path compiles afresh
+                tic = time.perf_counter()
+                step(path)  # warm-up (and, compiled, the compile of both graphs)
+                first = time.perf_counter() - tic
+                out[name(path)] = median_seconds(lambda p=path: step(p), device, 2, 0)
+                if path[1]:
+                    out[f"{name(path)}/compile"] = max(0.0, first - out[name(path)])
             return out
 
         def measure_pair(whole: Path, blocked: Path) -> dict[str, float]:
             """`whole` (measured above) against `blocked` in alternating rounds, after the
             blocked path's first call (its compile, if compiled): a compiled graph can slow
             down once a second shape makes it dynamic, which must hit both alike."""
-            with torch.no_grad():
-                self._run(whole, net, x)  # compiled here if its timing came from the cache
-                tic = time.perf_counter()
-                self._run(blocked, net, x)
-                out = {f"{name(blocked)}/first_call": time.perf_counter() - tic}
-                rounds: dict[Path, list[float]] = {whole: [], blocked: []}
-                for _ in range(PAIRED_ROUNDS):
-                    for path, times in rounds.items():
-                        times.append(
-                            median_seconds(lambda p=path: self._run(p, net, x), device, 1, 0)
-                        )
+            step(whole)  # compiled here if its timing came from the cache
+            tic = time.perf_counter()
+            step(blocked)
+            out = {f"{name(blocked)}/first_call": time.perf_counter() - tic}
+            rounds: dict[Path, list[float]] = {whole: [], blocked: []}
+            for _ in range(PAIRED_ROUNDS):
+                for path, times in rounds.items():
+                    times.append(median_seconds(lambda p=path: step(p), device, 1, 0))
             return out | {f"{name(p)}/paired": statistics.median(t) for p, t in rounds.items()}
 
         def cost(seconds: dict[str, float], path: Path) -> float:
@@ -304,21 +317,17 @@ class MatchingForward:
         return best
 
 
-def first_forward_rows(real: RealData, params: MeanMatchParams) -> int:
-    """Images in the first matching forward of the job run on one worker: one class's real
-    batch (`per_class_loop`), else every class's, cut to `forward_chunk`."""
+def matching_rows(real: RealData, ipc: int, params: MeanMatchParams) -> tuple[int, int]:
+    """Real and synthetic images in the first matching forwards of the job run on one worker:
+    one class's (`per_class_loop`), else every class's, cut to `forward_chunk`."""
     classes = range(real.num_classes)
     per_class = [min(params.batch_real, len(real.class_indices(c))) for c in classes]
     if params.per_class_loop:
-        return per_class[0]
-    rows = sum(per_class)
-    return min(rows, params.forward_chunk) if params.forward_chunk > 0 else rows
-
-
-def _has_batch_statistics(net: torch.nn.Module) -> bool:
-    """Whether a layer of `net` normalises with statistics over the batch (BatchNorm), so a
-    block's result would depend on which images share it."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        return per_class[0], ipc
+    rows, syn_rows = sum(per_class), ipc * real.num_classes
+    if params.forward_chunk > 0:
+        return min(rows, params.forward_chunk), min(syn_rows, params.forward_chunk)
+    return rows, syn_rows
 
 
 def _have_compiler() -> bool:
@@ -467,16 +476,15 @@ class DM(Method):
 
     def distill(self, real: RealData, ipc: int, params: DMParams, ctx: Context) -> ImageSet:
         return distill_pixels(
-            real, ipc, params, ctx, self.matching_loss(real, params, ctx), self.name
+            real, ipc, params, ctx, self.matching_loss(real, ipc, params, ctx), self.name
         )
 
-    def matching_loss(self, real: RealData, params: DMParams, ctx: Context) -> LossFn:
-        """The loss of iteration `it` summed over `classes`: a pure function of (job, it, classes,
-        images)."""
+    def matching_loss(self, real: RealData, ipc: int, params: DMParams, ctx: Context) -> LossFn:
+        """The loss of iteration `it` summed over `classes` for a set of `ipc` images per class:
+        a pure function of (job, it, classes, images)."""
         strategy = dsa_strategy(params, real)
-        stats = MatchingForward(
-            embedding_stats, params, self.name, first_forward_rows(real, params)
-        )
+        rows = matching_rows(real, ipc, params)
+        stats = MatchingForward(embedding_stats, params, self.name, rows)
 
         def loss_fn(syn: SyntheticSet, it: int, classes: Sequence[int]) -> torch.Tensor:
             net = matching_net(real, params, ctx, it)
