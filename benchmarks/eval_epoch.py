@@ -4,9 +4,11 @@ What is timed is the training of an evaluation model on a distilled set: DC's Co
 128, instance norm) on IPC x 10 images with DSA, SGD lr 0.01 / momentum 0.9 / weight decay 5e-4,
 batch 256, the lr cut x0.1 at half the epochs. Each run is a fresh child process:
 
-- `ddbench`, in each `--precisions` setting: `ddbench.fit.train_model` with the shared recipe
-  (`precision: auto, compile: auto` resolve by the run's own calibration, included in the time;
-  `fp32` forces fp32 eager);
+- `ddbench`, in each `--precisions` setting: `ddbench.fit.train_model` with the shared recipe:
+  `auto` = `precision: auto, compile: auto`, resolved by the run's own calibration (included in
+  the time); `fp32_auto` = `precision: fp32, compile: auto`, the fp32 paths calibrated (layout,
+  micro-batches, compiling: what `auto` resolves to on a device whose bf16 is emulated, less
+  the time of measuring bf16 there); `fp32` = fp32 eager forced, the reference path;
 - `official` (`--official-dc DIR`, a checkout of VICO-UoE/DatasetCondensation; nothing of theirs
   is in this repo): their `utils.evaluate_synset` as written (their `get_network('ConvNet')`,
   `epoch`, `DiffAugment` with `ParamDiffAug()`), with the shim `distill_speed.py` describes for
@@ -102,7 +104,7 @@ def run_ddbench(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_arch("convnet", x.shape[1], 10, x.shape[2])
     recipe = Recipe(
         epochs=spec["epochs"],
-        precision=spec["precision"],
+        precision=spec["precision"].removesuffix("_auto"),
         compile="off" if spec["precision"] == "fp32" else "auto",
         dsa_strategy=_strategy(spec["data"]),
     )
@@ -158,7 +160,9 @@ def main() -> int:
     parser.add_argument("--data", choices=sorted(DATASET), default="cifar")
     parser.add_argument("--epochs", type=int, default=300, help="DC's evaluation without ZCA")
     parser.add_argument("--seeds", type=int, default=1, help="runs per configuration")
-    parser.add_argument("--precisions", nargs="+", default=["auto", "fp32"])
+    parser.add_argument(
+        "--precisions", nargs="+", choices=["auto", "fp32_auto", "fp32"], default=["auto", "fp32"]
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default all")
     parser.add_argument("--official-dc", help="a checkout of VICO-UoE/DatasetCondensation")
     parser.add_argument("--child", help=argparse.SUPPRESS)

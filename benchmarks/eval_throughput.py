@@ -7,6 +7,8 @@ momentum and weight decay) of DC's ConvNet-3 (width 128, instance norm) on 3x32x
 
 - `fp32`: fp32 eager (the reference); `bf16`: bf16 autocast;
 - `fp32_cl` / `bf16_cl`: the same in channels-last memory format;
+- `fp32_mb` / `bf16_mb`: the same in micro-batches of `ddbench.fastpath.MICRO_BATCH_ROWS`
+  images, gradients accumulated (at batches larger than that);
 - `compiled`: `torch.compile` of the model at the default precision (its first step, which
   compiles, is reported as `compile_s`);
 - `default`: what `precision: auto, compile: auto` resolve to on this device for 1000 epochs
@@ -116,18 +118,22 @@ def default_setup(device: str, batch: int) -> Any:
 
 def step_setups(device: str, batch: int) -> dict[str, Any]:
     """The single-model paths timed at `batch`, by name (module docstring)."""
-    from ddbench.fastpath import TrainSetup
+    import dataclasses
+
+    from ddbench.fastpath import MICRO_BATCH_ROWS, TrainSetup
 
     default = default_setup(device, batch)
-    precision = default.precision
-    return {
+    setups = {
         "fp32": TrainSetup("fp32", channels_last=False, compile=False),
         "bf16": TrainSetup("bf16", channels_last=False, compile=False),
         "fp32_cl": TrainSetup("fp32", channels_last=True, compile=False),
         "bf16_cl": TrainSetup("bf16", channels_last=True, compile=False),
-        "compiled": TrainSetup(precision, channels_last=default.channels_last, compile=True),
-        "default": default,
     }
+    if batch > MICRO_BATCH_ROWS:
+        for precision in ("fp32", "bf16"):
+            setups[f"{precision}_mb"] = TrainSetup(precision, False, False, MICRO_BATCH_ROWS)
+    setups["compiled"] = dataclasses.replace(default, compile=True)
+    return {**setups, "default": default}
 
 
 def time_steps(

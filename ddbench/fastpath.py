@@ -1,22 +1,28 @@
 """How a training run executes, chosen by measuring this device: precision, memory format,
-compilation.
+micro-batches, compilation.
 
 A `TrainSetup` is one execution path of the shared recipe's training step: `precision` (fp32,
 or bf16 autocast of the forward pass and loss; parameters, optimiser state and DSA stay fp32),
-`channels_last` (NHWC activations) and `compile` (`torch.compile` of the model). They compute
-the same function (bf16 and compiled kernels round differently), so the choice is a matter of
+`channels_last` (NHWC activations), `micro_batch` (the batch's forward and backward in blocks of
+at most that many images, gradients accumulated: `accumulate_gradients`) and `compile`
+(`torch.compile` of the model). They compute the same function (bf16 and compiled kernels round
+differently, and micro-batches sum the gradient in another order), so the choice is a matter of
 speed, and speed depends on the device: bf16 is several times faster than fp32 where the device
 has bf16 arithmetic (AMX or AVX512-BF16 CPUs, Ampere+ GPUs) and several times slower where it is
 emulated (AVX-512 without BF16, AVX2); channels-last helps cuDNN and some oneDNN kernels and hurts
-others; compiling costs seconds to minutes before it saves anything. No rule written down on one
-machine holds on the next, so `choose_setup` measures.
+others; on a CPU, micro-batches keep a block's activations in cache (1.3-1.6x for a ConvNet-3
+fp32 step on 32 px images) and lose on small images; compiling costs seconds to minutes before it
+saves anything. No rule written down on one machine holds on the next, so `choose_setup`
+measures.
 
 `choose_setup(recipe, arch, model, batch_shape, steps, ...)` resolves the recipe's `auto`
 fields by a short calibration of the actual step (the model, the batch shape, the device):
 
 1. candidates: fp32 eager, always (the reference); bf16 where `precision: auto` and the
    architecture passed the fp32 accuracy parity check (`BF16_ARCHS`, benchmarks/RESULTS.md);
-   channels-last where the model has convolutions; compiled variants of the best eager path
+   channels-last where the model has convolutions; each of those in micro-batches of
+   `MICRO_BATCH_ROWS` images where the model has no batch statistics (BatchNorm would see other
+   batches) and the batch is larger than that; compiled variants of the best eager path
    where `compile: auto` and the run's fp32 work is long enough that compiling could pay
    (`COMPILE_WORTH_TRYING_S`) and, on a CPU, a C++ compiler exists;
 2. each candidate runs `WARMUP_STEPS` steps, then the candidates are timed in `TIMED_STEPS`
@@ -33,13 +39,14 @@ height, width, batch rounded up to a power of two) as JSON under `<DDBENCH_CACHE
 (the node-local cache; `ddbench.storage.CACHE_ENV`) and in memory, so a node calibrates a shape
 once; each run's decision is still its own (it depends on the run's number of steps). The
 decision and its timings travel with the run (`Choice.metrics`) into result rows:
-`precision_bits`, `channels_last`, `compiled`, `step_ms`, `fp32_step_ms`.
+`precision_bits`, `channels_last`, `micro_batch`, `compiled`, `step_ms`, `fp32_step_ms`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -79,6 +86,10 @@ MARGIN = 0.05  # another path must beat fp32 eager by 5 % of the run's time to b
 # compiling takes 10-70 s on a CPU (benchmarks/RESULTS.md): below this much fp32 work it is not
 # even measured
 COMPILE_WORTH_TRYING_S = 120.0
+# images per block of a micro-batched step: a ConvNet-3 fp32 step on 256 images of 3x32x32 took
+# 1.20 s whole, 0.87 s in blocks of 8, 0.75 s of 16 and 0.81 s of 32 (Xeon-AMX, 2 threads,
+# benchmarks/RESULTS.md); on 8 px digits blocks were slower, which the calibration measures
+MICRO_BATCH_ROWS = 16
 CACHE_DIR = "fastpath"  # under the node-local cache
 
 
@@ -89,12 +100,14 @@ class TrainSetup:
     precision: Precision
     channels_last: bool
     compile: bool
+    micro_batch: int = 0  # images per gradient-accumulation block; 0 = the whole batch at once
 
     @property
     def name(self) -> str:
         parts = [
             self.precision,
             "cl" if self.channels_last else "",
+            f"mb{self.micro_batch}" if self.micro_batch else "",
             "compiled" if self.compile else "",
         ]
         return "_".join(p for p in parts if p)
@@ -118,6 +131,7 @@ class Choice:
         metrics = {
             "precision_bits": 16.0 if self.setup.precision == "bf16" else 32.0,
             "channels_last": float(self.setup.channels_last),
+            "micro_batch": float(self.setup.micro_batch),
             "compiled": float(self.setup.compile),
         }
         if self.setup.name in self.step_s:  # calibrated: the timings the choice rests on
@@ -138,6 +152,37 @@ def sync(device: str) -> None:
     """Wait for the device's queued work (CUDA is asynchronous; timings need this)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def has_batch_statistics(model: torch.nn.Module) -> bool:
+    """Whether a layer of `model` normalises with statistics over the batch (BatchNorm), so an
+    image's result depends on which images share its batch."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def accumulate_gradients(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    setup: TrainSetup,
+    device: str,
+) -> None:
+    """Backpropagate the batch loss `loss_of(forward(x), targets)` (a mean over the batch's
+    images) under `setup`: in one pass, or in blocks of at most `setup.micro_batch` images whose
+    mean losses are weighted by their share of the batch, which sums to the same gradient (up to
+    summation order) for a model without batch statistics."""
+    blocks = -(-len(x) // setup.micro_batch) if setup.micro_batch else 1
+    if blocks <= 1:
+        with autocast(device, setup.precision):
+            loss = loss_of(forward(x), targets)
+        loss.backward()
+        return
+    parts = zip(torch.tensor_split(x, blocks), torch.tensor_split(targets, blocks), strict=True)
+    for xs, ts in parts:
+        with autocast(device, setup.precision):
+            loss = loss_of(forward(xs), ts)
+        (loss * (len(xs) / len(x))).backward()
 
 
 def median_seconds(
@@ -185,10 +230,8 @@ def train_step_fn(
 
     def step() -> None:
         xa = dsa(xb, strategy, gen) if recipe.augment else xb
-        with autocast(device, setup.precision):
-            loss = F.cross_entropy(forward(xa), yb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        accumulate_gradients(forward, F.cross_entropy, xa, yb, setup, device)
         opt.step()
 
     return step
@@ -269,17 +312,27 @@ def calibrated(
     return {name: seconds[name] for name in names}
 
 
-def candidates(recipe: Recipe, arch: str | None, model: torch.nn.Module) -> list[TrainSetup]:
-    """The eager paths (or compiled, under `compile: on`) the recipe allows for `model`; fp32
-    eager first when the recipe allows it."""
+def candidates(
+    recipe: Recipe, arch: str | None, model: torch.nn.Module, batch: int
+) -> list[TrainSetup]:
+    """The eager paths (or compiled, under `compile: on`) the recipe allows for `model` on
+    batches of `batch` images; fp32 eager first when the recipe allows it."""
     if recipe.precision == "auto":
         precisions: list[Precision] = ["fp32", "bf16"] if arch in BF16_ARCHS else ["fp32"]
     else:
         precisions = [recipe.precision]
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     layouts = [False, True] if has_conv else [False]
+    splits = [0]
+    if batch > MICRO_BATCH_ROWS and not has_batch_statistics(model):
+        splits.append(MICRO_BATCH_ROWS)
     compiled = recipe.compile == "on"
-    return [TrainSetup(p, cl, compiled) for p in precisions for cl in layouts]
+    return [
+        TrainSetup(p, cl, compiled, micro_batch)
+        for micro_batch in splits
+        for p in precisions
+        for cl in layouts
+    ]
 
 
 def _compile_allowed(device: str) -> bool:
@@ -348,7 +401,7 @@ def choose_setup(
         measure(setup)
         return step_s[setup.name] * steps + compile_s.get(setup.name, 0.0)
 
-    paths = candidates(recipe, arch, model)
+    paths = candidates(recipe, arch, model, timed)
     if len(paths) == 1 and recipe.compile != "auto":
         return Choice(paths[0])  # nothing to choose between: nothing to measure
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
@@ -358,7 +411,7 @@ def choose_setup(
         if recipe.compile == "auto" and _compile_allowed(device):
             fp32_work = cost(FP32_EAGER) if FP32_EAGER in paths else cost(best)
             if fp32_work > COMPILE_WORTH_TRYING_S:
-                compiled = TrainSetup(best.precision, best.channels_last, compile=True)
+                compiled = dataclasses.replace(best, compile=True)
                 best = min([best, compiled], key=cost)
     if FP32_EAGER in paths and cost(best) > cost(FP32_EAGER) * (1 - MARGIN):
         best = FP32_EAGER  # not faster by more than the noise of the measurement

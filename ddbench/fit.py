@@ -76,6 +76,7 @@ from ddbench.fastpath import (
     Precision,
     Switch,
     TrainSetup,
+    accumulate_gradients,
     autocast,
     choose_setup,
     median_seconds,
@@ -268,11 +269,9 @@ def train_model(
                 xb = xb.contiguous(memory_format=torch.channels_last)
             if labeler is not None:  # soft labels of this epoch's augmented batch
                 yb = labeler.targets(xb, yb)
-            with autocast(device, choice.setup.precision):
-                logits = forward(xb)
-                loss = labeler.loss(logits, yb) if labeler is not None else loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_of = labeler.loss if labeler is not None else loss_fn
+            accumulate_gradients(forward, loss_of, xb, yb, choice.setup, device)
             opt.step()
         sched.step()
         epochs_done += 1

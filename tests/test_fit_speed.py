@@ -14,6 +14,7 @@ import statistics
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ddbench import fastpath
 from ddbench.archs import build_arch
@@ -42,11 +43,14 @@ SHAPE, BATCH = (1, 8, 8), 100
 
 
 def seed_measurements(arch: str, seconds: dict[str, float], augment: bool = True) -> None:
-    """Write a calibration as if measured: seconds per step (and `<path>/compile`) by path."""
+    """Write a calibration as if measured: seconds per step (and `<path>/compile`) by path.
+    Micro-batched paths not given are as slow as 1 s a step (so the test says which win)."""
     key = shape_key(arch, SHAPE, BATCH, "cpu", augment=augment)
     path = fastpath._cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "seconds": seconds}))
+    rows = fastpath.MICRO_BATCH_ROWS
+    slow = {f"{p}_mb{rows}": 1.0 for p in ("fp32", "bf16", "fp32_cl", "bf16_cl")}
+    path.write_text(json.dumps({"key": key, "seconds": {**slow, **seconds}}))
     fastpath._MEMORY.clear()  # read the file anew
 
 
@@ -73,10 +77,51 @@ def test_the_path_follows_the_measurements(cache):
     assert decide("mlp", 100) == FP32_EAGER
 
 
+def test_micro_batches_follow_the_measurements(cache):
+    """A micro-batched path is taken where it measures faster, and is no candidate for a
+    BatchNorm network (its statistics would span a block, not the batch)."""
+    rows = fastpath.MICRO_BATCH_ROWS
+    times = {"fp32": 0.10, "bf16": 0.30, "fp32_cl": 0.12, "bf16_cl": 0.4}
+    seed_measurements("convnet", {**times, f"fp32_mb{rows}": 0.07})
+    assert decide("convnet", 100) == TrainSetup("fp32", False, compile=False, micro_batch=rows)
+    seed_measurements("convnet", {**times, f"fp32_mb{rows}": 0.098})
+    assert decide("convnet", 100) == FP32_EAGER  # within the margin
+    seed_measurements("convnet_bn", {**times, f"fp32_mb{rows}": 0.01})
+    assert decide("convnet_bn", 100) == FP32_EAGER
+    model = build_arch("convnet_bn", SHAPE[0], 10, SHAPE[1])
+    assert all(not s.micro_batch for s in fastpath.candidates(Recipe(), "convnet_bn", model, 100))
+    plain = build_arch("convnet", SHAPE[0], 10, SHAPE[1])
+    assert all(not s.micro_batch for s in fastpath.candidates(Recipe(), "convnet", plain, rows))
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+    """Blocks of at most MICRO_BATCH_ROWS images (spied: 100 images -> 7 blocks of 14-15) whose
+    mean losses are weighted by their share sum to the one-pass gradient."""
+    torch.manual_seed(0)
+    model = build_arch("convnet", SHAPE[0], 10, SHAPE[1])
+    x, y = torch.randn(100, *SHAPE), torch.randint(10, (100,))
+    seen = []
+
+    def forward(xb):
+        seen.append(len(xb))
+        return model(xb)
+
+    grads = {}
+    for rows in (0, fastpath.MICRO_BATCH_ROWS):
+        model.zero_grad()
+        setup = TrainSetup("fp32", channels_last=False, compile=False, micro_batch=rows)
+        fastpath.accumulate_gradients(forward, F.cross_entropy, x, y, setup, "cpu")
+        grads[rows] = [p.grad.clone() for p in model.parameters()]
+    assert seen == [100, 15, 15, 14, 14, 14, 14, 14]
+    for whole, blocked in zip(grads[0], grads[fastpath.MICRO_BATCH_ROWS], strict=True):
+        assert torch.allclose(whole, blocked, rtol=1e-4, atol=1e-6)
+
+
 def test_the_reference_path_is_never_calibrated(cache):
     assert decide("convnet", 10**6, precision="fp32", compile="off") == FP32_EAGER
-    assert decide("mlp", 1, precision="bf16", compile="off").precision == "bf16"  # the only path
     assert not list(cache.glob("**/*.json"))  # nothing measured
+    # a forced precision still leaves the micro-batch choice (mlp: no batch statistics)
+    assert decide("mlp", 1, precision="bf16", compile="off").precision == "bf16"
 
 
 def test_calibration_measures_once_and_changes_no_result(digits, cache):
@@ -149,7 +194,8 @@ def test_cross_arch_records_resolved_precision(digits):
     rows = evaluator.run({"arch": "mlp", "eval_seed": 0}, job, params, Context(1))
     bits = [r["value"] for r in rows if r["metric"] == "precision_bits"]
     assert bits == [32.0]  # mlp: bf16 is no candidate (not parity-checked)
-    assert {r["metric"] for r in rows} >= {"channels_last", "compiled", "step_ms", "fp32_step_ms"}
+    path_metrics = {"channels_last", "micro_batch", "compiled", "step_ms", "fp32_step_ms"}
+    assert {r["metric"] for r in rows} >= path_metrics
 
 
 def test_cross_arch_groups_seeds_only_where_vectorised():
