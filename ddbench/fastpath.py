@@ -22,7 +22,8 @@ fields by a short calibration of the actual step (the model, the batch shape, th
    architecture passed the fp32 accuracy parity check (`BF16_ARCHS`, benchmarks/RESULTS.md);
    channels-last where the model has convolutions; each of those in micro-batches of
    `MICRO_BATCH_ROWS` images where the model has no batch statistics (BatchNorm would see other
-   batches) and the batch is larger than that; compiled variants of the best eager path
+   batches), the batch is larger than that and the run longer than `MICRO_BATCH_MIN_STEPS`
+   steps; compiled variants of the best eager path
    where `compile: auto` and the run's fp32 work is long enough that compiling could pay
    (`COMPILE_WORTH_TRYING_S`) and, on a CPU, a C++ compiler exists;
 2. each candidate runs `WARMUP_STEPS` steps, then the candidates are timed in `TIMED_STEPS`
@@ -90,6 +91,9 @@ COMPILE_WORTH_TRYING_S = 120.0
 # 1.20 s whole, 0.87 s in blocks of 8, 0.75 s of 16 and 0.81 s of 32 (Xeon-AMX, 2 threads,
 # benchmarks/RESULTS.md); on 8 px digits blocks were slower, which the calibration measures
 MICRO_BATCH_ROWS = 16
+# micro-batched candidates are timed only for runs of more steps than timing them takes (up to 4
+# candidates x warm-up and timed steps): a shorter run could not repay the measurement
+MICRO_BATCH_MIN_STEPS = 4 * (WARMUP_STEPS + TIMED_STEPS)
 CACHE_DIR = "fastpath"  # under the node-local cache
 
 
@@ -313,10 +317,10 @@ def calibrated(
 
 
 def candidates(
-    recipe: Recipe, arch: str | None, model: torch.nn.Module, batch: int
+    recipe: Recipe, arch: str | None, model: torch.nn.Module, batch: int, steps: int
 ) -> list[TrainSetup]:
-    """The eager paths (or compiled, under `compile: on`) the recipe allows for `model` on
-    batches of `batch` images; fp32 eager first when the recipe allows it."""
+    """The eager paths (or compiled, under `compile: on`) the recipe allows for `model` in a
+    run of `steps` steps on batches of `batch` images; fp32 eager first when allowed."""
     if recipe.precision == "auto":
         precisions: list[Precision] = ["fp32", "bf16"] if arch in BF16_ARCHS else ["fp32"]
     else:
@@ -324,7 +328,8 @@ def candidates(
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     layouts = [False, True] if has_conv else [False]
     splits = [0]
-    if batch > MICRO_BATCH_ROWS and not has_batch_statistics(model):
+    long_enough = steps > MICRO_BATCH_MIN_STEPS
+    if batch > MICRO_BATCH_ROWS and long_enough and not has_batch_statistics(model):
         splits.append(MICRO_BATCH_ROWS)
     compiled = recipe.compile == "on"
     return [
@@ -360,7 +365,9 @@ def choose_setup(
     if arch is None or (recipe.precision == "fp32" and recipe.compile == "off"):
         precision: Precision = "bf16" if recipe.precision == "bf16" else "fp32"
         return Choice(TrainSetup(precision, channels_last=False, compile=recipe.compile == "on"))
-    key = shape_key(arch, shape, batch, device, augment=recipe.augment)
+    # the block size is in the key: measurements taken without (or with other) blocks are not
+    # mixed with these, which must be timed in the same interleaved rounds
+    key = shape_key(arch, shape, batch, device, augment=recipe.augment, micro=MICRO_BATCH_ROWS)
     timed = min(_bucket(batch), batch)  # the batch the shape class is measured at
     step_s: dict[str, float] = {}
     compile_s: dict[str, float] = {}
@@ -401,7 +408,7 @@ def choose_setup(
         measure(setup)
         return step_s[setup.name] * steps + compile_s.get(setup.name, 0.0)
 
-    paths = candidates(recipe, arch, model, timed)
+    paths = candidates(recipe, arch, model, timed, steps)
     if len(paths) == 1 and recipe.compile != "auto":
         return Choice(paths[0])  # nothing to choose between: nothing to measure
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ddbench import fastpath
 from ddbench.archs import build_arch
 from ddbench.context import Context
-from ddbench.fastpath import FP32_EAGER, TrainSetup, choose_setup, shape_key
+from ddbench.fastpath import FP32_EAGER, Choice, TrainSetup, choose_setup, shape_key
 from ddbench.fit import Recipe, fit_artifact, seeded_model, train_model, train_seed
 from ddbench.fit_vmap import fit_and_test_seeds, train_vectorised, use_vectorised
 from ddbench.methods import get_method
@@ -45,7 +45,7 @@ SHAPE, BATCH = (1, 8, 8), 100
 def seed_measurements(arch: str, seconds: dict[str, float], augment: bool = True) -> None:
     """Write a calibration as if measured: seconds per step (and `<path>/compile`) by path.
     Micro-batched paths not given are as slow as 1 s a step (so the test says which win)."""
-    key = shape_key(arch, SHAPE, BATCH, "cpu", augment=augment)
+    key = shape_key(arch, SHAPE, BATCH, "cpu", augment=augment, micro=fastpath.MICRO_BATCH_ROWS)
     path = fastpath._cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = fastpath.MICRO_BATCH_ROWS
@@ -88,10 +88,16 @@ def test_micro_batches_follow_the_measurements(cache):
     assert decide("convnet", 100) == FP32_EAGER  # within the margin
     seed_measurements("convnet_bn", {**times, f"fp32_mb{rows}": 0.01})
     assert decide("convnet_bn", 100) == FP32_EAGER
-    model = build_arch("convnet_bn", SHAPE[0], 10, SHAPE[1])
-    assert all(not s.micro_batch for s in fastpath.candidates(Recipe(), "convnet_bn", model, 100))
-    plain = build_arch("convnet", SHAPE[0], 10, SHAPE[1])
-    assert all(not s.micro_batch for s in fastpath.candidates(Recipe(), "convnet", plain, rows))
+
+    def blocked(arch: str, batch: int, steps: int) -> list[TrainSetup]:
+        model = build_arch(arch, SHAPE[0], 10, SHAPE[1])
+        paths = fastpath.candidates(Recipe(), arch, model, batch, steps)
+        return [path for path in paths if path.micro_batch]
+
+    assert len(blocked("convnet", 100, 100)) == 4  # fp32 / bf16 x NCHW / channels-last
+    assert not blocked("convnet_bn", 100, 100)
+    assert not blocked("convnet", rows, 100)  # one block would be the whole batch
+    assert not blocked("convnet", 100, fastpath.MICRO_BATCH_MIN_STEPS)  # too short to repay
 
 
 def test_micro_batches_give_the_whole_batch_gradient():
@@ -194,8 +200,7 @@ def test_cross_arch_records_resolved_precision(digits):
     rows = evaluator.run({"arch": "mlp", "eval_seed": 0}, job, params, Context(1))
     bits = [r["value"] for r in rows if r["metric"] == "precision_bits"]
     assert bits == [32.0]  # mlp: bf16 is no candidate (not parity-checked)
-    path_metrics = {"channels_last", "micro_batch", "compiled", "step_ms", "fp32_step_ms"}
-    assert {r["metric"] for r in rows} >= path_metrics
+    assert {r["metric"] for r in rows} >= set(Choice(FP32_EAGER, {FP32_EAGER.name: 1.0}).metrics)
 
 
 def test_cross_arch_groups_seeds_only_where_vectorised():

@@ -10,6 +10,7 @@ import torch
 from ddbench.artifact import ImageSet
 from ddbench.context import Context
 from ddbench.evals import EvalJob, get_eval
+from ddbench.fastpath import FP32_EAGER, Choice
 from ddbench.fit import Recipe, fit_and_test, fit_artifact, train_model
 from ddbench.methods import get_method
 from ddbench.protocols import (
@@ -105,7 +106,7 @@ def test_hard_path_is_unchanged_and_label_modes_differ(digits):
     direct = fit_and_test("mlp", digits, images.images, images.labels, recipe, 0)
     hard, extra = fit_artifact("mlp", images, 2, digits, recipe, 0)
     assert hard == direct  # extra: the execution path only (fixed data has no time-matched stats)
-    assert set(extra) == {"precision_bits", "channels_last", "compiled", "step_ms", "fp32_step_ms"}
+    assert set(extra) == set(Choice(FP32_EAGER, {FP32_EAGER.name: 1.0}).metrics)  # the path
     # soft labels of an artifact: `hard` trains on their argmax, `soft` on the rows themselves
     onehot = torch.nn.functional.one_hot(images.labels, 10).float() * 0.8 + 0.02
     soft_set = ImageSet(images.images, onehot)

@@ -35,8 +35,8 @@ largest where calls are expensive (GPU kernel launches) and smaller on a CPU (me
 benchmarks/RESULTS.md). A single forward holds classes x batch_real activations at once (about
 3.7 GB peak RSS for CIFAR-10 shapes at batch_real 256); `forward_chunk` bounds that without
 changing the loss. The forward's memory layout (`channels_last`), whether it is compiled
-(`compile`) and whether it runs in blocks of 64 images (`forward_blocks`) are chosen by measuring
-the job's own forward (`MatchingForward`): on a 2-core CPU, compiling the forward halved DM's
+(`compile`) and whether it runs in blocks of 64 images (`forward_blocks`) are chosen by timing a
+matching step of the job's own shapes (`MatchingForward`): on a 2-core CPU, compiling halved DM's
 iteration at IPC 10, and blocks, which keep the first layer's activations in cache, made a
 compiled iteration about 1.24x faster at IPC 10 and 50 (benchmarks/RESULTS.md).
 
