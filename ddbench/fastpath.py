@@ -94,6 +94,11 @@ MICRO_BATCH_ROWS = 16
 # micro-batched candidates are timed only for runs of more steps than timing them takes (up to 4
 # candidates x warm-up and timed steps): a shorter run could not repay the measurement
 MICRO_BATCH_MIN_STEPS = 4 * (WARMUP_STEPS + TIMED_STEPS)
+# images per forward pass of a test pass, the candidates `choose_test_batch` times: one large
+# call (bounded for memory) or small blocks whose activations stay in cache on a CPU (2,000 CIFAR
+# images in fp32 on 2 threads: 4.33 s in batches of 1,024, 2.33 s of 32; benchmarks/RESULTS.md)
+TEST_BATCHES = (1024, 32)
+TEST_PROBE = 256  # images the test-pass candidates are timed on
 CACHE_DIR = "fastpath"  # under the node-local cache
 
 
@@ -423,3 +428,41 @@ def choose_setup(
     if FP32_EAGER in paths and cost(best) > cost(FP32_EAGER) * (1 - MARGIN):
         best = FP32_EAGER  # not faster by more than the noise of the measurement
     return Choice(best, step_s, compile_s)
+
+
+def choose_test_batch(
+    arch: str,
+    model: torch.nn.Module,
+    shape: tuple[int, int, int],
+    precision: Precision,
+    device: str = "cpu",
+) -> int:
+    """Images per forward pass for testing `model` (registry name `arch`) on images shaped
+    `shape` under `precision`: `TEST_PROBE` images are evaluated in one call and in blocks of
+    the smaller `TEST_BATCHES` entry, in interleaved rounds (cached like the training
+    calibration), and the blocks are taken when faster by `MARGIN`. A model in eval mode gives
+    each image the same result whatever shares its batch (up to rounding)."""
+    whole, small = TEST_BATCHES
+    names = [f"test_batch{whole}", f"test_batch{small}"]
+    key = shape_key(arch, shape, TEST_PROBE, device, test_pass=precision)
+
+    def measure() -> dict[str, float]:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((TEST_PROBE, *shape), generator=gen).to(device)
+        net = copy.deepcopy(model).to(device).eval()
+
+        def run(batch: int) -> None:
+            with torch.no_grad(), autocast(device, precision):
+                for start in range(0, TEST_PROBE, batch):
+                    net(x[start : start + batch])
+
+        rounds: dict[int, list[float]] = {whole: [], small: []}
+        for batch in rounds:
+            run(batch)  # warm-up
+        for _ in range(TIMED_STEPS):
+            for batch, times in rounds.items():
+                times.append(median_seconds(lambda b=batch: run(b), device, 1, 0))
+        return {f"test_batch{b}": statistics.median(t) for b, t in rounds.items()}
+
+    seconds = calibrated(key, names, measure)
+    return small if seconds[names[1]] < seconds[names[0]] * (1 - MARGIN) else whole

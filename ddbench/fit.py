@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ddbench.fastpath import (
     FP32_EAGER,
+    TEST_BATCHES,
     Choice,
     Precision,
     Switch,
@@ -79,6 +80,7 @@ from ddbench.fastpath import (
     accumulate_gradients,
     autocast,
     choose_setup,
+    choose_test_batch,
     median_seconds,
     train_step_fn,
 )
@@ -309,7 +311,7 @@ def accuracy(
     x: torch.Tensor,
     y: torch.Tensor,
     device: str = "cpu",
-    batch: int = 1024,  # images per forward pass: bounds memory, not the result
+    batch: int = TEST_BATCHES[0],  # images per forward pass: speed and memory, not the result
     precision: Precision = "fp32",  # the precision the model was trained in (autocast)
 ) -> float:
     """Top-1 accuracy as a fraction in [0, 1]."""
@@ -356,17 +358,30 @@ def fit_and_test(
         labeler=labeler,
         arch=arch,
     )
-    return val_test_top1(model, real, device, choice.setup.precision)
+    return val_test_top1(model, real, device, choice.setup.precision, arch, stats)
 
 
 def val_test_top1(
-    model: torch.nn.Module, real: RealData, device: str, precision: Precision
+    model: torch.nn.Module,
+    real: RealData,
+    device: str,
+    precision: Precision,
+    arch: str | None = None,
+    stats: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Top-1 of a trained model on `real`'s val and test splits (a split without images, e.g.
-    the test split of `RealData.without_test`, is left out)."""
+    the test split of `RealData.without_test`, is left out). Given the model's registry name
+    `arch`, the images per forward pass are chosen by measurement
+    (`ddbench.fastpath.choose_test_batch`) and written to `stats` as `test_batch`."""
     splits = {"val": (real.val_x, real.val_y), "test": (real.test_x, real.test_y)}
+    batch = TEST_BATCHES[0]
+    if arch is not None:
+        shape = (real.channels, real.image_size, real.image_size)
+        batch = choose_test_batch(arch, model, shape, precision, device)
+        if stats is not None:
+            stats["test_batch"] = float(batch)
     return {
-        split: accuracy(model, x, y, device, precision=precision)
+        split: accuracy(model, x, y, device, batch, precision)
         for split, (x, y) in splits.items()
         if len(y)
     }

@@ -223,7 +223,11 @@ def fit_and_test_seeds(
     seeds = [train_seed(seed, arch) for seed in eval_seeds]
     choice = train_vectorised(models, data, recipe, real.name, seeds, device, arch)
     precision = choice.setup.precision
-    return [(val_test_top1(model, real, device, precision), choice.metrics) for model in models]
+    out = []
+    for model in models:
+        metrics = choice.metrics
+        out.append((val_test_top1(model, real, device, precision, arch, metrics), metrics))
+    return out
 
 
 def fit_artifact_seeds(

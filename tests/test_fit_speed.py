@@ -100,6 +100,34 @@ def test_micro_batches_follow_the_measurements(cache):
     assert not blocked("convnet", 100, fastpath.MICRO_BATCH_MIN_STEPS)  # too short to repay
 
 
+def test_the_test_batch_follows_the_measurements(digits, cache):
+    """A test pass runs in blocks where the calibration measured them faster, and the blocks
+    give the one call's accuracy."""
+    from ddbench.fit import accuracy
+
+    whole, small = fastpath.TEST_BATCHES
+    model = build_arch("convnet", SHAPE[0], 10, SHAPE[1]).eval()
+
+    def seeded(seconds: dict[int, float]) -> int:
+        key = shape_key("convnet", SHAPE, fastpath.TEST_PROBE, "cpu", test_pass="fp32")
+        path = fastpath._cache_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        timings = {f"test_batch{b}": t for b, t in seconds.items()}
+        path.write_text(json.dumps({"key": key, "seconds": timings}))
+        fastpath._MEMORY.clear()
+        return fastpath.choose_test_batch("convnet", model, SHAPE, "fp32")
+
+    assert seeded({whole: 1.0, small: 0.5}) == small
+    assert seeded({whole: 1.0, small: 0.97}) == whole  # within the margin
+    fastpath._MEMORY.clear()
+    for stale in cache.glob("fastpath/*.json"):
+        stale.unlink()
+    assert fastpath.choose_test_batch("convnet", model, SHAPE, "fp32") in (whole, small)
+    assert list(cache.glob("fastpath/convnet-*.json"))  # measured for real, and cached
+    x, y = digits.test_x, digits.test_y
+    assert accuracy(model, x, y, batch=small) == accuracy(model, x, y, batch=whole)
+
+
 def test_micro_batches_give_the_whole_batch_gradient():
     """Blocks of at most MICRO_BATCH_ROWS images (spied: 100 images -> 7 blocks of 14-15) whose
     mean losses are weighted by their share sum to the one-pass gradient."""
@@ -136,11 +164,14 @@ def test_calibration_measures_once_and_changes_no_result(digits, cache):
     artifact = get_method("random_real").distill(digits, 2, None, Context(0))
     recipe = Recipe(epochs=3)
     cold = fit_artifact("convnet", artifact, 2, digits, recipe, 0)
-    (measured,) = cache.glob("fastpath/convnet-*.json")
-    assert json.loads(measured.read_text())["seconds"]["fp32"] > 0
-    stamp = measured.stat().st_mtime_ns
+    files = sorted(cache.glob("fastpath/convnet-*.json"))
+    timings = [json.loads(f.read_text())["seconds"] for f in files]
+    assert len(files) == 2  # the training step and the test pass
+    assert any(t.get("fp32", 0) > 0 for t in timings)
+    assert any(t.get(f"test_batch{fastpath.TEST_BATCHES[1]}", 0) > 0 for t in timings)
+    stamps = [f.stat().st_mtime_ns for f in files]
     warm = fit_artifact("convnet", artifact, 2, digits, recipe, 0)
-    assert measured.stat().st_mtime_ns == stamp  # looked up, not measured again
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # looked up, not measured again
     assert cold[0] == warm[0]
     path = cold[1]
     assert path["precision_bits"] in (16.0, 32.0) and path["step_ms"] > 0
@@ -200,7 +231,8 @@ def test_cross_arch_records_resolved_precision(digits):
     rows = evaluator.run({"arch": "mlp", "eval_seed": 0}, job, params, Context(1))
     bits = [r["value"] for r in rows if r["metric"] == "precision_bits"]
     assert bits == [32.0]  # mlp: bf16 is no candidate (not parity-checked)
-    assert {r["metric"] for r in rows} >= set(Choice(FP32_EAGER, {FP32_EAGER.name: 1.0}).metrics)
+    path = {*Choice(FP32_EAGER, {FP32_EAGER.name: 1.0}).metrics, "test_batch"}
+    assert {r["metric"] for r in rows} >= path
 
 
 def test_cross_arch_groups_seeds_only_where_vectorised():

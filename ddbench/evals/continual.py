@@ -19,7 +19,8 @@ sized for, so every step of every order trains in parallel. A cell hangs off the
 normal job at the IPC (rows carry its job id and label) and lists the subset jobs of its steps
 so far; it runs once they are all distilled. Rows: top1 on val and test (the seen classes'
 images of each split) and the execution path's rows (`precision_bits`: 16 = bf16, 32 = fp32;
-`channels_last`, `compiled`, `step_ms`, `fp32_step_ms`; `ddbench.fastpath`) with
+`channels_last`, `micro_batch`, `compiled`, `test_batch`, `step_ms`, `fp32_step_ms`;
+`ddbench.fastpath`) with
 `step` = the 0-based increment and `eval_seed` = order_seed x models + model (a unique run
 id; the order seed is eval_seed // models). `reduce` writes, per run
 (eval_seed) and split, `avg_inc_top1` (mean top1 over the steps) and the final `top1` (after the

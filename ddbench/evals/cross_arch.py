@@ -41,8 +41,9 @@ they hold the settings it resolved to, so the shared cells keep their ids under 
 `precision` and `compile` (`auto` | ..., `ddbench.fit`) are in `eval_params` as asked; the
 execution path they resolved to on the cell's device (`ddbench.fastpath`: calibrated there) is
 written as rows of each model (split `test`): `precision_bits` (16 = bf16 autocast, 32 = fp32),
-`channels_last`, `compiled` (0 / 1) and, where calibrated, `step_ms` and `fp32_step_ms`, since
-they depend on where the cell ran.
+`channels_last`, `compiled` (0 / 1), `micro_batch` (images per gradient-accumulation block, 0 =
+whole batches), `test_batch` (images per test forward) and, where calibrated, `step_ms` and
+`fp32_step_ms`, since they depend on where the cell ran.
 """
 
 from __future__ import annotations
