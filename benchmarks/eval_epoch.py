@@ -29,9 +29,13 @@ Two data sets, `--data`:
 
 Each configuration runs `--seeds` times (ddbench's eval seeds 0..n-1; the official code seeds
 its network and DSA from the clock), interleaved round by round so machine load hits all alike.
-The last line printed is JSON: per configuration the median seconds per epoch and mean val top-1,
-and `official_over_<precision>` = official seconds per epoch / ddbench's (above 1: ddbench is
-faster).
+After training, each run also times a test pass over `--test-images` CIFAR-shaped random images
+(the trained model's forward without gradient; ddbench: `fit.accuracy` at the batch
+`fastpath.choose_test_batch` measures, its calibration included on a cold cache; official: their
+`epoch('test', ...)` over a loader of batch 256, as their scripts build it).
+The last line printed is JSON: per configuration the median seconds per epoch and of the test
+pass, mean val top-1, and `official_over_<precision>` (`_test`) = official seconds per epoch
+(test pass) / ddbench's (above 1: ddbench is faster).
 
     python benchmarks/eval_epoch.py --official-dc /tmp/DatasetCondensation --data cifar
     python benchmarks/eval_epoch.py --official-dc /tmp/DatasetCondensation --data digits --seeds 3
@@ -91,10 +95,19 @@ def _warm_imports() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
 
 
+def _test_images(n: int) -> tuple[Any, Any]:
+    """`n` CIFAR-shaped random images and labels: what the test pass is timed on."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(10, (n,), generator=gen)
+
+
 def run_ddbench(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ddbench.archs import build_arch
+    from ddbench.fastpath import choose_test_batch
     from ddbench.fit import Recipe, accuracy, train_model
 
     torch.set_num_threads(spec["threads"])
@@ -112,7 +125,14 @@ def run_ddbench(spec: dict[str, Any]) -> dict[str, Any]:
     choice = train_model(model, x, y, recipe, DATASET[spec["data"]], spec["seed"], arch="convnet")
     seconds = time.perf_counter() - start
     top1 = accuracy(model, score_x, score_y, precision=choice.setup.precision)
-    return {"s_per_epoch": seconds / spec["epochs"], "top1": top1, "path": choice.metrics}
+    test_x, test_y = _test_images(spec["test_images"])
+    test_model = build_arch("convnet", 3, 10, 32)  # the test pass is timed at CIFAR's shape
+    tic = time.perf_counter()
+    batch = choose_test_batch("convnet", test_model, (3, 32, 32), choice.setup.precision)
+    accuracy(test_model, test_x, test_y, batch=batch, precision=choice.setup.precision)
+    test_s = time.perf_counter() - tic
+    path = {**choice.metrics, "test_batch": batch}
+    return {"s_per_epoch": seconds / spec["epochs"], "top1": top1, "test_s": test_s, "path": path}
 
 
 def run_official(spec: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +172,15 @@ def run_official(spec: dict[str, Any]) -> dict[str, Any]:
     # their loop runs epochs 0..Epoch inclusive: one more than asked, counted as such
     _, _, top1 = utils.evaluate_synset(0, net, x, y, loader, args)
     seconds = time.perf_counter() - start
-    return {"s_per_epoch": seconds / (spec["epochs"] + 1), "top1": float(top1)}
+    test_x, test_y = _test_images(spec["test_images"])
+    test_net = utils.get_network("ConvNet", 3, 10, (32, 32))
+    test_loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(test_x, test_y), batch_size=256
+    )
+    tic = time.perf_counter()
+    utils.epoch("test", test_loader, test_net, None, torch.nn.CrossEntropyLoss(), args, aug=False)
+    test_s = time.perf_counter() - tic
+    return {"s_per_epoch": seconds / (spec["epochs"] + 1), "top1": float(top1), "test_s": test_s}
 
 
 def main() -> int:
@@ -164,6 +192,7 @@ def main() -> int:
         "--precisions", nargs="+", choices=["auto", "fp32_auto", "fp32"], default=["auto", "fp32"]
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default all")
+    parser.add_argument("--test-images", type=int, default=2000, help="images of the test pass")
     parser.add_argument("--official-dc", help="a checkout of VICO-UoE/DatasetCondensation")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,7 +205,12 @@ def main() -> int:
 
     from distill_speed import spawn
 
-    base = {"data": args.data, "epochs": args.epochs, "threads": args.threads or os.cpu_count()}
+    base = {
+        "data": args.data,
+        "epochs": args.epochs,
+        "threads": args.threads or os.cpu_count(),
+        "test_images": args.test_images,
+    }
     configs = {f"ddbench_{p}": {"precision": p} for p in args.precisions}
     if args.official_dc:
         configs["official"] = {"official": args.official_dc}
@@ -188,7 +222,7 @@ def main() -> int:
             runs[name].append(run)
             print(
                 f"{name:14s} seed {seed}: {run['s_per_epoch'] * 1000:8.1f} ms/epoch  "
-                f"top1 {run['top1']:.3f}  {run.get('path', '')}",
+                f"top1 {run['top1']:.3f}  test pass {run['test_s']:.2f} s  {run.get('path', '')}",
                 flush=True,
             )
     summary: dict[str, Any] = {"data": args.data, "epochs": args.epochs, "seeds": args.seeds}
@@ -196,6 +230,7 @@ def main() -> int:
         top1 = [r["top1"] for r in done]
         summary[name] = {
             "s_per_epoch": round(statistics.median(r["s_per_epoch"] for r in done), 4),
+            "test_s": round(statistics.median(r["test_s"] for r in done), 3),
             "top1_mean": round(statistics.mean(top1), 4),
             "top1_std": round(statistics.stdev(top1), 4) if len(top1) > 1 else None,
         }
@@ -203,6 +238,8 @@ def main() -> int:
         for p in args.precisions:
             ratio = summary["official"]["s_per_epoch"] / summary[f"ddbench_{p}"]["s_per_epoch"]
             summary[f"official_over_{p}"] = round(ratio, 3)
+            test_ratio = summary["official"]["test_s"] / summary[f"ddbench_{p}"]["test_s"]
+            summary[f"official_over_{p}_test"] = round(test_ratio, 3)
     summary["wall_s"] = round(time.perf_counter() - tic, 1)
     print(json.dumps(summary))
     return 0

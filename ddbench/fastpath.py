@@ -98,7 +98,7 @@ MICRO_BATCH_MIN_STEPS = 4 * (WARMUP_STEPS + TIMED_STEPS)
 # call (bounded for memory) or small blocks whose activations stay in cache on a CPU (2,000 CIFAR
 # images in fp32 on 2 threads: 4.33 s in batches of 1,024, 2.33 s of 32; benchmarks/RESULTS.md)
 TEST_BATCHES = (1024, 32)
-TEST_PROBE = 256  # images the test-pass candidates are timed on
+TEST_PROBE = 128  # images the test-pass candidates are timed on (4 blocks of 32)
 CACHE_DIR = "fastpath"  # under the node-local cache
 
 
