@@ -233,12 +233,12 @@ def train_step_fn(
     gen = torch.Generator().manual_seed(0)
     strategy = recipe.dsa_strategy or default_strategy(dataset)
     xb = torch.randn((batch, *shape), generator=gen).to(device)
-    if setup.channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
     yb = torch.randint(num_classes, (batch,), generator=gen).to(device)
 
     def step() -> None:
         xa = dsa(xb, strategy, gen) if recipe.augment else xb
+        if setup.channels_last:  # after the augmentation, as `fit.train_model` does
+            xa = xa.contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
         accumulate_gradients(forward, F.cross_entropy, xa, yb, setup, device)
         opt.step()
