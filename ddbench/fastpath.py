@@ -41,6 +41,12 @@ height, width, batch rounded up to a power of two) as JSON under `<DDBENCH_CACHE
 once; each run's decision is still its own (it depends on the run's number of steps). The
 decision and its timings travel with the run (`Choice.metrics`) into result rows:
 `precision_bits`, `channels_last`, `micro_batch`, `compiled`, `step_ms`, `fp32_step_ms`.
+
+The test pass after training is measured the same way (`choose_test_batch`: one large forward
+against blocks of 32 images, cached alike; the cell's `test_batch` row).
+
+Extending: a new execution choice is one more field of `TrainSetup`, applied in `train_step_fn`
+and `fit.train_model`, with its candidates in `candidates` and its name in `TrainSetup.name`.
 """
 
 from __future__ import annotations
