@@ -10,10 +10,10 @@ differently, and micro-batches sum the gradient in another order), so the choice
 speed, and speed depends on the device: bf16 is several times faster than fp32 where the device
 has bf16 arithmetic (AMX or AVX512-BF16 CPUs, Ampere+ GPUs) and several times slower where it is
 emulated (AVX-512 without BF16, AVX2); channels-last helps cuDNN and some oneDNN kernels and hurts
-others; on a CPU, micro-batches keep a block's activations in cache (1.3-1.6x for a ConvNet-3
-fp32 step on 32 px images) and lose on small images; compiling costs seconds to minutes before it
-saves anything. No rule written down on one machine holds on the next, so `choose_setup`
-measures.
+others; on a CPU, micro-batches keep a block's activations in cache (1.4-1.7x for a ConvNet-3
+fp32 step on 28-32 px images, measured on one CPU) and lose on 8 px images; compiling costs
+seconds to minutes before it saves anything. No rule written down on one machine holds on the
+next, so `choose_setup` measures.
 
 `choose_setup(recipe, arch, model, batch_shape, steps, ...)` resolves the recipe's `auto`
 fields by a short calibration of the actual step (the model, the batch shape, the device):
@@ -22,9 +22,9 @@ fields by a short calibration of the actual step (the model, the batch shape, th
    architecture passed the fp32 accuracy parity check (`BF16_ARCHS`, benchmarks/RESULTS.md);
    channels-last where the model has convolutions; each of those in micro-batches of
    `MICRO_BATCH_ROWS` images where the model has no batch statistics (BatchNorm would see other
-   batches), the batch is larger than that and the run longer than `MICRO_BATCH_MIN_STEPS`
-   steps; compiled variants of the best eager path
-   where `compile: auto` and the run's fp32 work is long enough that compiling could pay
+   batches), the batch is larger than that and the run has more steps than timing those
+   blocked candidates takes (a shorter run could not repay it); compiled variants of the best
+   eager path where `compile: auto` and the run's fp32 work is long enough that compiling could pay
    (`COMPILE_WORTH_TRYING_S`) and, on a CPU, a C++ compiler exists;
 2. each candidate runs `WARMUP_STEPS` steps, then the candidates are timed in `TIMED_STEPS`
    interleaved rounds (one step of each per round; the median per candidate), so a change of
@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -97,9 +98,6 @@ COMPILE_WORTH_TRYING_S = 120.0
 # 1.20 s whole, 0.87 s in blocks of 8, 0.75 s of 16 and 0.81 s of 32 (Xeon-AMX, 2 threads,
 # benchmarks/RESULTS.md); on 8 px digits blocks were slower, which the calibration measures
 MICRO_BATCH_ROWS = 16
-# micro-batched candidates are timed only for runs of more steps than timing them takes (up to 4
-# candidates x warm-up and timed steps): a shorter run could not repay the measurement
-MICRO_BATCH_MIN_STEPS = 4 * (WARMUP_STEPS + TIMED_STEPS)
 # images per forward pass of a test pass, the candidates `choose_test_batch` times: one large
 # call (bounded for memory) or small blocks whose activations stay in cache on a CPU (2,000 CIFAR
 # images in fp32 on 2 threads: 4.33 s in batches of 1,024, 2.33 s of 32; benchmarks/RESULTS.md)
@@ -186,13 +184,9 @@ def accumulate_gradients(
     """Backpropagate the batch loss `loss_of(forward(x), targets)` (a mean over the batch's
     images) under `setup`: in one pass, or in blocks of at most `setup.micro_batch` images whose
     mean losses are weighted by their share of the batch, which sums to the same gradient (up to
-    summation order) for a model without batch statistics."""
+    summation order) for a model without batch statistics. One block is the plain step (its
+    weight is 1.0, which multiplies exactly)."""
     blocks = -(-len(x) // setup.micro_batch) if setup.micro_batch else 1
-    if blocks <= 1:
-        with autocast(device, setup.precision):
-            loss = loss_of(forward(x), targets)
-        loss.backward()
-        return
     parts = zip(torch.tensor_split(x, blocks), torch.tensor_split(targets, blocks), strict=True)
     for xs, ts in parts:
         with autocast(device, setup.precision):
@@ -255,11 +249,29 @@ def train_step_fn(
 # --------------------------------------------------------------------------- calibration
 
 
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], device: str, rounds: int = TIMED_STEPS
+) -> dict[str, float]:
+    """Median wall seconds of each named function over `rounds` rounds that call every one of
+    them once in turn, so a change of the machine's load hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_seconds(fn, device, repeats=1, warmup=0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def device_model(device: str) -> str:
     """What the device is, for the cache key: the GPU's name, or the CPU's model name and the
     instruction-set flags that decide its kernels (AVX-512, BF16, AMX)."""
     if torch.device(device).type == "cuda":
         return "cuda:" + torch.cuda.get_device_name(torch.device(device))
+    return f"{_cpu_model()} x{torch.get_num_threads()}"
+
+
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name and kernel-deciding flags, from /proc/cpuinfo (read once)."""
     name, flags = platform.processor() or platform.machine(), ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -270,7 +282,7 @@ def device_model(device: str) -> str:
                 wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
                 flags = ",".join(f for f in value.split() if f in wanted)
                 break
-    return f"{name} [{flags}] x{torch.get_num_threads()}"
+    return f"{name} [{flags}]"
 
 
 def _bucket(batch: int) -> int:
@@ -339,8 +351,9 @@ def candidates(
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     layouts = [False, True] if has_conv else [False]
     splits = [0]
-    long_enough = steps > MICRO_BATCH_MIN_STEPS
-    if batch > MICRO_BATCH_ROWS and long_enough and not has_batch_statistics(model):
+    # timing the blocked candidates takes this many steps: a shorter run could not repay it
+    timing_steps = len(precisions) * len(layouts) * (WARMUP_STEPS + TIMED_STEPS)
+    if batch > MICRO_BATCH_ROWS and steps > timing_steps and not has_batch_statistics(model):
         splits.append(MICRO_BATCH_ROWS)
     compiled = recipe.compile == "on"
     return [
@@ -403,11 +416,7 @@ def choose_setup(
                 for _ in range(WARMUP_STEPS):
                     step()
                 steps_of[setup.name] = step
-            rounds: dict[str, list[float]] = {name: [] for name in steps_of}
-            for _ in range(TIMED_STEPS):
-                for name, step in steps_of.items():
-                    rounds[name].append(median_seconds(step, device, repeats=1, warmup=0))
-            return {**out, **{name: statistics.median(t) for name, t in rounds.items()}}
+            return {**out, **interleaved_seconds(steps_of, device)}
 
         got = calibrated(key, names, run)
         for setup in todo:
@@ -462,13 +471,10 @@ def choose_test_batch(
                 for start in range(0, TEST_PROBE, batch):
                     net(x[start : start + batch])
 
-        rounds: dict[int, list[float]] = {whole: [], small: []}
-        for batch in rounds:
-            run(batch)  # warm-up
-        for _ in range(TIMED_STEPS):
-            for batch, times in rounds.items():
-                times.append(median_seconds(lambda b=batch: run(b), device, 1, 0))
-        return {f"test_batch{b}": statistics.median(t) for b, t in rounds.items()}
+        passes = {f"test_batch{b}": functools.partial(run, b) for b in TEST_BATCHES}
+        for one_pass in passes.values():
+            one_pass()  # warm-up
+        return interleaved_seconds(passes, device)
 
     seconds = calibrated(key, names, measure)
     return small if seconds[names[1]] < seconds[names[0]] * (1 - MARGIN) else whole

@@ -97,7 +97,10 @@ def test_micro_batches_follow_the_measurements(cache):
     assert len(blocked("convnet", 100, 100)) == 4  # fp32 / bf16 x NCHW / channels-last
     assert not blocked("convnet_bn", 100, 100)
     assert not blocked("convnet", rows, 100)  # one block would be the whole batch
-    assert not blocked("convnet", 100, fastpath.MICRO_BATCH_MIN_STEPS)  # too short to repay
+    # timing the 4 blocked candidates takes 4 x (warm-up + timed) steps: a run that short
+    # could not repay it, one step longer could
+    timing = 4 * (fastpath.WARMUP_STEPS + fastpath.TIMED_STEPS)
+    assert not blocked("convnet", 100, timing) and blocked("convnet", 100, timing + 1)
 
 
 def test_the_test_batch_follows_the_measurements(digits, cache):

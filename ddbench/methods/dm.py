@@ -54,7 +54,7 @@ Paper vs official code (VICO-UoE/DatasetCondensation, `main_DM.py`), and what dd
 
 from __future__ import annotations
 
-import statistics
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -210,6 +210,7 @@ class MatchingForward:
             COMPILE_WORTH_TRYING_S,
             MARGIN,
             calibrated,
+            interleaved_seconds,
             median_seconds,
             shape_key,
         )
@@ -273,11 +274,8 @@ class MatchingForward:
             tic = time.perf_counter()
             step(blocked)
             out = {f"{name(blocked)}/first_call": time.perf_counter() - tic}
-            rounds: dict[Path, list[float]] = {whole: [], blocked: []}
-            for _ in range(PAIRED_ROUNDS):
-                for path, times in rounds.items():
-                    times.append(median_seconds(lambda p=path: step(p), device, 1, 0))
-            return out | {f"{name(p)}/paired": statistics.median(t) for p, t in rounds.items()}
+            pair = {f"{name(p)}/paired": functools.partial(step, p) for p in (whole, blocked)}
+            return out | interleaved_seconds(pair, device, PAIRED_ROUNDS)
 
         def cost(seconds: dict[str, float], path: Path) -> float:
             return seconds.get(f"{name(path)}/compile", 0.0) + iterations * seconds[name(path)]
