@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor, nn
 
+from ddbench.fit import Recipe, accuracy, select_labels, train_model
 from ddbench.protocols import TEACHER_BATCH_SIZE, TEACHER_EPOCHS, TEACHER_LR
 from ddbench.seeding import content_hash, derive_seed
 from ddbench.storage import atomic_write
 
 if TYPE_CHECKING:
     from ddbench.data import RealData
-    from ddbench.fit import Recipe
 
 TEACHER_VERSION = 1  # bump when a teacher trained by this code would differ (cache key)
 _MEMORY: dict[str, dict[str, Tensor]] = {}  # in-process cache when no cache_dir is given
@@ -79,7 +79,6 @@ def _build(real: RealData, arch: str) -> nn.Module:
 
 
 def _train(real: RealData, arch: str, recipe: Recipe, seed: int, device: str) -> nn.Module:
-    from ddbench.fit import train_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "teacher_init", arch))
@@ -102,7 +101,6 @@ def teacher_model(
     """The teacher of `arch` trained on `real`'s whole train split (cached; see module doc), in
     eval mode on `device` with frozen parameters. `stats` gets `key`, `cached` and, on disk,
     `path` and the teacher's `val_top1` / `test_top1`."""
-    from ddbench.fit import accuracy
 
     key = teacher_key(real, arch, recipe, seed)
     info: dict[str, Any] = {"key": key, "cached": True}
@@ -169,7 +167,6 @@ def teacher_recipe(
     on batches of `batch_size` for `epochs` whole-split epochs (`ddbench.protocols` says why
     these defaults), with the student's augmentation and execution settings; the student's
     optimiser is its own (a D4M student's AdamW recipe does not retrain the teacher)."""
-    from ddbench.fit import Recipe
 
     keep = ("augment", "dsa_strategy", "precision", "compile")
     return Recipe(
@@ -231,8 +228,6 @@ class TeacherLabels:
 
     def targets(self, x: Tensor, labels: Tensor) -> Tensor:
         probs = teacher_targets(self.teacher, x, self.temperature)
-        from ddbench.fit import select_labels
-
         top = probs.max(dim=1)
         self._max_prob_sum = self._max_prob_sum + top.values.sum()
         self._agreed = self._agreed + (top.indices == select_labels(labels, "hard")).sum()
