@@ -25,7 +25,9 @@ fields by a short calibration of the actual step (the model, the batch shape, th
    batches), the batch is larger than that and the run has more steps than timing those
    blocked candidates takes (a shorter run could not repay it); compiled variants of the best
    eager path where `compile: auto` and the run's fp32 work is long enough that compiling could pay
-   (`COMPILE_WORTH_TRYING_S`) and, on a CPU, a C++ compiler exists;
+   (`compile_worth_trying`: twice the longest compile of the architecture this node has
+   measured, at least `COMPILE_MIN_WORK_S`, or `COMPILE_WORTH_TRYING_S` before any) and, on a
+   CPU, a C++ compiler exists;
 2. each candidate runs `WARMUP_STEPS` steps, then the candidates are timed in `TIMED_STEPS`
    interleaved rounds (one step of each per round; the median per candidate), so a change of
    the machine's load (other cells share it) hits them all alike; a compiled candidate's first
@@ -92,8 +94,14 @@ WARMUP_STEPS = 2  # untimed steps first: allocator, oneDNN primitive caches, laz
 TIMED_STEPS = 3  # timed steps per candidate (the median is used)
 MARGIN = 0.05  # another path must beat fp32 eager by 5 % of the run's time to be chosen
 # compiling takes 10-70 s on a CPU (benchmarks/RESULTS.md): below this much fp32 work it is not
-# even measured
+# even measured, until this node has measured compiling the architecture (`compile_worth_trying`)
 COMPILE_WORTH_TRYING_S = 120.0
+# ... after which the bar is this many times the longest compile measured: compiled steps ran at
+# 0.2-0.6 of the eager ones (benchmarks/RESULTS.md), so a run twice as long as the compile repays it
+COMPILE_REPAY_FACTOR = 2.0
+# but never below this much work: a compile measured on a warm inductor cache (0.05-2 s) says
+# little about a new shape's, and the quickest cold compile seen took 12 s (benchmarks/RESULTS.md)
+COMPILE_MIN_WORK_S = 30.0
 # images per block of a micro-batched step: a ConvNet-3 fp32 step on 256 images of 3x32x32 took
 # 1.20 s whole, 0.87 s in blocks of 8, 0.75 s of 16 and 0.81 s of 32 (Xeon-AMX, 2 threads,
 # benchmarks/RESULTS.md); on 8 px digits blocks were slower, which the calibration measures
@@ -308,12 +316,17 @@ def shape_key(
 _MEMORY: dict[str, dict[str, float]] = {}  # cache file -> its measurements, this process
 
 
-def _cache_path(key: dict[str, Any]) -> Path:
+def _cache_dir() -> Path:
+    """Where this node keeps its calibrations."""
     from ddbench.storage import CACHE_ENV
 
     root = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "ddbench-cache")
+    return root / CACHE_DIR
+
+
+def _cache_path(key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return root / CACHE_DIR / f"{key['arch']}-{digest}.json"
+    return _cache_dir() / f"{key['arch']}-{digest}.json"
 
 
 def calibrated(
@@ -337,6 +350,33 @@ def calibrated(
         text = json.dumps({"key": key, "seconds": seconds}, indent=2, sort_keys=True)
         atomic_write(path, lambda tmp: tmp.write_text(text))
     return {name: seconds[name] for name in names}
+
+
+def measured_compile_s(arch: str, device: str) -> float | None:
+    """The longest compile of `arch` this node has measured (any shape, any calibration: the
+    `<path>/compile` entries of its cache files for this device model and torch), or None."""
+    node = {"arch": arch, "device": device_model(device), "torch": torch.__version__}
+    compiles: list[float] = []
+    for file in _cache_dir().glob(f"{arch}-*.json"):
+        try:
+            measured = json.loads(file.read_text())
+            key, seconds = measured["key"], measured["seconds"]
+        except (OSError, ValueError, KeyError):  # unreadable or not a calibration: no evidence
+            continue
+        if all(key.get(k) == v for k, v in node.items()):
+            compiles += [v for name, v in seconds.items() if name.endswith("/compile")]
+    return max(compiles, default=None)
+
+
+def compile_worth_trying(arch: str, device: str, work_s: float) -> bool:
+    """Whether a run whose eager work is `work_s` seconds should time compiled paths at all (a
+    compile is a cost paid before its timing can say whether it pays): when that work exceeds
+    `COMPILE_REPAY_FACTOR` x the longest compile of `arch` measured on this node (and
+    `COMPILE_MIN_WORK_S`), or `COMPILE_WORTH_TRYING_S` before this node has compiled it."""
+    measured = measured_compile_s(arch, device)
+    if measured is None:
+        return work_s > COMPILE_WORTH_TRYING_S
+    return work_s > max(COMPILE_MIN_WORK_S, COMPILE_REPAY_FACTOR * measured)
 
 
 def candidates(
@@ -437,7 +477,7 @@ def choose_setup(
         best = min(paths, key=cost)
         if recipe.compile == "auto" and _compile_allowed(device):
             fp32_work = cost(FP32_EAGER) if FP32_EAGER in paths else cost(best)
-            if fp32_work > COMPILE_WORTH_TRYING_S:
+            if compile_worth_trying(arch, device, fp32_work):
                 compiled = dataclasses.replace(best, compile=True)
                 best = min([best, compiled], key=cost)
     if FP32_EAGER in paths and cost(best) > cost(FP32_EAGER) * (1 - MARGIN):

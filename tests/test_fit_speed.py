@@ -77,6 +77,32 @@ def test_the_path_follows_the_measurements(cache):
     assert decide("mlp", 100) == FP32_EAGER
 
 
+def test_compiling_is_tried_from_the_compile_time_this_node_measured(cache):
+    """Before this node has measured compiling an architecture, compiled paths are timed only
+    for runs of more than COMPILE_WORTH_TRYING_S of fp32 work; once it has (any shape), from
+    twice its longest measured compile, never below COMPILE_MIN_WORK_S."""
+    assert fastpath.measured_compile_s("convnet", "cpu") is None
+    eager = {"fp32": 0.10, "bf16": 0.30, "fp32_cl": 0.2, "bf16_cl": 0.4}
+    seed_measurements("convnet", eager)
+    assert decide("convnet", 900) == FP32_EAGER  # 90 s of work, nothing known: not tried
+    # a compile of 40 s measured on this node (here for this very shape, so it is also the
+    # candidate's measurement): 90 s of work now repays it, and the compiled path wins
+    seed_measurements("convnet", {**eager, "fp32_compiled": 0.02, "fp32_compiled/compile": 40.0})
+    assert fastpath.measured_compile_s("convnet", "cpu") == 40.0
+    assert decide("convnet", 900).compile == (shutil.which("g++") is not None)
+    assert not fastpath.compile_worth_trying("convnet", "cpu", 79.0)
+    assert fastpath.measured_compile_s("mlp", "cpu") is None  # evidence is per architecture
+    # a compile measured on a warm inductor cache says little about a new shape's
+    seed_measurements("convnet", {**eager, "fp32_compiled/compile": 1.0})
+    assert not fastpath.compile_worth_trying("convnet", "cpu", fastpath.COMPILE_MIN_WORK_S)
+    assert fastpath.compile_worth_trying("convnet", "cpu", fastpath.COMPILE_MIN_WORK_S + 1)
+    # measurements of another device model or torch are no evidence for this node
+    other = cache / fastpath.CACHE_DIR / "convnet-other.json"
+    key = {**shape_key("convnet", SHAPE, BATCH, "cpu"), "torch": "0.0"}
+    other.write_text(json.dumps({"key": key, "seconds": {"fp32_compiled/compile": 500.0}}))
+    assert fastpath.measured_compile_s("convnet", "cpu") == 1.0
+
+
 def test_micro_batches_follow_the_measurements(cache):
     """A micro-batched path is taken where it measures faster, and is no candidate for a
     BatchNorm network (its statistics would span a block, not the batch)."""

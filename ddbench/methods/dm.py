@@ -133,8 +133,8 @@ class MatchingForward:
     path: the real batch's forward without gradient (the bulk of an iteration's work), then the
     synthetic images' forward and the backward to their pixels (`syn_rows` images: a share of
     the work that grows with IPC and that every path speeds up too). The allowed layouts are
-    timed eager; where `iterations x` the best eager time exceeds
-    `fastpath.COMPILE_WORTH_TRYING_S`, the compiled variants are timed too, compile time
+    timed eager; where `iterations x` the best eager time is long enough to repay a compile
+    (`fastpath.compile_worth_trying`), the compiled variants are timed too, compile time
     included. The path with the least `compile_s + iterations x step_s` is taken, a compiled one
     only when it beats the best eager by the calibration's margin. Then that path is timed in
     blocks (a network without batch statistics only: blocks change no image's result beyond
@@ -207,9 +207,9 @@ class MatchingForward:
 
     def _choose(self, net: FeatureModel, x: torch.Tensor) -> Path:
         from ddbench.fastpath import (
-            COMPILE_WORTH_TRYING_S,
             MARGIN,
             calibrated,
+            compile_worth_trying,
             interleaved_seconds,
             median_seconds,
             shape_key,
@@ -292,7 +292,9 @@ class MatchingForward:
             eager = [(cl, False, first_blocked) for cl in layouts] if False in compiles else []
             seconds = calibrated(key, names(eager), lambda: measure(eager))
             best = min(eager, key=lambda p: cost(seconds, p)) if eager else None
-            if True in compiles and (best is None or cost(seconds, best) > COMPILE_WORTH_TRYING_S):
+            arch = self.params.arch
+            worth = best is None or compile_worth_trying(arch, device, cost(seconds, best))
+            if True in compiles and worth:
                 fast = [(cl, True, first_blocked) for cl in layouts]
                 seconds = {**seconds, **calibrated(key, names(fast), lambda: measure(fast))}
                 quickest = min(fast, key=lambda p: cost(seconds, p))
