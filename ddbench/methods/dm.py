@@ -293,8 +293,9 @@ class MatchingForward:
             seconds = calibrated(key, names(eager), lambda: measure(eager))
             best = min(eager, key=lambda p: cost(seconds, p)) if eager else None
             arch = self.params.arch
-            worth = best is None or compile_worth_trying(arch, device, cost(seconds, best))
-            if True in compiles and worth:
+            if True in compiles and (
+                best is None or compile_worth_trying(arch, device, cost(seconds, best))
+            ):
                 fast = [(cl, True, first_blocked) for cl in layouts]
                 seconds = {**seconds, **calibrated(key, names(fast), lambda: measure(fast))}
                 quickest = min(fast, key=lambda p: cost(seconds, p))
