@@ -99,8 +99,9 @@ COMPILE_WORTH_TRYING_S = 120.0
 # ... after which the bar is this many times the longest compile measured: compiled steps ran at
 # 0.2-0.6 of the eager ones (benchmarks/RESULTS.md), so a run twice as long as the compile repays it
 COMPILE_REPAY_FACTOR = 2.0
-# but never below this much work: a compile measured on a warm inductor cache (0.05-2 s) says
-# little about a new shape's, and the quickest cold compile seen took 12 s (benchmarks/RESULTS.md)
+# but never below this much work: a compile measured on a warm inductor cache (0.05-2.5 s) says
+# little about a new shape's, and the compiles recorded in benchmarks/RESULTS.md took 12-67 s
+# (25-42 s of them from a cold inductor cache)
 COMPILE_MIN_WORK_S = 30.0
 # images per block of a micro-batched step: a ConvNet-3 fp32 step on 256 images of 3x32x32 took
 # 1.20 s whole, 0.87 s in blocks of 8, 0.75 s of 16 and 0.81 s of 32 (Xeon-AMX, 2 threads,
@@ -373,6 +374,8 @@ def compile_worth_trying(arch: str, device: str, work_s: float) -> bool:
     compile is a cost paid before its timing can say whether it pays): when that work exceeds
     `COMPILE_REPAY_FACTOR` x the longest compile of `arch` measured on this node (and
     `COMPILE_MIN_WORK_S`), or `COMPILE_WORTH_TRYING_S` before this node has compiled it."""
+    if work_s <= COMPILE_MIN_WORK_S:  # never enough, whatever the node knows: no cache reads
+        return False
     measured = measured_compile_s(arch, device)
     if measured is None:
         return work_s > COMPILE_WORTH_TRYING_S
@@ -404,7 +407,7 @@ def candidates(
     ]
 
 
-def _compile_allowed(device: str) -> bool:
+def compile_allowed(device: str) -> bool:
     """Inductor generates C++ on a CPU: no compiler, no compiled path."""
     return torch.device(device).type != "cpu" or shutil.which("g++") is not None
 
@@ -475,7 +478,7 @@ def choose_setup(
         # calibrating draws no number the run would see: results never depend on a cache hit
         measure(*paths)
         best = min(paths, key=cost)
-        if recipe.compile == "auto" and _compile_allowed(device):
+        if recipe.compile == "auto" and compile_allowed(device):
             fp32_work = cost(FP32_EAGER) if FP32_EAGER in paths else cost(best)
             if compile_worth_trying(arch, device, fp32_work):
                 compiled = dataclasses.replace(best, compile=True)

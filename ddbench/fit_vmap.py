@@ -225,7 +225,7 @@ def fit_and_test_seeds(
     precision = choice.setup.precision
     out = []
     for model in models:
-        metrics = choice.metrics
+        metrics = choice.metrics  # a new dict per model: `val_test_top1` adds its `test_batch`
         out.append((val_test_top1(model, real, device, precision, arch, metrics), metrics))
     return out
 

@@ -79,7 +79,6 @@ def _build(real: RealData, arch: str) -> nn.Module:
 
 
 def _train(real: RealData, arch: str, recipe: Recipe, seed: int, device: str) -> nn.Module:
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "teacher_init", arch))
         model = _build(real, arch)
@@ -101,7 +100,6 @@ def teacher_model(
     """The teacher of `arch` trained on `real`'s whole train split (cached; see module doc), in
     eval mode on `device` with frozen parameters. `stats` gets `key`, `cached` and, on disk,
     `path` and the teacher's `val_top1` / `test_top1`."""
-
     key = teacher_key(real, arch, recipe, seed)
     info: dict[str, Any] = {"key": key, "cached": True}
     model = _build(real, arch)
@@ -167,7 +165,6 @@ def teacher_recipe(
     on batches of `batch_size` for `epochs` whole-split epochs (`ddbench.protocols` says why
     these defaults), with the student's augmentation and execution settings; the student's
     optimiser is its own (a D4M student's AdamW recipe does not retrain the teacher)."""
-
     keep = ("augment", "dsa_strategy", "precision", "compile")
     return Recipe(
         epochs=epochs, lr=lr, batch_size=batch_size, **{k: getattr(student, k) for k in keep}

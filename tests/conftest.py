@@ -81,6 +81,15 @@ def write_distillate(
 
 
 @pytest.fixture(scope="session")
+def path_rows() -> set[str]:
+    """The metrics a calibrated cell writes about its execution path: the training path's
+    (`Choice.metrics` of a calibrated choice) and the test pass's batch."""
+    from ddbench.fastpath import FP32_EAGER, Choice
+
+    return {*Choice(FP32_EAGER, {FP32_EAGER.name: 1.0}).metrics, "test_batch"}
+
+
+@pytest.fixture(scope="session")
 def digits():
     from ddbench.data import load_dataset
 

@@ -67,7 +67,17 @@ from ddbench.artifact import ImageSet
 from ddbench.augment import DSAParams, apply_dsa
 from ddbench.context import Context
 from ddbench.data import RealData
-from ddbench.fastpath import Switch, has_batch_statistics
+from ddbench.fastpath import (
+    MARGIN,
+    Switch,
+    calibrated,
+    compile_allowed,
+    compile_worth_trying,
+    has_batch_statistics,
+    interleaved_seconds,
+    median_seconds,
+    shape_key,
+)
 from ddbench.methods import Method, register_method
 from ddbench.methods._pixel import (
     ClassDraws,
@@ -206,19 +216,10 @@ class MatchingForward:
         return torch.compile(run)
 
     def _choose(self, net: FeatureModel, x: torch.Tensor) -> Path:
-        from ddbench.fastpath import (
-            MARGIN,
-            calibrated,
-            compile_worth_trying,
-            interleaved_seconds,
-            median_seconds,
-            shape_key,
-        )
-
         allowed = {"auto": [False, True], "on": [True], "off": [False]}
         layouts = allowed[self.params.channels_last]
         compiles = allowed[self.params.compile]
-        if torch.device(x.device).type == "cpu" and not _have_compiler():
+        if not compile_allowed(str(x.device)):
             compiles = [False]
         blocks = allowed[self.params.forward_blocks]
         if has_batch_statistics(net):
@@ -329,13 +330,6 @@ def matching_rows(real: RealData, ipc: int, params: MeanMatchParams) -> tuple[in
     if params.forward_chunk > 0:
         return min(rows, params.forward_chunk), min(syn_rows, params.forward_chunk)
     return rows, syn_rows
-
-
-def _have_compiler() -> bool:
-    """Inductor generates C++ on a CPU: it needs a compiler."""
-    import shutil
-
-    return shutil.which("g++") is not None
 
 
 def owners(sizes: Sequence[int]) -> torch.Tensor:
