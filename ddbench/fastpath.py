@@ -99,7 +99,7 @@ COMPILE_WORTH_TRYING_S = 120.0
 # ... after which the bar is this many times the longest compile measured: compiled steps ran at
 # 0.2-0.6 of the eager ones (benchmarks/RESULTS.md), so a run twice as long as the compile repays it
 COMPILE_REPAY_FACTOR = 2.0
-# but never below this much work: a compile measured on a warm inductor cache (0.05-2.5 s) says
+# but never below this much work: a compile measured on a warm inductor cache (0.05-2.6 s) says
 # little about a new shape's, and the compiles recorded in benchmarks/RESULTS.md took 12-67 s
 # (25-42 s of them from a cold inductor cache)
 COMPILE_MIN_WORK_S = 30.0
